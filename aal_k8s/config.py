@@ -261,6 +261,12 @@ def validate(cfg: Config) -> list[str]:
     return problems
 
 
+def _new_keys(reported: list[str], more: list[str]) -> list[str]:
+    """``more`` minus problems about keys already reported (a wrong type makes range checks moot)."""
+    seen = {p.split(":")[0].split("[")[0] for p in reported}
+    return [p for p in more if p.split(":")[0] not in seen]
+
+
 def load_config(
     path: str | os.PathLike | None = None,
     overrides: list[str] | None = None,
@@ -296,8 +302,7 @@ def load_config(
         _merge(cfg, preset, "", problems)
     _merge(cfg, data, "", problems)
     _merge(cfg, over, "", problems)
-    if not problems:
-        problems = validate(cfg)
+    problems += _new_keys(problems, validate(cfg))
     if problems:
         raise ConfigError(problems)
     return cfg
@@ -308,7 +313,7 @@ def config_from_dict(data: dict) -> Config:
     cfg = Config()
     problems: list[str] = []
     _merge(cfg, data, "", problems)
-    problems = problems or validate(cfg)
+    problems += _new_keys(problems, validate(cfg))
     if problems:
         raise ConfigError(problems)
     return cfg

@@ -88,10 +88,9 @@ def _render(rng: np.random.Generator, truth: np.ndarray, size: int) -> np.ndarra
     period = max(2, s // 10)
     phase = jitter(0, 2 * period)
     region = (slice(2, q - 2), slice(q + 2, s - 2))
-    for i in range(n):
-        coord = yy if truth[i, 2] else xx
-        stripes = ((coord + phase[i]) // period) % 2 == 0
-        img[i, :, region[0], region[1]] += 0.25 * stripes[region]
+    coord = np.where(truth[:, 2, None, None], yy, xx)  # [n, s, s]
+    stripes = ((coord + phase[:, None, None]) // period) % 2 == 0
+    img[:, :, region[0], region[1]] += 0.25 * stripes[:, None, region[0], region[1]]
     # 4 cross in the bottom-left quadrant
     arm = max(2, s // 10)
     cy, cx = q + jitter(arm + 1, q - arm - 1), jitter(arm + 1, q - arm - 1)
