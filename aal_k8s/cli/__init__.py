@@ -42,7 +42,10 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    try:
+        args = build_parser().parse_args(argv)
+    except SystemExit as e:  # --help, or an argparse error already printed on one line
+        return int(e.code or 0)
     try:
         return int(args.func(args) or 0)
     except AALError as e:

@@ -70,7 +70,7 @@ def _render(rng: np.random.Generator, truth: np.ndarray, size: int) -> np.ndarra
     yy, xx = np.mgrid[0:s, 0:s]
 
     def jitter(lo, hi):
-        return rng.integers(lo, hi, n)
+        return rng.integers(lo, max(lo + 1, hi), n)  # tiny images: no room to move
 
     contrast = _SHAPE_CONTRAST * rng.uniform(0.7, 1.3, n)
     # 1 square: 5x5 at a random spot of the top-left quadrant
