@@ -36,11 +36,26 @@ class SyntheticConfig:
 
 
 @dataclass
+class AugmentConfig:
+    # Train batches of real datasets only (the synthetic data is never augmented); see
+    # aal_k8s.data.pipeline. Validation and test images are resized whole, never cropped or flipped.
+    crop: float = 0.9  # random crop whose sides are this fraction of the image's, then resized (1 = none)
+    flip: bool = True  # random horizontal flip
+
+
+@dataclass
 class DatasetConfig:
     name: str = "synthetic"  # synthetic | celeba | duke
     root: str | None = None  # folder with the dataset's official layout (real datasets only)
     seed: int = 0  # seeds the synthetic generator and any split the loader carves
     synthetic: SyntheticConfig = field(default_factory=SyntheticConfig)
+    # -- real datasets (docs/datasets.md) ---------------------------------------------------------
+    pack: str = "auto"  # auto: the store's packs/<name>/ if prepared, else decode from root | none | a pack's folder or URI
+    cache_dir: str = ""  # local folder packs are downloaded to; "" = $AAL_K8S_CACHE or ~/.cache/aal-k8s
+    val_fraction: float = 0.1  # duke: share of train identities held out as validation (seeded by seed)
+    strict_counts: bool = True  # require the official image counts; false accepts a subset
+    workers: int = 4  # decode processes (DataLoader workers) when training from unpacked image files
+    augment: AugmentConfig = field(default_factory=AugmentConfig)
 
 
 @dataclass
@@ -63,6 +78,8 @@ class TrainConfig:
     heads_impl: str = "auto"  # auto | fused | reference (see aal_k8s.heads)
     device: str = "auto"  # auto (cuda if available) | cpu | cuda
     threads: int = 0  # torch intra-op threads per run; 0 = cores / parallel runs
+    precision: str = "auto"  # auto (bf16 autocast on CUDA, fp32 on CPU) | bf16 | fp32
+    compile: bool = False  # torch.compile the model (first epoch pays the compile time)
 
 
 @dataclass
@@ -115,6 +132,7 @@ CHOICES = {
     "model.backbone": ("resnet18", "small_cnn"),
     "train.heads_impl": ("auto", "fused", "reference"),
     "train.device": ("auto", "cpu", "cuda"),
+    "train.precision": ("auto", "bf16", "fp32"),
     "adversarial.final_selection": ("best_on_val", "adversarial"),
     "executor.backend": ("local", "k8s"),
 }
@@ -252,12 +270,30 @@ def validate(cfg: Config) -> list[str]:
     for key, value in (("label_noise", s.label_noise), ("agreement", s.agreement)):
         if isinstance(value, float) and not 0.0 <= value <= 1.0:
             problems.append(f"dataset.synthetic.{key}: must be within [0, 1], got {value}")
+    problems += _validate_real_dataset(cfg.dataset)
     name = cfg.experiment_name
     if isinstance(name, str) and (not name or not all(c.isalnum() or c in "-_." for c in name)):
         problems.append(f"experiment: {name!r} may only hold letters, digits, '-', '_' and '.'")
     pre = cfg.model.pretrained
     if pre not in ("imagenet", "none") and isinstance(pre, str) and not os.path.isfile(pre):
         problems.append(f"model.pretrained: {pre!r} is neither imagenet, none nor an existing file")
+    return problems
+
+
+def _validate_real_dataset(d: DatasetConfig) -> list[str]:
+    """Values of the real-dataset keys. ``dataset.root`` is checked when the data is loaded, not
+    here: planning (``--dry-run``) must work on a machine without the data."""
+    problems = []
+    if isinstance(d.val_fraction, float) and not 0.0 < d.val_fraction < 1.0:
+        problems.append(f"dataset.val_fraction: must be within (0, 1), got {d.val_fraction}")
+    if isinstance(d.workers, int) and d.workers < 0:
+        problems.append(f"dataset.workers: must be >= 0, got {d.workers}")
+    if isinstance(d.augment.crop, float) and not 0.0 < d.augment.crop <= 1.0:
+        problems.append(f"dataset.augment.crop: must be within (0, 1], got {d.augment.crop}")
+    if isinstance(d.pack, str) and not d.pack.strip():
+        problems.append("dataset.pack: must be auto, none, or a pack's folder or URI")
+    if isinstance(d.root, str) and not d.root.strip():
+        problems.append("dataset.root: must be a folder path (or left unset)")
     return problems
 
 

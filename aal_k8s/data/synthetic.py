@@ -114,7 +114,7 @@ def generate(cfg, split: str) -> Split:
     return Split(torch.from_numpy(images), torch.from_numpy(labels.astype(np.float32)))
 
 
-def load(cfg) -> LoadedDataset:
+def load(cfg, store=None) -> LoadedDataset:
     splits = {name: generate(cfg, name) for name in ("train", "val", "test")}
     return LoadedDataset(
         name="synthetic",
@@ -122,4 +122,6 @@ def load(cfg) -> LoadedDataset:
         splits=splits,
         mean=MEAN,
         std=STD,
+        transform=False,  # no augmentation or resizing: the features are placed pixel-exactly
+        source="generated",
     )
