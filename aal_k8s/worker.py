@@ -67,7 +67,7 @@ def _train_and_commit(exp, spec, log) -> int:
     cfg = config_from_dict(spec.config)
     torch.set_num_threads(_threads(cfg.train.threads))
     print(f"run {spec.describe()}", file=log)
-    data = load_dataset(cfg.dataset)
+    data = load_dataset(cfg.dataset, store=exp.store)  # a prepared pack in the store is used
     missing = [a for a in spec.heads if a not in data.attributes]
     if missing:
         raise AALError(f"run {spec.run_id}: dataset {spec.dataset!r} has no attribute(s) {missing}")

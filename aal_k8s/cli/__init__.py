@@ -4,6 +4,7 @@
     aal-k8s submit --stage pairwise --dataset celeba --backend k8s
     aal-k8s status --stage pairwise
     aal-k8s reduce && aal-k8s final && aal-k8s report
+    aal-k8s prepare --dataset celeba --source /data/celeba --store s3://bucket/aal
 
 Errors caused by input (config, dataset, attribute, stage order) print one line and exit 2.
 """
@@ -16,7 +17,7 @@ import sys
 
 from aal_k8s.errors import AALError
 
-SUBCOMMANDS = ["pipeline", "submit", "status", "reduce", "final", "report", "worker"]
+SUBCOMMANDS = ["pipeline", "submit", "status", "reduce", "final", "report", "worker", "prepare"]
 
 
 class _Parser(argparse.ArgumentParser):

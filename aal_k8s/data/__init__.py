@@ -77,6 +77,8 @@ def resolve_attributes(dataset: str, names: list[str]) -> list[str]:
             out.append(known[int(n) - 1])
         elif n in known:
             out.append(n)
+        elif n.replace(" ", "_") in known:  # Duke names as printed in the paper ("Carrying backpack")
+            out.append(n.replace(" ", "_"))
         else:
             bad.append(n)
     if bad:

@@ -11,6 +11,7 @@ official splits, as packed) and ``final_splits(cfg, parts) -> {"train", "val", "
 from __future__ import annotations
 
 import os
+import warnings
 from dataclasses import dataclass
 
 import numpy as np
@@ -24,6 +25,30 @@ def fmt_count(n: int) -> str:
     return f"{n:,}"
 
 
+def _decoder():
+    try:
+        from torchvision.io import ImageReadMode, decode_image as tv_decode
+    except ImportError:  # a torchvision without image decoding: PIL (packs record the decoder)
+        return None
+    return lambda data: tv_decode(torch.frombuffer(bytearray(data), dtype=torch.uint8), mode=ImageReadMode.RGB)
+
+
+def _pil_decode(data: bytes) -> torch.Tensor:
+    import io
+
+    from PIL import Image
+
+    with Image.open(io.BytesIO(data)) as im:
+        arr = np.asarray(im.convert("RGB"))
+    return torch.from_numpy(arr.copy()).permute(2, 0, 1)
+
+
+def decoder_name() -> str:
+    import torchvision
+
+    return f"torchvision {torchvision.__version__}" if _decoder() is not None else "PIL"
+
+
 def decode_image(path: str, size: tuple[int, int], resize: bool) -> torch.Tensor:
     """uint8 [3, H, W] RGB of the image file at ``path`` with ``(H, W) == size``.
 
@@ -31,8 +56,7 @@ def decode_image(path: str, size: tuple[int, int], resize: bool) -> torch.Tensor
     pipeline and the tests all decode through it, so packed and unpacked pixels are identical.
     ``resize`` resizes other sizes (bilinear, antialiased); otherwise a different size is an error.
     """
-    from torchvision.io import ImageReadMode, decode_image as tv_decode
-
+    decode = _decoder() or _pil_decode
     try:
         with open(path, "rb") as f:
             data = f.read()
@@ -41,7 +65,10 @@ def decode_image(path: str, size: tuple[int, int], resize: bool) -> torch.Tensor
     except OSError as e:
         raise DatasetError(f"{path}: cannot read ({e.strerror or e})") from None
     try:
-        img = tv_decode(torch.frombuffer(bytearray(data), dtype=torch.uint8), mode=ImageReadMode.RGB)
+        with warnings.catch_warnings():
+            # torchvision 0.29 deprecates its image decoders in favour of TorchCodec; they work
+            warnings.simplefilter("ignore", DeprecationWarning)
+            img = decode(data)
     except Exception as e:
         reason = (str(e).strip().splitlines() or [type(e).__name__])[0][:120]
         raise DatasetError(f"{path}: unreadable image ({reason})") from None
@@ -197,3 +224,31 @@ def decoded_batches(files: list[str], size, resize: bool, batches, workers: int,
         if isinstance(batch, str):
             raise DatasetError(batch)
         yield batch
+
+
+def check_source(cfg, store, local: bool) -> None:
+    """Before submitting runs: fail now, with one line, if no run could find the data.
+
+    ``cfg`` is a DatasetConfig and ``store`` the experiment's store. A pack (in the store, or at
+    ``dataset.pack``) is enough; otherwise ``dataset.root`` must be set and, when the runs execute
+    on this machine (``local``), exist. On Kubernetes the root is a path inside the pods, unchecked.
+    """
+    import importlib
+
+    from aal_k8s.data import DATASETS
+    from aal_k8s.data import pack as packs
+
+    if cfg.name == "synthetic":
+        return
+    mod = importlib.import_module(DATASETS[cfg.name])
+    if cfg.pack not in ("auto", "none"):
+        from aal_k8s.store import open_store
+
+        src = open_store(cfg.pack)
+        if not src.exists(packs.MANIFEST):
+            raise DatasetError(f"dataset.pack {cfg.pack!r}: no pack there ({src.url(packs.MANIFEST)} does not exist)")
+        return
+    if cfg.pack == "auto" and store is not None and store.exists(f"{packs.pack_prefix(cfg.name)}/{packs.MANIFEST}"):
+        return
+    if local or not cfg.root:
+        source_root(cfg, mod)

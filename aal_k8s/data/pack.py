@@ -112,7 +112,7 @@ def build_pack(
             store.put_bytes(_join(prefix, key), data)
             entry[name] = {"key": key, "size": len(data), "sha256": _sha256(data)}
         splits[split] = entry
-    import torchvision
+    from aal_k8s.data.common import decoder_name
 
     manifest = {
         "format": FORMAT,
@@ -124,7 +124,7 @@ def build_pack(
         },  # fmt: skip
         "splits": splits,
         "source": {"root": os.path.abspath(source), "strict_counts": bool(strict)},
-        "decoder": f"torchvision {torchvision.__version__}",
+        "decoder": decoder_name(),
         "created_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
     }
     store.put_bytes(_join(prefix, MANIFEST), json.dumps(manifest, indent=1).encode())
