@@ -83,7 +83,7 @@ def build_pack(
     parts = mod.read_source(source, strict)
     h, w = mod.IMAGE_SIZE
     splits = {}
-    t0 = time.perf_counter()
+    t0, total = time.perf_counter(), 0
     for split, part in parts.items():
         n = len(part)
         files = [os.path.join(source, name) for name in part.names]
@@ -102,9 +102,9 @@ def build_pack(
             key = f"{split}/images-{k:05d}.u8"
             store.put_bytes(_join(prefix, key), data)
             shards.append({"key": key, "count": len(idx), "size": len(data), "sha256": _sha256(data)})
-            done = idx[-1] + 1
-            rate = done / max(1e-9, time.perf_counter() - t0)
-            print(f"prepare {mod.NAME}: {split} {done:,}/{n:,} images ({rate:.0f}/s)", file=log)
+            total += len(idx)
+            rate = total / max(1e-9, time.perf_counter() - t0)
+            print(f"prepare {mod.NAME}: {split} {idx[-1] + 1:,}/{n:,} images ({rate:.0f} images/s)", file=log)
         labels = np.ascontiguousarray(part.labels, dtype=np.uint8).tobytes()
         names = "".join(f"{x}\n" for x in part.names).encode()
         entry = {"count": n, "images": shards}

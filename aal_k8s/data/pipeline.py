@@ -23,6 +23,7 @@ epoch's augmentation does not depend on earlier epochs.
 from __future__ import annotations
 
 import hashlib
+import os
 from typing import Iterator
 
 import torch
@@ -120,7 +121,8 @@ class _Files:
 
     def __init__(self, split: Split, cols: list[int], device: torch.device, workers: int):
         self.n = len(split)
-        self.split, self.device, self.workers = split, device, workers
+        self.split, self.device = split, device
+        self.workers = min(workers, len(os.sched_getaffinity(0)))  # never more than this pod's cores
         self.labels = split.labels[:, cols]
         self.where = torch.device("cpu")
 
