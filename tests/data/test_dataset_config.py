@@ -16,7 +16,7 @@ def test_defaults_and_root_not_required_to_plan():
 
 def test_bad_values_are_all_reported_at_once():
     bad = ["dataset.val_fraction=1.0", "dataset.augment.crop=0", "dataset.workers=-1", "dataset.pack=' '",
-           "train.precision=fp16", "train.compile=yes"]  # fmt: skip
+           "train.precision=fp16", "train.compile=3"]  # fmt: skip
     with pytest.raises(ConfigError) as e:
         load_config(dataset="duke", overrides=bad)
     msg = e.value.message
