@@ -143,6 +143,7 @@ def cycle(make):
 
 
 def bench(args) -> dict:
+    load = os.getloadavg()[0]
     device = torch.device(args.device)
     hw, out, default_batch = SIZES[args.size]
     bs = args.batch or default_batch
@@ -223,7 +224,7 @@ def bench(args) -> dict:
             1, args.eval_steps,
         )  # fmt: skip
     return {"train": results, "eval": evals, "batch": bs, "hw": hw, "out": out, "pack_seconds": pack_seconds,
-            "device": device}  # fmt: skip
+            "device": device, "load": load}  # fmt: skip
 
 
 def projection_hours(train_ips: float, eval_ips: float) -> float:
@@ -262,7 +263,8 @@ def report(r: dict, args) -> str:
         f"- images: {args.images} generated JPEGs {r['hw'][0]}x{r['hw'][1]} (h x w), model input {r['out']}x{r['out']}, "
         f"batch {r['batch']}, ResNet18 + 2 AAL heads (head_losses, impl={HEADS_IMPL}) + Adam, {args.steps} timed steps after "
         f"{args.warmup} warm-up, naive DataLoader workers: {args.workers}",
-        f"- pack build (decode {args.images} JPEGs once): {r['pack_seconds']:.1f} s",
+        f"- pack build (decode {args.images} JPEGs once): {r['pack_seconds']:.1f} s; host load average "
+        f"(1 min) at the start: {r['load']:.1f} on {len(os.sched_getaffinity(0))} cores",
         "",
         "| pipeline | train images/s | vs naive | eval images/s | projected CelebA protocol (device-hours) |",
         "|---|---:|---:|---:|---:|",
