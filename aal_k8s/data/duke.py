@@ -32,7 +32,6 @@ from aal_k8s.data.common import (
     IMAGENET_STD,
     Part,
     check_count,
-    fmt_count,
     images_in,
     load_real,
     require_dir,
