@@ -142,6 +142,12 @@ def cycle(make):
         yield from make()
 
 
+@torch.no_grad()
+def forward_only(model, x, bf16: bool, device):
+    with torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16):
+        return model(x)
+
+
 def bench(args) -> dict:
     load = os.getloadavg()[0]
     device = torch.device(args.device)
@@ -152,13 +158,13 @@ def bench(args) -> dict:
     labels = (np.random.default_rng(1).random((args.images, 2)) < 0.5).astype(np.uint8)
     labels_t = torch.from_numpy(labels.astype(np.float32))
     w, c = head_coefficients(1, 1, 0.3, device=device)
-    results = {}
+    variants = {}  # name -> (train batches, train step, eval batches, eval forward)
 
     # (1) naive: PIL decode + transforms in DataLoader workers, fp32, NCHW
     ds = NaiveDataset(paths, labels_t, out, hw)
     pin = device.type == "cuda"
 
-    def naive_loader(shuffle=True, batch=bs):
+    def naive_loader(shuffle, batch):
         return torch.utils.data.DataLoader(
             ds, batch_size=batch, shuffle=shuffle, num_workers=args.workers, pin_memory=pin, drop_last=True,
             persistent_workers=args.workers > 0, prefetch_factor=4 if args.workers else None,
@@ -168,13 +174,15 @@ def bench(args) -> dict:
         for x, y in batches:
             yield x.to(device, non_blocking=True), y.to(device, non_blocking=True)
 
+    train_loader, eval_loader = naive_loader(True, bs), naive_loader(False, args.eval_batch)
     model, opt = make_model(device, channels_last=False)
-    model.train()
-    train_loader = naive_loader()
-    results["naive fp32 NCHW (PIL + DataLoader)"] = timed(
-        to_dev(cycle(lambda: train_loader)), lambda x, y: step(model, opt, x, y, w, c, False, device), device,
-        args.warmup, args.steps,
-    )  # fmt: skip
+    variants["naive fp32 NCHW (PIL + DataLoader)"] = (
+        to_dev(cycle(lambda: train_loader)),
+        lambda x, y, model=model, opt=opt: step(model, opt, x, y, w, c, False, device),
+        to_dev(cycle(lambda: eval_loader)),
+        lambda x, y, model=model: forward_only(model, x, False, device),
+        model,
+    )
 
     # (2) packed: build a pack from the same JPEGs, fetch it, keep it resident on the device
     mod = types.SimpleNamespace(
@@ -190,41 +198,38 @@ def bench(args) -> dict:
     part = fetch(LocalStore(os.path.join(tmp, "store")), "packs/bench", os.path.join(tmp, "cache")).parts()["train"]
     split = part.split(hw)
     data = LoadedDataset("bench", ["a", "aux"], {"train": split, "val": split, "test": split}, IMAGENET_MEAN, IMAGENET_STD)
-    for bf16 in ([False, True] if device.type == "cpu" else [True]) + ([] if not args.fp32_gpu else [False]):
+    precisions = [False, True] if device.type == "cpu" or args.fp32_gpu else [True]
+    for bf16 in precisions:
         pipe = InputPipeline(data, [0, 1], device, out_size=out, crop=CROP, flip=True, bf16=bf16, splits=("train",))
         model, opt = make_model(device, channels_last=True)
         if args.compile:
             model.features = torch.compile(model.features)
-        model.train()
         gen = torch.Generator().manual_seed(0)
-        batches = cycle(lambda: pipe.train_batches(bs, gen, epoch=1))
         name = f"packed {'bf16' if bf16 else 'fp32'} channels_last (resident on {device.type})"
-        results[name] = timed(batches, lambda x, y: step(model, opt, x, y, w, c, bf16, device), device,
-                              args.warmup, args.steps)  # fmt: skip
+        variants[name] = (
+            cycle(lambda pipe=pipe, gen=gen: pipe.train_batches(bs, gen, epoch=1)),
+            lambda x, y, model=model, opt=opt, bf16=bf16: step(model, opt, x, y, w, c, bf16, device),
+            cycle(lambda pipe=pipe: pipe.eval_batches("train", args.eval_batch)),
+            lambda x, y, model=model, bf16=bf16: forward_only(model, x, bf16, device),
+            model,
+        )
 
-    # evaluation (forward only) for the projection
-    evals = {}
-
-    @torch.no_grad()
-    def fwd(model, x, bf16):
-        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16):
-            return model(x)
-
-    model, _ = make_model(device, channels_last=False)
-    model.eval()
-    eval_loader = naive_loader(False, args.eval_batch)
-    evals["naive"] = timed(to_dev(cycle(lambda: eval_loader)), lambda x, y: fwd(model, x, False),
-                           device, 1, args.eval_steps)  # fmt: skip
-    for bf16 in [False, True] if device.type == "cpu" else [True]:
-        pipe = InputPipeline(data, [0, 1], device, out_size=out, bf16=bf16, splits=("train",))
-        model, _ = make_model(device, channels_last=True)
-        model.eval()
-        evals[f"packed {'bf16' if bf16 else 'fp32'}"] = timed(
-            cycle(lambda: pipe.eval_batches("train", args.eval_batch)), lambda x, y: fwd(model, x, bf16), device,
-            1, args.eval_steps,
-        )  # fmt: skip
-    return {"train": results, "eval": evals, "batch": bs, "hw": hw, "out": out, "pack_seconds": pack_seconds,
-            "device": device, "load": load}  # fmt: skip
+    # rounds interleave the pipelines, so a change of load on a shared machine hits them all;
+    # each number is the best of the rounds
+    rates = {k: {name: 0.0 for name in variants} for k in ("input", "train", "eval")}
+    for r in range(args.repeats):
+        warm = args.warmup if r == 0 else 0
+        for name, (tb, tstep, eb, efwd, model) in variants.items():
+            inp = timed(tb, lambda x, y: None, device, warm, args.input_steps)
+            rates["input"][name] = max(rates["input"][name], inp)
+            model.train()
+            rates["train"][name] = max(rates["train"][name], timed(tb, tstep, device, warm, args.steps))
+            model.eval()
+            rates["eval"][name] = max(rates["eval"][name], timed(eb, efwd, device, 1 if r == 0 else 0, args.eval_steps))
+            print(f"round {r + 1}: {name}: input {rates['input'][name]:.1f}, train {rates['train'][name]:.1f}, "
+                  f"eval {rates['eval'][name]:.1f} images/s", file=sys.stderr)  # fmt: skip
+    return {"rates": rates, "batch": bs, "hw": hw, "out": out, "pack_seconds": pack_seconds,
+            "device": device, "load": load, "load_end": os.getloadavg()[0]}  # fmt: skip
 
 
 def projection_hours(train_ips: float, eval_ips: float) -> float:
@@ -264,15 +269,20 @@ def report(r: dict, args) -> str:
         f"batch {r['batch']}, ResNet18 + 2 AAL heads (head_losses, impl={HEADS_IMPL}) + Adam, {args.steps} timed steps after "
         f"{args.warmup} warm-up, naive DataLoader workers: {args.workers}",
         f"- pack build (decode {args.images} JPEGs once): {r['pack_seconds']:.1f} s; host load average "
-        f"(1 min) at the start: {r['load']:.1f} on {len(os.sched_getaffinity(0))} cores",
+        f"(1 min): {r['load']:.1f} at the start, {r['load_end']:.1f} at the end, on {len(os.sched_getaffinity(0))} cores",
+        f"- each number is the best of {args.repeats} interleaved rounds; input only = {args.input_steps} batches "
+        "produced and delivered to the device without a model step (the pipeline's capacity)",
         "",
-        "| pipeline | train images/s | vs naive | eval images/s | projected CelebA protocol (device-hours) |",
-        "|---|---:|---:|---:|---:|",
+        "| pipeline | input only images/s | train step images/s | vs naive | eval images/s | projected CelebA protocol (device-hours) |",
+        "|---|---:|---:|---:|---:|---:|",
     ]
-    naive = r["train"]["naive fp32 NCHW (PIL + DataLoader)"]
-    for name, ips in r["train"].items():
-        ev = r["eval"]["naive" if name.startswith("naive") else f"packed {'bf16' if 'bf16' in name else 'fp32'}"]
-        lines.append(f"| {name} | {ips:,.1f} | {ips / naive:.2f}x | {ev:,.1f} | {projection_hours(ips, ev):,.0f} |")
+    rates = r["rates"]
+    naive = rates["train"]["naive fp32 NCHW (PIL + DataLoader)"]
+    for name in rates["train"]:
+        tr, ev, inp = rates["train"][name], rates["eval"][name], rates["input"][name]
+        lines.append(
+            f"| {name} | {inp:,.1f} | {tr:,.1f} | {tr / naive:.2f}x | {ev:,.1f} | {projection_hours(tr, ev):,.0f} |"
+        )
     lines += [
         "",
         f"Projection: {sum(RUNS.values())} runs (40 single + 780 pairwise + 1 multi + 200 adversarial), each "
@@ -296,7 +306,9 @@ def main(argv=None) -> int:
     p.add_argument("--eval-batch", type=int, default=None)
     p.add_argument("--steps", type=int, default=None, help="timed training steps per pipeline")
     p.add_argument("--eval-steps", type=int, default=None)
+    p.add_argument("--input-steps", type=int, default=None, help="batches timed without a model step")
     p.add_argument("--warmup", type=int, default=None)
+    p.add_argument("--repeats", type=int, default=3, help="interleaved rounds; the best of them is reported")
     p.add_argument("--workers", type=int, default=min(8, len(os.sched_getaffinity(0))), help="naive DataLoader workers")
     p.add_argument("--threads", type=int, default=0, help="torch threads (0 = default)")
     p.add_argument("--compile", action="store_true", help="torch.compile the packed model's features")
@@ -306,9 +318,10 @@ def main(argv=None) -> int:
     gpu = args.device.startswith("cuda")
     args.size = args.size or ("celeba" if gpu else "small")
     args.images = args.images or (4096 if args.size == "celeba" else 256)
-    args.steps = args.steps or (50 if gpu else 8)
-    args.eval_steps = args.eval_steps or (20 if gpu else 4)
-    args.warmup = args.warmup if args.warmup is not None else (10 if gpu else 2)
+    args.steps = args.steps or (50 if gpu else 4)
+    args.eval_steps = args.eval_steps or (20 if gpu else 3)
+    args.input_steps = args.input_steps or (200 if gpu else 64)  # far more than a DataLoader prefetches
+    args.warmup = args.warmup if args.warmup is not None else (10 if gpu else 1)
     args.eval_batch = args.eval_batch or (512 if gpu else 64)
     if args.threads:
         torch.set_num_threads(args.threads)
