@@ -216,18 +216,17 @@ def bench(args) -> dict:
 
     # rounds interleave the pipelines, so a change of load on a shared machine hits them all;
     # each number is the best of the rounds
-    rates = {k: {name: 0.0 for name in variants} for k in ("input", "train", "eval")}
+    rates = {k: {name: [] for name in variants} for k in ("input", "train", "eval")}
     for r in range(args.repeats):
         warm = args.warmup if r == 0 else 0
         for name, (tb, tstep, eb, efwd, model) in variants.items():
-            inp = timed(tb, lambda x, y: None, device, warm, args.input_steps)
-            rates["input"][name] = max(rates["input"][name], inp)
+            rates["input"][name].append(timed(tb, lambda x, y: None, device, warm, args.input_steps))
             model.train()
-            rates["train"][name] = max(rates["train"][name], timed(tb, tstep, device, warm, args.steps))
+            rates["train"][name].append(timed(tb, tstep, device, warm, args.steps))
             model.eval()
-            rates["eval"][name] = max(rates["eval"][name], timed(eb, efwd, device, 1 if r == 0 else 0, args.eval_steps))
-            print(f"round {r + 1}: {name}: input {rates['input'][name]:.1f}, train {rates['train'][name]:.1f}, "
-                  f"eval {rates['eval'][name]:.1f} images/s", file=sys.stderr)  # fmt: skip
+            rates["eval"][name].append(timed(eb, efwd, device, 1 if r == 0 else 0, args.eval_steps))
+            print(f"round {r + 1}: {name}: input {rates['input'][name][-1]:.1f}, train {rates['train'][name][-1]:.1f}, "
+                  f"eval {rates['eval'][name][-1]:.1f} images/s", file=sys.stderr)  # fmt: skip
     return {"rates": rates, "batch": bs, "hw": hw, "out": out, "pack_seconds": pack_seconds,
             "device": device, "load": load, "load_end": os.getloadavg()[0]}  # fmt: skip
 
@@ -270,19 +269,24 @@ def report(r: dict, args) -> str:
         f"{args.warmup} warm-up, naive DataLoader workers: {args.workers}",
         f"- pack build (decode {args.images} JPEGs once): {r['pack_seconds']:.1f} s; host load average "
         f"(1 min): {r['load']:.1f} at the start, {r['load_end']:.1f} at the end, on {len(os.sched_getaffinity(0))} cores",
-        f"- each number is the best of {args.repeats} interleaved rounds; input only = {args.input_steps} batches "
+        f"- each cell: best (median) of {args.repeats} interleaved rounds; input only = {args.input_steps} batches "
         "produced and delivered to the device without a model step (the pipeline's capacity)",
         "",
         "| pipeline | input only images/s | train step images/s | vs naive | eval images/s | projected CelebA protocol (device-hours) |",
         "|---|---:|---:|---:|---:|---:|",
     ]
-    rates = r["rates"]
-    naive = rates["train"]["naive fp32 NCHW (PIL + DataLoader)"]
-    for name in rates["train"]:
-        tr, ev, inp = rates["train"][name], rates["eval"][name], rates["input"][name]
-        lines.append(
-            f"| {name} | {inp:,.1f} | {tr:,.1f} | {tr / naive:.2f}x | {ev:,.1f} | {projection_hours(tr, ev):,.0f} |"
-        )
+    best = {k: {n: max(v) for n, v in d.items()} for k, d in r["rates"].items()}
+    median = {k: {n: float(np.median(v)) for n, v in d.items()} for k, d in r["rates"].items()}
+    naive = "naive fp32 NCHW (PIL + DataLoader)"
+    for name in best["train"]:
+        cells = []
+        for key in ("input", "train"):
+            cells.append(f"{best[key][name]:,.1f} ({median[key][name]:,.1f})")
+        cells.append(f"{best['train'][name] / best['train'][naive]:.2f}x ({median['train'][name] / median['train'][naive]:.2f}x)")
+        cells.append(f"{best['eval'][name]:,.1f} ({median['eval'][name]:,.1f})")
+        cells.append(f"{projection_hours(best['train'][name], best['eval'][name]):,.0f} "
+                     f"({projection_hours(median['train'][name], median['eval'][name]):,.0f})")  # fmt: skip
+        lines.append(f"| {name} | " + " | ".join(cells) + " |")
     lines += [
         "",
         f"Projection: {sum(RUNS.values())} runs (40 single + 780 pairwise + 1 multi + 200 adversarial), each "
