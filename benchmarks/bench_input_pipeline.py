@@ -121,9 +121,11 @@ def sync(device):
         torch.cuda.synchronize()
 
 
-def timed(batches, fn, device, warmup: int, steps: int) -> float:
-    """Images/second of ``fn(x, y)`` over ``steps`` batches after ``warmup`` batches."""
-    it = iter(batches)
+def timed(make_batches, fn, device, warmup: int, steps: int) -> float:
+    """Images/second of ``fn(x, y)`` over ``steps`` batches after ``warmup`` batches of a fresh
+    iterator (a naive DataLoader's workers start in the warm-up and stop afterwards, so they never
+    run in the background of another pipeline's measurement)."""
+    it = iter(make_batches())
     for _ in range(warmup):
         x, y = next(it)
         fn(x, y)
@@ -134,7 +136,9 @@ def timed(batches, fn, device, warmup: int, steps: int) -> float:
         fn(x, y)
         n += x.shape[0]
     sync(device)
-    return n / (time.perf_counter() - t0)
+    rate = n / (time.perf_counter() - t0)
+    del it
+    return rate
 
 
 def cycle(make):
@@ -167,7 +171,7 @@ def bench(args) -> dict:
     def naive_loader(shuffle, batch):
         return torch.utils.data.DataLoader(
             ds, batch_size=batch, shuffle=shuffle, num_workers=args.workers, pin_memory=pin, drop_last=True,
-            persistent_workers=args.workers > 0, prefetch_factor=4 if args.workers else None,
+            persistent_workers=False, prefetch_factor=4 if args.workers else None,
         )  # fmt: skip
 
     def to_dev(batches):
@@ -177,9 +181,9 @@ def bench(args) -> dict:
     train_loader, eval_loader = naive_loader(True, bs), naive_loader(False, args.eval_batch)
     model, opt = make_model(device, channels_last=False)
     variants["naive fp32 NCHW (PIL + DataLoader)"] = (
-        to_dev(cycle(lambda: train_loader)),
+        lambda: to_dev(cycle(lambda: train_loader)),
         lambda x, y, model=model, opt=opt: step(model, opt, x, y, w, c, False, device),
-        to_dev(cycle(lambda: eval_loader)),
+        lambda: to_dev(cycle(lambda: eval_loader)),
         lambda x, y, model=model: forward_only(model, x, False, device),
         model,
     )
@@ -207,9 +211,9 @@ def bench(args) -> dict:
         gen = torch.Generator().manual_seed(0)
         name = f"packed {'bf16' if bf16 else 'fp32'} channels_last (resident on {device.type})"
         variants[name] = (
-            cycle(lambda pipe=pipe, gen=gen: pipe.train_batches(bs, gen, epoch=1)),
+            lambda pipe=pipe, gen=gen: cycle(lambda: pipe.train_batches(bs, gen, epoch=1)),
             lambda x, y, model=model, opt=opt, bf16=bf16: step(model, opt, x, y, w, c, bf16, device),
-            cycle(lambda pipe=pipe: pipe.eval_batches("train", args.eval_batch)),
+            lambda pipe=pipe: cycle(lambda: pipe.eval_batches("train", args.eval_batch)),
             lambda x, y, model=model, bf16=bf16: forward_only(model, x, bf16, device),
             model,
         )
@@ -218,13 +222,13 @@ def bench(args) -> dict:
     # each number is the best of the rounds
     rates = {k: {name: [] for name in variants} for k in ("input", "train", "eval")}
     for r in range(args.repeats):
-        warm = args.warmup if r == 0 else 0
+        warm = args.warmup if r == 0 else max(1, args.warmup // 2)
         for name, (tb, tstep, eb, efwd, model) in variants.items():
             rates["input"][name].append(timed(tb, lambda x, y: None, device, warm, args.input_steps))
             model.train()
             rates["train"][name].append(timed(tb, tstep, device, warm, args.steps))
             model.eval()
-            rates["eval"][name].append(timed(eb, efwd, device, 1 if r == 0 else 0, args.eval_steps))
+            rates["eval"][name].append(timed(eb, efwd, device, 1, args.eval_steps))
             print(f"round {r + 1}: {name}: input {rates['input'][name][-1]:.1f}, train {rates['train'][name][-1]:.1f}, "
                   f"eval {rates['eval'][name][-1]:.1f} images/s", file=sys.stderr)  # fmt: skip
     return {"rates": rates, "batch": bs, "hw": hw, "out": out, "pack_seconds": pack_seconds,
@@ -266,7 +270,8 @@ def report(r: dict, args) -> str:
         f"- date: {datetime.date.today().isoformat()}, torch {torch.__version__}, git commit {commit}",
         f"- images: {args.images} generated JPEGs {r['hw'][0]}x{r['hw'][1]} (h x w), model input {r['out']}x{r['out']}, "
         f"batch {r['batch']}, ResNet18 + 2 AAL heads (head_losses, impl={HEADS_IMPL}) + Adam, {args.steps} timed steps after "
-        f"{args.warmup} warm-up, naive DataLoader workers: {args.workers}",
+        f"{args.warmup} warm-up steps (later rounds {max(1, args.warmup // 2)}) on a fresh iterator, naive DataLoader "
+        f"workers: {args.workers}",
         f"- pack build (decode {args.images} JPEGs once): {r['pack_seconds']:.1f} s; host load average "
         f"(1 min): {r['load']:.1f} at the start, {r['load_end']:.1f} at the end, on {len(os.sched_getaffinity(0))} cores",
         f"- each cell: best (median) of {args.repeats} interleaved rounds; input only = {args.input_steps} batches "
