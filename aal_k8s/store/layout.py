@@ -124,7 +124,7 @@ class ExperimentStore:
         run_id = spec.run_id
         existing = self.read_metrics(run_id)
         if existing is not None:
-            self._discard_attempt(run_id)
+            self.discard_attempt(run_id)
             return existing
         listed = {}
         for name, data in artifacts.items():
@@ -151,10 +151,10 @@ class ExperimentStore:
         if won.get("attempt") == self.attempt and won.get("record_sha256") == record["record_sha256"]:
             self.delete_checkpoints(run_id)
         else:
-            self._discard_attempt(run_id)
+            self.discard_attempt(run_id)
         return won
 
-    def _discard_attempt(self, run_id: str) -> None:
+    def discard_attempt(self, run_id: str) -> None:
         """Delete this attempt's files (after another attempt committed the run)."""
         for key in self.store.list(self.key("runs", run_id, ATTEMPTS, self.attempt)):
             self.store.delete(key)
