@@ -80,10 +80,15 @@ def build_final(exp: ExperimentStore, cfg: Config, out: ReduceOutput) -> dict:
         "input": {
             "image_size": cfg.dataset.synthetic.image_size if cfg.dataset.name == "synthetic" else cfg.model.image_size,
             "channels": "RGB",
+            "resize": "bilinear",  # the image is resized to image_size x image_size
+            "layout": "NCHW",
             "scale": "pixels / 255",
             "mean": list(mean),
             "std": list(std),
         },
+        "format": "safetensors",  # backbone.* tensors + head.weight [1, D] + head.bias [1]
+        "output": {"logit": "head.weight @ backbone(x) + head.bias", "probability": "sigmoid(logit)",
+                   "threshold": 0.5},  # fmt: skip
         "final_selection": cfg.adversarial.final_selection,
         "created_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
         "models": entries,

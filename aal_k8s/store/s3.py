@@ -217,19 +217,20 @@ class S3Store(Store):
     def get_bytes(self, key: str) -> bytes:
         k = self._key(key)
         for attempt in range(1, self.max_attempts + 1):
-            try:
+            try:  # botocore retries the request itself (5xx, resets, timeouts) up to max_attempts
                 resp = self.client.get_object(Bucket=self.bucket, Key=k)
+            except (bx.BotoCoreError, bx.ClientError) as e:
+                raise self._error(key, "download", e) from None
+            try:  # ... but not a body that breaks off after the headers: that is retried here
                 data = resp["Body"].read()
                 expected = resp.get("ContentLength")
                 if expected is not None and len(data) != expected:
                     raise bx.IncompleteReadError(actual_bytes=len(data), expected_bytes=expected)
                 return data
-            except _TRANSIENT as e:  # the body broke off (botocore's own retries are over by then)
+            except (*_TRANSIENT, ConnectionError, TimeoutError) as e:
                 if attempt == self.max_attempts:
                     raise self._error(key, "download", e) from None
                 self._backoff(attempt)
-            except (bx.BotoCoreError, bx.ClientError) as e:
-                raise self._error(key, "download", e) from None
         raise AssertionError("unreachable")
 
     def exists(self, key: str) -> bool:
