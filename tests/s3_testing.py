@@ -76,7 +76,9 @@ def make_bucket(endpoint: str) -> str:
     import boto3
 
     name = f"aal-test-{uuid.uuid4().hex[:12]}"
-    boto3.client("s3", endpoint_url=endpoint, region_name="us-east-1").create_bucket(Bucket=name)
+    client = boto3.client("s3", endpoint_url=endpoint, region_name="us-east-1", aws_access_key_id=FAKE_KEY_ID,
+                          aws_secret_access_key=FAKE_SECRET)  # fmt: skip
+    client.create_bucket(Bucket=name)
     return name
 
 

@@ -264,3 +264,13 @@ def test_predict_refuses_a_model_file_that_fails_its_checksum_or_does_not_fit(mo
     err = capsys.readouterr().err
     assert f"{dest / 'models' / 'square.safetensors'}: weights do not fit backbone 'resnet18'" in err
     assert len(err.strip().splitlines()) == 1
+
+
+def test_the_final_model_files_are_byte_reproducible(tiny_overrides, tmp_path):
+    """Same runs -> same files, whichever store: the manifest's sha256 sums match across builds."""
+    sums = []
+    for name in ("one", "two"):
+        over = [o for o in tiny_overrides if not o.startswith("store.uri=")] + [f"store.uri={tmp_path / name}"]
+        exp, _ = build_model_set(load_config(overrides=over, dataset="synthetic"))
+        sums.append([m["sha256"] for m in exp.get_json("final", "manifest.json")["models"]])
+    assert sums[0] == sums[1]
