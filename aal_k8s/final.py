@@ -90,8 +90,11 @@ def build_final(exp: ExperimentStore, cfg: Config, out: ReduceOutput) -> dict:
             "std": list(std),
         },
         "format": "safetensors",  # backbone.* tensors + head.weight [1, D] + head.bias [1]
-        "output": {"logit": "head.weight @ backbone(x) + head.bias", "probability": "sigmoid(logit)",
-                   "threshold": 0.5},  # fmt: skip
+        "output": {
+            "logit": "head.weight @ backbone(x) + head.bias",
+            "probability": "sigmoid(logit)",
+            "threshold": 0.5,
+        },
         "final_selection": cfg.adversarial.final_selection,
         "created_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
         "models": entries,

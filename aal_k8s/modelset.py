@@ -59,8 +59,7 @@ def select_models(manifest: dict, attrs: list[str] | None, where: str) -> list[d
             chosen.append(m)
     if bad:
         raise AALError(
-            f"{where}: no classifier for attribute(s) {', '.join(map(repr, bad))} "
-            f"(available: {', '.join(by_name)})"
+            f"{where}: no classifier for attribute(s) {', '.join(map(repr, bad))} (available: {', '.join(by_name)})"
         )
     return chosen
 

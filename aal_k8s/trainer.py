@@ -220,8 +220,13 @@ def train_run(
                     "epoch": epoch,
                     "model": _cpu(model.state_dict()),
                     "optimizer": _cpu(opt.state_dict()),
-                    "scheduler": {"kind": "step", "lr": lr, "base_lr": t.lr, "decay_epoch": t.lr_decay_epoch,
-                                  "factor": t.lr_decay_factor},  # fmt: skip
+                    "scheduler": {
+                        "kind": "step",
+                        "lr": lr,
+                        "base_lr": t.lr,
+                        "decay_epoch": t.lr_decay_epoch,
+                        "factor": t.lr_decay_factor,
+                    },
                     "grl": {"mode": spec.mode, "lambda": lam, "n_primary": n_p, "n_auxiliary": len(spec.auxiliary)},
                     "rng": {
                         "torch_cpu": torch.get_rng_state(),

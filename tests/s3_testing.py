@@ -224,7 +224,8 @@ class FaultProxy:
                    f"<Message>injected by the test proxy</Message><RequestId>t</RequestId></Error>").encode()  # fmt: skip
             client.sendall(
                 f"HTTP/1.1 {status} {reason}\r\nContent-Type: application/xml\r\nContent-Length: {len(xml)}\r\n"
-                f"Connection: close\r\n\r\n".encode() + xml
+                f"Connection: close\r\n\r\n".encode()
+                + xml
             )
             client.close()
             return

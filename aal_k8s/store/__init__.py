@@ -23,8 +23,15 @@ from aal_k8s.store.layout import ExperimentStore, attempt_id, sha256_hex
 from aal_k8s.store.local import LocalStore
 
 __all__ = [
-    "Store", "LocalStore", "ExperimentStore", "open_store", "sha256_hex", "attempt_id",
-    "STORE_OPTIONS_ENV", "store_options_env", "store_options_from_env",
+    "STORE_OPTIONS_ENV",
+    "ExperimentStore",
+    "LocalStore",
+    "Store",
+    "attempt_id",
+    "open_store",
+    "sha256_hex",
+    "store_options_env",
+    "store_options_from_env",
 ]  # fmt: skip
 
 STORE_OPTIONS_ENV = "AAL_K8S_STORE_OPTIONS"

@@ -167,7 +167,9 @@ class ExperimentStore:
         try:
             record = json.loads(self.store.get_bytes(key))
         except (json.JSONDecodeError, UnicodeDecodeError):
-            raise StoreError(f"{self.store.url(key)}: commit record is not valid JSON (truncated or corrupted)") from None
+            raise StoreError(
+                f"{self.store.url(key)}: commit record is not valid JSON (truncated or corrupted)"
+            ) from None
         if not isinstance(record, dict):
             raise StoreError(f"{self.store.url(key)}: commit record is not a JSON object")
         if "record_sha256" in record and record["record_sha256"] != _self_sha(record):

@@ -57,7 +57,7 @@ _NOT_FOUND_CODES = {"NoSuchKey", "404", "NotFound"}
 _DENIED_CODES = {"AccessDenied", "403", "InvalidAccessKeyId", "SignatureDoesNotMatch", "ExpiredToken",
                  "InvalidToken", "Forbidden"}  # fmt: skip
 _SECRET_ENV = ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN", "AWS_SECURITY_TOKEN")
-_SIGNING = re.compile(r"(X-Amz-(?:Credential|Signature|Security-Token)=)[^&\s\"']+|(Credential=)[^,\s]+", re.I)
+_SIGNING = re.compile(r"(X-Amz-(?:Credential|Signature|Security-Token)=)[^&\s\"']+|(Credential=)[^,\s]+", re.IGNORECASE)
 
 
 def scrub(text: str) -> str:
@@ -112,9 +112,7 @@ class S3Store(Store):
         self.region = resolve_region(opts)
         self.max_attempts = opts.max_attempts
         session = boto3.session.Session()
-        self.client = session.client(
-            "s3", endpoint_url=self.endpoint_url, config=botocore_config(opts, self.region)
-        )
+        self.client = session.client("s3", endpoint_url=self.endpoint_url, config=botocore_config(opts, self.region))
         self.transfer = TransferConfig(
             multipart_threshold=opts.multipart_threshold_mb * MB,
             multipart_chunksize=opts.multipart_chunksize_mb * MB,
@@ -169,6 +167,10 @@ class S3Store(Store):
             )
         return StoreError(f"{url}: {op} failed: {type(e).__name__}: {scrub(str(e))[:200]}")
 
+    @staticmethod
+    def _not_found(e: bx.ClientError) -> bool:
+        return str(e.response.get("Error", {}).get("Code", "")) in _NOT_FOUND_CODES
+
     def _backoff(self, attempt: int) -> None:
         time.sleep(min(2.0, 0.05 * 2**attempt))
 
@@ -202,10 +204,10 @@ class S3Store(Store):
                 if code == "PreconditionFailed" or status == 412:
                     self._conditional_put = True
                     return False
-                if code == "ConditionalRequestConflict" or status == 409:
-                    if attempt < self.max_attempts:  # another conditional write in flight: ask again
-                        self._backoff(attempt)
-                        continue
+                conflict = code == "ConditionalRequestConflict" or status == 409
+                if conflict and attempt < self.max_attempts:  # another conditional write in flight: ask again
+                    self._backoff(attempt)
+                    continue
                 if code in ("NotImplemented", "NotImplementedError") or status == 501:
                     self._conditional_put = False
                     return super().put_if_absent(key, data)
@@ -238,10 +240,9 @@ class S3Store(Store):
             self.client.head_object(Bucket=self.bucket, Key=self._key(key))
             return True
         except bx.ClientError as e:
-            err = self._error(key, "lookup", e)
-            if err.message.endswith(": not found"):
+            if self._not_found(e):
                 return False
-            raise err from None
+            raise self._error(key, "lookup", e) from None
         except bx.BotoCoreError as e:
             raise self._error(key, "lookup", e) from None
 
@@ -260,9 +261,8 @@ class S3Store(Store):
         try:
             self.client.delete_object(Bucket=self.bucket, Key=self._key(key))
         except bx.ClientError as e:
-            err = self._error(key, "delete", e)
-            if not err.message.endswith(": not found"):
-                raise err from None
+            if not self._not_found(e):
+                raise self._error(key, "delete", e) from None
         except bx.BotoCoreError as e:
             raise self._error(key, "delete", e) from None
 

@@ -71,7 +71,9 @@ def _download(tiny_overrides, dest, *extra) -> int:
     return main(["download", "--to", str(dest), *extra, *_flags(tiny_overrides)])
 
 
-def test_download_fetches_every_classifier_verified_and_writes_the_manifest(model_set, tiny_overrides, tmp_path, capsys):
+def test_download_fetches_every_classifier_verified_and_writes_the_manifest(
+    model_set, tiny_overrides, tmp_path, capsys
+):
     exp, _ = model_set
     dest = tmp_path / "models"
     assert _download(tiny_overrides, dest) == 0
@@ -142,7 +144,9 @@ def test_download_of_some_attributes_fetches_only_those(model_set, tiny_override
     assert sorted(os.listdir(dest / "models")) == ["red_tint.safetensors", "ring.safetensors"]
 
 
-def test_download_of_a_corrupted_model_names_its_s3_key_and_keeps_nothing_of_it(s3_uri, bucket, raw_s3, tiny_overrides, tmp_path, capsys):
+def test_download_of_a_corrupted_model_names_its_s3_key_and_keeps_nothing_of_it(
+    s3_uri, bucket, raw_s3, tiny_overrides, tmp_path, capsys
+):
     over = [o for o in tiny_overrides if not o.startswith("store.uri=")] + [f"store.uri={s3_uri}"]
     build_model_set(load_config(overrides=over, dataset="synthetic"))
     key = "aal/synthetic/final/models/ring.safetensors"
@@ -186,7 +190,9 @@ def _reference_probabilities(nets, cfg, image_paths) -> dict[str, list[float]]:
         return {a: torch.sigmoid(net(x)[:, 0]).double().tolist() for a, net in nets.items()}
 
 
-def test_predict_gives_the_probabilities_of_the_trained_network_as_json(model_set, tiny_overrides, tiny_cfg, images, tmp_path, capsys):
+def test_predict_gives_the_probabilities_of_the_trained_network_as_json(
+    model_set, tiny_overrides, tiny_cfg, images, tmp_path, capsys
+):
     _, nets = model_set
     dest = tmp_path / "models"
     assert _download(tiny_overrides, dest) == 0
@@ -202,7 +208,9 @@ def test_predict_gives_the_probabilities_of_the_trained_network_as_json(model_se
             assert r["attributes"][a]["decision"] == (p >= 0.5)
 
 
-def test_predict_prints_a_table_or_csv_for_a_folder_and_resizes_other_sizes(model_set, tiny_overrides, images, tmp_path, capsys):
+def test_predict_prints_a_table_or_csv_for_a_folder_and_resizes_other_sizes(
+    model_set, tiny_overrides, images, tmp_path, capsys
+):
     dest = tmp_path / "models"
     assert _download(tiny_overrides, dest, "--attrs", "square,ring") == 0
     folder = os.path.dirname(images[0])
@@ -236,7 +244,9 @@ def _bad_cases(dest, images, tmp_path):
 
 @pytest.mark.parametrize("case", ["missing folder", "no manifest", "unreadable image", "missing image",
                                   "folder without images", "unknown attribute"])  # fmt: skip
-def test_predict_bad_input_is_one_line_naming_the_file_exit_2(case, model_set, tiny_overrides, images, tmp_path, capsys):
+def test_predict_bad_input_is_one_line_naming_the_file_exit_2(
+    case, model_set, tiny_overrides, images, tmp_path, capsys
+):
     dest = tmp_path / "models"
     assert _download(tiny_overrides, dest) == 0
     argv, fragment = _bad_cases(dest, images, tmp_path)[case]
@@ -246,7 +256,9 @@ def test_predict_bad_input_is_one_line_naming_the_file_exit_2(case, model_set, t
     assert fragment in err and len(err.strip().splitlines()) == 1 and "Traceback" not in err
 
 
-def test_predict_refuses_a_model_file_that_fails_its_checksum_or_does_not_fit(model_set, tiny_overrides, images, tmp_path, capsys):
+def test_predict_refuses_a_model_file_that_fails_its_checksum_or_does_not_fit(
+    model_set, tiny_overrides, images, tmp_path, capsys
+):
     dest = tmp_path / "models"
     assert _download(tiny_overrides, dest) == 0
     f = dest / "models" / "cross.safetensors"

@@ -14,7 +14,14 @@ import subprocess
 import sys
 
 import pytest
-from s3_testing import REPO, SECRETS, free_port, make_bucket, s3_environment, subprocess_env
+from s3_testing import (
+    REPO,
+    SECRETS,
+    free_port,
+    make_bucket,
+    s3_environment,
+    subprocess_env,
+)
 
 pytestmark = pytest.mark.slow
 

@@ -14,8 +14,14 @@ from s3_testing import SECRETS
 from aal_k8s.config import StoreConfig, load_config
 from aal_k8s.errors import ConfigError, StoreError, StoreUnavailableError
 from aal_k8s.runspec import RunSpec
-from aal_k8s.store import (ExperimentStore, LocalStore, open_store, sha256_hex, store_options_env,
-                           store_options_from_env)
+from aal_k8s.store import (
+    ExperimentStore,
+    LocalStore,
+    open_store,
+    sha256_hex,
+    store_options_env,
+    store_options_from_env,
+)
 from aal_k8s.store.s3 import S3Store, scrub
 
 MB = 1024 * 1024
@@ -27,8 +33,13 @@ def _spec(attr="square", idx=1):
 
 def _fast(**kw) -> StoreConfig:
     """Store options for tests: short timeouts, small multipart sizes."""
-    base = dict(max_attempts=5, connect_timeout=2.0, read_timeout=5.0, multipart_threshold_mb=5,
-                multipart_chunksize_mb=5)  # fmt: skip
+    base = {
+        "max_attempts": 5,
+        "connect_timeout": 2.0,
+        "read_timeout": 5.0,
+        "multipart_threshold_mb": 5,
+        "multipart_chunksize_mb": 5,
+    }
     return StoreConfig(**{**base, **kw})
 
 
@@ -285,7 +296,9 @@ def test_of_concurrent_committers_of_one_run_exactly_one_wins(kind, s3_uri, tmp_
     assert exp.read_artifact(spec.run_id, "best.safetensors") == f"weights of {rec['who']}".encode()
     # the losers cleaned up after themselves; the winner's checkpoints went once committed
     left = store.list(f"e/runs/{spec.run_id}")
-    assert left == sorted([f"e/runs/{spec.run_id}/metrics.json", f"e/runs/{spec.run_id}/attempts/{winner}/best.safetensors"])
+    assert left == sorted(
+        [f"e/runs/{spec.run_id}/metrics.json", f"e/runs/{spec.run_id}/attempts/{winner}/best.safetensors"]
+    )
 
 
 def test_a_lost_answer_to_our_own_commit_still_counts_as_ours(s3_uri, fault_proxy):
@@ -374,8 +387,16 @@ def test_impossible_store_settings_are_all_reported_at_once():
                                "store.addressing_style=weird", "store.read_timeout=0", "store.multipart_threshold_mb=1",
                                "store.checkpoint_keep=0", "store.endpoint_url=minio:9000"])  # fmt: skip
     text = str(e.value)
-    for key in ("store.uri", "store.max_attempts", "store.retry_mode", "store.addressing_style", "store.read_timeout",
-                "store.multipart_threshold_mb", "store.checkpoint_keep", "store.endpoint_url"):
+    for key in (
+        "store.uri",
+        "store.max_attempts",
+        "store.retry_mode",
+        "store.addressing_style",
+        "store.read_timeout",
+        "store.multipart_threshold_mb",
+        "store.checkpoint_keep",
+        "store.endpoint_url",
+    ):
         assert key in text, key
     with pytest.raises(ConfigError, match="store.aws_secret_access_key: unknown key"):
         load_config(overrides=["store.aws_secret_access_key=x"])

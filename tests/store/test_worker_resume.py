@@ -3,7 +3,6 @@ uninterrupted run; two workers of one run commit exactly one result; no credenti
 
 from __future__ import annotations
 
-import json
 import os
 import signal
 import subprocess
@@ -72,7 +71,9 @@ def test_a_worker_killed_mid_epoch_resumes_and_ends_with_the_metrics_of_an_unint
     deadline = time.time() + 240
     while not signal_file.exists() and proc.poll() is None and time.time() < deadline:
         time.sleep(0.05)
-    assert signal_file.exists(), f"worker never reached epoch 2: {proc.poll()} {proc.stdout.read() if proc.poll() is not None else ''}"
+    assert signal_file.exists(), (
+        f"worker never reached epoch 2: {proc.poll()} {proc.stdout.read() if proc.poll() is not None else ''}"
+    )
     os.kill(proc.pid, signal.SIGKILL)  # in the middle of epoch 2
     out1, _ = proc.communicate(timeout=60)
     assert proc.returncode == -signal.SIGKILL
@@ -152,9 +153,11 @@ def test_two_concurrent_workers_of_one_run_commit_exactly_one_result(s3_uri, tin
     procs = [
         subprocess.Popen(
             [sys.executable, HOOKS, "barrier-before-commit", str(barrier), "2", "--", *_worker_argv(exp, spec)],
-            env=subprocess_env({"POD_NAME": f"job-pod-{i}"}), stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+            env=subprocess_env({"POD_NAME": f"job-pod-{i}"}),
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
             text=True,
-        )  # fmt: skip
+        )
         for i in range(2)
     ]
     outs = [p.communicate(timeout=300) for p in procs]

@@ -1,10 +1,10 @@
 """Run ``aal-k8s worker`` with a test hook, as a separate process (not a test module).
 
-    python worker_hooks.py pause-mid-epoch SIGNAL_FILE -- worker args...
-        after the first checkpoint is written, the second training step of the next epoch
-        creates SIGNAL_FILE and sleeps (the test then kills the process with SIGKILL)
-    python worker_hooks.py barrier-before-commit DIR N -- worker args...
-        before committing, wait until N processes have reached the commit (files in DIR)
+python worker_hooks.py pause-mid-epoch SIGNAL_FILE -- worker args...
+    after the first checkpoint is written, the second training step of the next epoch
+    creates SIGNAL_FILE and sleeps (the test then kills the process with SIGKILL)
+python worker_hooks.py barrier-before-commit DIR N -- worker args...
+    before committing, wait until N processes have reached the commit (files in DIR)
 """
 
 from __future__ import annotations
@@ -16,7 +16,7 @@ import uuid
 
 
 def pause_mid_epoch(signal_file: str) -> None:
-    import aal_k8s.trainer as trainer
+    from aal_k8s import trainer
     from aal_k8s.store.layout import ExperimentStore
 
     state = {"checkpointed": False, "steps": 0}
