@@ -400,3 +400,11 @@ def test_impossible_store_settings_are_all_reported_at_once():
         assert key in text, key
     with pytest.raises(ConfigError, match="store.aws_secret_access_key: unknown key"):
         load_config(overrides=["store.aws_secret_access_key=x"])
+
+
+def test_missing_credentials_are_one_error_saying_where_they_come_from(s3_uri, monkeypatch):
+    for k in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN"):
+        monkeypatch.delenv(k)
+    s = open_store(s3_uri, _fast())
+    with pytest.raises(StoreError, match=rf"{s3_uri}/k: no S3 credentials found; set AWS_ACCESS_KEY_ID"):
+        s.put_bytes("k", b"x")
