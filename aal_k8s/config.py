@@ -91,6 +91,36 @@ class StoreConfig:
     checkpoint_keep: int = 2  # newest checkpoints kept per run attempt (>= 1; older ones deleted)
 
 
+def validate_store(st: StoreConfig) -> list[str]:
+    """Impossible ``store.*`` values (choices are checked with the other CHOICES)."""
+    problems: list[str] = []
+    if isinstance(st.uri, str):
+        if not st.uri:
+            problems.append("store.uri: must not be empty")
+        elif st.uri.startswith("s3://") and not st.uri[5:].split("/", 1)[0]:
+            problems.append(f"store.uri: {st.uri!r} names no bucket (use s3://bucket/prefix)")
+    ep = st.endpoint_url
+    if isinstance(ep, str) and ep and not ep.startswith(("http://", "https://")):
+        problems.append("store.endpoint_url: must start with http:// or https://")
+    if isinstance(ep, str) and "@" in ep.split("//", 1)[-1].split("/", 1)[0]:
+        problems.append("store.endpoint_url: must not contain credentials (user:password@)")
+    if isinstance(st.max_attempts, int) and not 1 <= st.max_attempts <= 20:
+        problems.append(f"store.max_attempts: must be within [1, 20], got {st.max_attempts}")
+    for key in ("connect_timeout", "read_timeout"):
+        value = getattr(st, key)
+        if isinstance(value, float) and not value > 0:
+            problems.append(f"store.{key}: must be > 0, got {value}")
+    for key in ("multipart_threshold_mb", "multipart_chunksize_mb"):
+        value = getattr(st, key)
+        if isinstance(value, int) and value < 5:
+            problems.append(f"store.{key}: must be >= 5 (the S3 minimum part size), got {value}")
+    if isinstance(st.transfer_concurrency, int) and st.transfer_concurrency < 1:
+        problems.append(f"store.transfer_concurrency: must be >= 1, got {st.transfer_concurrency}")
+    if isinstance(st.checkpoint_keep, int) and st.checkpoint_keep < 1:
+        problems.append(f"store.checkpoint_keep: must be >= 1, got {st.checkpoint_keep}")
+    return problems
+
+
 @dataclass
 class ExecutorConfig:
     backend: str = "local"  # local (processes on this machine) | k8s
@@ -276,36 +306,6 @@ def validate(cfg: Config) -> list[str]:
     pre = cfg.model.pretrained
     if pre not in ("imagenet", "none") and isinstance(pre, str) and not os.path.isfile(pre):
         problems.append(f"model.pretrained: {pre!r} is neither imagenet, none nor an existing file")
-    return problems
-
-
-def validate_store(st: StoreConfig) -> list[str]:
-    """Impossible ``store.*`` values (choices are checked with the other CHOICES)."""
-    problems: list[str] = []
-    if isinstance(st.uri, str):
-        if not st.uri:
-            problems.append("store.uri: must not be empty")
-        elif st.uri.startswith("s3://") and not st.uri[5:].split("/", 1)[0]:
-            problems.append(f"store.uri: {st.uri!r} names no bucket (use s3://bucket/prefix)")
-    ep = st.endpoint_url
-    if isinstance(ep, str) and ep and not ep.startswith(("http://", "https://")):
-        problems.append("store.endpoint_url: must start with http:// or https://")
-    if isinstance(ep, str) and "@" in ep.split("//", 1)[-1].split("/", 1)[0]:
-        problems.append("store.endpoint_url: must not contain credentials (user:password@)")
-    if isinstance(st.max_attempts, int) and not 1 <= st.max_attempts <= 20:
-        problems.append(f"store.max_attempts: must be within [1, 20], got {st.max_attempts}")
-    for key in ("connect_timeout", "read_timeout"):
-        value = getattr(st, key)
-        if isinstance(value, float) and not value > 0:
-            problems.append(f"store.{key}: must be > 0, got {value}")
-    for key in ("multipart_threshold_mb", "multipart_chunksize_mb"):
-        value = getattr(st, key)
-        if isinstance(value, int) and value < 5:
-            problems.append(f"store.{key}: must be >= 5 (the S3 minimum part size), got {value}")
-    if isinstance(st.transfer_concurrency, int) and st.transfer_concurrency < 1:
-        problems.append(f"store.transfer_concurrency: must be >= 1, got {st.transfer_concurrency}")
-    if isinstance(st.checkpoint_keep, int) and st.checkpoint_keep < 1:
-        problems.append(f"store.checkpoint_keep: must be >= 1, got {st.checkpoint_keep}")
     return problems
 
 

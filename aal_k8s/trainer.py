@@ -246,7 +246,7 @@ def train_run(
     test_acc = evaluate(model, data.splits["test"], cols, prep, t.eval_batch_size)
     timings["eval"] += time.perf_counter() - t3
     timings["total"] = time.perf_counter() - start
-    return RunResult(
+    result = RunResult(
         run_id=spec.run_id,
         heads=spec.heads,
         best_epoch=best_epoch,
@@ -258,7 +258,9 @@ def train_run(
             "torch": torch.__version__,
             "device": str(device),
             "threads": str(torch.get_num_threads()),
-            **({"resumed_after_epoch": str(first - 1)} if first > 1 else {}),
         },
         state_dict={k: v.detach().cpu().contiguous() for k, v in best_state.items()},
     )
+    if first > 1:
+        result.environment["resumed_after_epoch"] = str(first - 1)
+    return result
