@@ -74,6 +74,51 @@ class AdversarialConfig:
 @dataclass
 class StoreConfig:
     uri: str = "aal-runs"  # local folder, file:///path, or s3://bucket/prefix
+    # -- S3-compatible stores (AWS, MinIO, Ceph RGW, GCS interop); ignored by local folders.
+    # Credentials are never config: they come from the environment (AWS_ACCESS_KEY_ID/...),
+    # a mounted Secret, a shared credentials file or the instance/pod role (see docs/store.md).
+    endpoint_url: str = ""  # "" = AWS_ENDPOINT_URL_S3 / AWS_ENDPOINT_URL env, else AWS itself
+    region: str = ""  # "" = AWS_REGION / AWS_DEFAULT_REGION env, else us-east-1
+    addressing_style: str = "auto"  # auto | path (MinIO, Ceph, most on-prem) | virtual
+    retry_mode: str = "standard"  # standard | adaptive (client-side rate limiting on throttling)
+    max_attempts: int = 5  # attempts per request, the first included: 5xx/throttling/resets retried
+    connect_timeout: float = 10.0  # seconds to open a connection
+    read_timeout: float = 60.0  # seconds without a byte before a read fails (and is retried)
+    multipart_threshold_mb: int = 64  # objects from this size on go up/down in parts (S3 min: 5)
+    multipart_chunksize_mb: int = 16  # part size of multipart transfers (S3 min: 5)
+    transfer_concurrency: int = 4  # parallel part transfers of one large object
+    # -- checkpoints (any store)
+    checkpoint_keep: int = 2  # newest checkpoints kept per run attempt (>= 1; older ones deleted)
+
+
+def validate_store(st: StoreConfig) -> list[str]:
+    """Impossible ``store.*`` values (choices are checked with the other CHOICES)."""
+    problems: list[str] = []
+    if isinstance(st.uri, str):
+        if not st.uri:
+            problems.append("store.uri: must not be empty")
+        elif st.uri.startswith("s3://") and not st.uri[5:].split("/", 1)[0]:
+            problems.append(f"store.uri: {st.uri!r} names no bucket (use s3://bucket/prefix)")
+    ep = st.endpoint_url
+    if isinstance(ep, str) and ep and not ep.startswith(("http://", "https://")):
+        problems.append("store.endpoint_url: must start with http:// or https://")
+    if isinstance(ep, str) and "@" in ep.split("//", 1)[-1].split("/", 1)[0]:
+        problems.append("store.endpoint_url: must not contain credentials (user:password@)")
+    if isinstance(st.max_attempts, int) and not 1 <= st.max_attempts <= 20:
+        problems.append(f"store.max_attempts: must be within [1, 20], got {st.max_attempts}")
+    for key in ("connect_timeout", "read_timeout"):
+        value = getattr(st, key)
+        if isinstance(value, float) and not value > 0:
+            problems.append(f"store.{key}: must be > 0, got {value}")
+    for key in ("multipart_threshold_mb", "multipart_chunksize_mb"):
+        value = getattr(st, key)
+        if isinstance(value, int) and value < 5:
+            problems.append(f"store.{key}: must be >= 5 (the S3 minimum part size), got {value}")
+    if isinstance(st.transfer_concurrency, int) and st.transfer_concurrency < 1:
+        problems.append(f"store.transfer_concurrency: must be >= 1, got {st.transfer_concurrency}")
+    if isinstance(st.checkpoint_keep, int) and st.checkpoint_keep < 1:
+        problems.append(f"store.checkpoint_keep: must be >= 1, got {st.checkpoint_keep}")
+    return problems
 
 
 @dataclass
@@ -117,6 +162,8 @@ CHOICES = {
     "train.device": ("auto", "cpu", "cuda"),
     "adversarial.final_selection": ("best_on_val", "adversarial"),
     "executor.backend": ("local", "k8s"),
+    "store.addressing_style": ("auto", "path", "virtual"),
+    "store.retry_mode": ("standard", "adaptive"),
 }
 
 
@@ -255,6 +302,7 @@ def validate(cfg: Config) -> list[str]:
     name = cfg.experiment_name
     if isinstance(name, str) and (not name or not all(c.isalnum() or c in "-_." for c in name)):
         problems.append(f"experiment: {name!r} may only hold letters, digits, '-', '_' and '.'")
+    problems += validate_store(cfg.store)
     pre = cfg.model.pretrained
     if pre not in ("imagenet", "none") and isinstance(pre, str) and not os.path.isfile(pre):
         problems.append(f"model.pretrained: {pre!r} is neither imagenet, none nor an existing file")

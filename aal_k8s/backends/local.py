@@ -47,7 +47,10 @@ class LocalBackend(Backend):
         return par, threads
 
     def _run_one(self, spec: RunSpec, exp, threads: int) -> tuple[str, int, str]:
+        from aal_k8s.store import store_options_env
+
         env = dict(os.environ, AAL_K8S_THREADS=str(threads), OMP_NUM_THREADS=str(threads))
+        env.update(store_options_env(self.cfg.store))  # endpoint, retries, checkpoint_keep (no secrets)
         cmd = [
             sys.executable, "-m", "aal_k8s", "worker",
             "--store", exp.store.uri, "--experiment", exp.experiment, "--run", spec.run_id,

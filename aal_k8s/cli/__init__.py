@@ -24,6 +24,10 @@ class _Parser(argparse.ArgumentParser):
         self.exit(2, f"aal-k8s: error: {message}\n")
 
 
+# the final model set outside the store: fetch it verified, predict with it
+SUBCOMMANDS += ["download", "predict"]
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = _Parser(prog="aal-k8s", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND", parser_class=_Parser)
