@@ -46,6 +46,7 @@ from aal_k8s.store.layout import COMMIT_FILE
 UNSCHEDULABLE = "Unschedulable"
 FAILED_SCHEDULING = "FailedScheduling"
 PROGRESS_EVERY_S = 30.0
+SLEEP = time.sleep  # the default of KubernetesBackend(sleep=...); tests replace it
 
 
 class KubernetesError(AALError):
@@ -215,18 +216,18 @@ class KubernetesBackend(Backend):
         self,
         cfg,
         apis: Apis | None = None,
-        sleep: Callable[[float], None] = time.sleep,
-        clock: Callable[[], float] = time.monotonic,
-        wall: Callable[[], float] = time.time,
+        sleep: Callable[[float], None] | None = None,
+        clock: Callable[[], float] | None = None,
+        wall: Callable[[], float] | None = None,
         log=None,
     ):
         self.cfg = cfg
         self.k = cfg.k8s
         self.ns = cfg.k8s.namespace
         self._apis = apis
-        self.sleep = sleep
-        self.clock = clock
-        self.wall = wall
+        self.sleep = sleep or SLEEP
+        self.clock = clock or time.monotonic
+        self.wall = wall or time.time
         self._log = log
 
     # -- plumbing ----------------------------------------------------------------------------
@@ -517,7 +518,7 @@ class KubernetesBackend(Backend):
         final = self.states(specs, exp)
         for run_id, st in done.items():  # the watch saw it end; states() may no longer see the Job
             if st.state == "failed" and final.get(run_id, st).state != "failed":
-                final[run_id] = RunState(run_id, "failed", final[run_id].reason or "its Job failed")
+                final[run_id] = RunState(run_id, "failed", st.reason or final[run_id].reason or "its Job failed")
         return final
 
     def _watch(self, experiment: str, stages, rv, by_name, settle, report, finished) -> None:
