@@ -332,7 +332,11 @@ class KubernetesBackend(Backend):
     # -- render / submit ---------------------------------------------------------------------
     def render(self, specs: list[RunSpec], exp) -> str:
         self._check_store()
-        committed = self._committed(exp, specs)
+        try:
+            committed = self._committed(exp, specs)
+        except Exception as e:  # a dry run must work without store credentials too
+            self.log(f"warning: cannot read the store ({_one_line(str(e), 200)}): rendering every run")
+            committed = set()
         todo = [s for s in specs if s.run_id not in committed]
         stages = ", ".join(self._stages(specs)) or "-"
         header = (
