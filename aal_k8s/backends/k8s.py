@@ -119,6 +119,9 @@ def describe(e: BaseException) -> str:
     """One line: ``403 Forbidden: jobs.batch is forbidden: ...`` or the connection error."""
     status = api_status(e)
     if status is None:
+        inner = getattr(e, "reason", None)  # urllib3's MaxRetryError wraps the real cause
+        if isinstance(inner, BaseException):
+            e = inner
         return _one_line(f"{type(e).__name__}: {e}")
     msg = ""
     body = getattr(e, "body", None)
@@ -284,19 +287,24 @@ class KubernetesBackend(Backend):
     def _stages(self, specs: list[RunSpec]) -> list[str]:
         return sorted({s.stage for s in specs})
 
+    def _what(self, kind: str, experiment: str, stages=None, run_id: str | None = None) -> str:
+        """``aal-k8s/jobs of experiment celeba, stage pairwise`` (for messages)."""
+        text = f"{self.ns}/{kind} of experiment {experiment}"
+        if stages:
+            text += f", stage {'/'.join(sorted(set(stages)))}"
+        return text + (f", run {run_id}" if run_id else "")
+
     def _list_jobs(self, experiment: str, stages) -> tuple[dict[str, dict], str | None]:
         sel = selector(experiment, stages)
-        got = self._plain(
-            self.call(f"{self.ns}/jobs -l {sel}: list", self.apis.batch.list_namespaced_job, self.ns, label_selector=sel)
-        )
+        what = f"{self._what('jobs', experiment, stages)}: list"
+        got = self._plain(self.call(what, self.apis.batch.list_namespaced_job, self.ns, label_selector=sel))
         jobs = {_meta(j).get("name"): j for j in got.get("items") or []}
         return jobs, _meta(got).get("resourceVersion")
 
     def _list_pods(self, experiment: str, stages, run_id: str | None = None) -> list[dict]:
         sel = selector(experiment, stages, run_id)
-        got = self._plain(
-            self.call(f"{self.ns}/pods -l {sel}: list", self.apis.core.list_namespaced_pod, self.ns, label_selector=sel)
-        )
+        what = f"{self._what('pods', experiment, stages, run_id)}: list"
+        got = self._plain(self.call(what, self.apis.core.list_namespaced_pod, self.ns, label_selector=sel))
         return list(got.get("items") or [])
 
     def _warning_events(self) -> dict[tuple[str, str], dict]:
@@ -369,6 +377,8 @@ class KubernetesBackend(Backend):
                         job_manifest(spec, self.cfg),
                     )
                     created += 1
+                    if created % 100 == 0:
+                        self.log(f"{created}/{len(todo)} Jobs created")
                 except KubernetesError as e:
                     if e.status != 409:
                         if created:
@@ -528,6 +538,7 @@ class KubernetesBackend(Backend):
     def _watch(self, experiment: str, stages, rv, by_name, settle, report, finished) -> None:
         """Follow Job events from ``rv`` until every run has settled; raises _Gone on 410."""
         sel = selector(experiment, stages)
+        what = f"{self._what('jobs', experiment, stages)}: watch"
         failures = 0
         while not finished():
             w = self.apis.watch()
@@ -548,7 +559,7 @@ class KubernetesBackend(Backend):
                         code = (obj or {}).get("code")
                         if code == 410:
                             raise _Gone()
-                        raise KubernetesError(f"{self.ns}/jobs -l {sel}: watch: {code} {(obj or {}).get('message', '')}", code)
+                        raise KubernetesError(f"{what}: {code} {(obj or {}).get('message', '')}", code)
                     failures = 0
                     rv = _meta(obj).get("resourceVersion") or rv
                     if kind == "BOOKMARK":
@@ -569,11 +580,11 @@ class KubernetesBackend(Backend):
                 if status is None and not isinstance(e, _connection_errors()):
                     raise
                 if not _retryable(status):
-                    raise KubernetesError(f"{self.ns}/jobs -l {sel}: watch: {describe(e)}", status) from None
+                    raise KubernetesError(f"{what}: {describe(e)}", status) from None
                 failures += 1
                 if failures >= self.k.api_max_attempts:
                     raise KubernetesError(
-                        f"{self.ns}/jobs -l {sel}: watch: {describe(e)} (gave up after {failures} attempts)", status
+                        f"{what}: {describe(e)} (gave up after {failures} attempts)", status
                     ) from None
                 hinted = retry_after(e, self.wall())
                 delay = min(hinted, self.k.api_backoff_max_seconds) if hinted is not None else self._backoff(failures)
