@@ -197,7 +197,9 @@ def _termination_text(pod: dict) -> str:
     text = f"exit {t.get('exitCode')}"
     if t.get("reason"):
         text += f" ({t['reason']})"
-    return text
+    # terminationMessagePolicy FallbackToLogsOnError: the log's tail; its last line names the error
+    last = next((ln.strip() for ln in reversed(str(t.get("message") or "").splitlines()) if ln.strip()), "")
+    return text + (f": {_one_line(last, 200)}" if last else "")
 
 
 def _waiting(pod: dict) -> dict | None:
@@ -278,6 +280,8 @@ class KubernetesBackend(Backend):
                 "store.uri must not carry credentials (they would land in every Job manifest): "
                 f"put them in the Secret {self.k.store_secret or '(k8s.store_secret)'} instead"
             )
+        if "your-org" in self.k.image:
+            self.log(f"warning: k8s.image is still the placeholder {self.k.image!r}: pods will not find it")
         if not uri.startswith("s3://"):
             self.log(
                 f"warning: store.uri {uri!r} is not an s3:// store; worker pods can reach it only if "

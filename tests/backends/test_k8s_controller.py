@@ -288,6 +288,12 @@ def _retrying(cluster, exp, spec):
         {"name": "worker", "state": {"terminated": {"exitCode": 137, "reason": "OOMKilled"}}}])  # fmt: skip
 
 
+def _crashed_with_message(cluster, exp, spec):
+    cluster.add_pod(_name(spec), "Failed", containerStatuses=[{"name": "worker", "state": {"terminated": {
+        "exitCode": 1, "reason": "Error", "message": "Traceback (most recent call last):\n  ...\nRuntimeError: CUDA error: out of memory\n"}}}])  # fmt: skip
+    cluster.fail(_name(spec))
+
+
 def _oom_failed(cluster, exp, spec):
     _retrying(cluster, exp, spec)
     cluster.fail(_name(spec))
@@ -318,6 +324,8 @@ STATES = [
     ("crashed, retry coming", _retrying, "pending", "Retrying: previous pod exit 137 (OOMKilled)"),
     ("backoff limit after OOM", _oom_failed, "failed",
      "BackoffLimitExceeded: Job has reached the specified backoff limit; last pod exit 137 (OOMKilled)"),
+    ("crash with its last log line", _crashed_with_message, "failed",
+     "BackoffLimitExceeded: Job has reached the specified backoff limit; last pod exit 1 (Error): RuntimeError: CUDA error: out of memory"),
     ("the store wins over the Job", _committed_but_job_failed, "complete", ""),
     ("Job gone, failure in the store", _job_gone_failure_recorded, "failed",
      "no Job; worker: CUDA error: an illegal memory access was encountered"),
