@@ -170,7 +170,7 @@ def _true_conditions(obj: dict) -> dict[str, dict]:
 
 
 def job_outcome(job: dict) -> str | None:
-    """"complete" / "failed" once the Job controller says so, else None."""
+    """ "complete" / "failed" once the Job controller says so, else None."""
     conds = _true_conditions(job)
     if "Complete" in conds:
         return "complete"
@@ -514,7 +514,10 @@ class KubernetesBackend(Backend):
                 done[run_id] = RunState(run_id, "failed", "")
 
         def report(force: bool = False) -> None:
-            counts = (sum(s.state == "complete" for s in done.values()), sum(s.state == "failed" for s in done.values()))
+            counts = (
+                sum(s.state == "complete" for s in done.values()),
+                sum(s.state == "failed" for s in done.values()),
+            )
             now = self.clock()
             due = progress["at"] is None or now - progress["at"] >= PROGRESS_EVERY_S
             if counts != progress["shown"] and (due or force):
@@ -635,7 +638,9 @@ class KubernetesBackend(Backend):
             except KubernetesError as e:
                 if e.status != 404:
                     raise
-                done = " (the run is committed: its Job was deleted after it finished)" if exp.is_committed(run_id) else ""
+                done = (
+                    " (the run is committed: its Job was deleted after it finished)" if exp.is_committed(run_id) else ""
+                )
                 raise KubernetesError(f"{self.ns}/{name}: no such Job{done}", 404) from None
             st = self._job_state(run_id, job, [], lambda: {}, exp)
             raise KubernetesError(f"{self.ns}/{name}: no pod yet ({st.state}: {st.reason})")
@@ -663,5 +668,7 @@ class KubernetesBackend(Backend):
             finally:
                 resp.release_conn()
         else:
-            text = self.call(what, self.apis.core.read_namespaced_pod_log, pod_name, self.ns, container=WORKER_CONTAINER)
+            text = self.call(
+                what, self.apis.core.read_namespaced_pod_log, pod_name, self.ns, container=WORKER_CONTAINER
+            )
             out.write(text if isinstance(text, str) else text.decode(errors="replace"))

@@ -47,7 +47,8 @@ def run(args) -> int:
         print(f"{stage:<12}" + "".join(f"{counts[s]:>14}" for s in STATES))
     if waiting:  # grouped by reason: Unschedulable / FailedScheduling apart from image pulls, queues...
         print("\npending, by reason:")
-        for (stage, reason), ids in sorted(waiting.items(), key=lambda kv: (STAGES.index(kv[0][0]), -len(kv[1]), kv[0][1])):
+        order = lambda kv: (STAGES.index(kv[0][0]), -len(kv[1]), kv[0][1])  # noqa: E731 - stage, most runs first
+        for (stage, reason), ids in sorted(waiting.items(), key=order):
             more = f", +{len(ids) - 3} more" if len(ids) > 3 else ""
             print(f"  {stage} {len(ids)} runs: {reason} [{', '.join(sorted(ids)[:3])}{more}]")
     if failures:

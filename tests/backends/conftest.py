@@ -57,7 +57,9 @@ def rec():
 @pytest.fixture
 def make_backend(cluster, rec):
     def make(cfg):
-        return KubernetesBackend(cfg, apis=cluster.apis(), sleep=rec.sleep, clock=rec.clock, wall=lambda: WALL, log=rec.log)
+        return KubernetesBackend(
+            cfg, apis=cluster.apis(), sleep=rec.sleep, clock=rec.clock, wall=lambda: WALL, log=rec.log
+        )
 
     return make
 

@@ -24,7 +24,14 @@ def api_error(status: int, reason: str, message: str = "", headers: dict | None 
     """An ApiException as the client raises it: status, reason, the Status body, headers."""
     e = ApiException(status=status, reason=reason)
     e.body = json.dumps(
-        {"kind": "Status", "apiVersion": "v1", "status": "Failure", "message": message, "reason": reason, "code": status}
+        {
+            "kind": "Status",
+            "apiVersion": "v1",
+            "status": "Failure",
+            "message": message,
+            "reason": reason,
+            "code": status,
+        }
     )
     e.headers = dict(headers or {})
     return e
@@ -124,7 +131,12 @@ class FakeCluster:
             ]},
         )  # fmt: skip
 
-    def fail(self, name: str, reason: str = "BackoffLimitExceeded", message: str = "Job has reached the specified backoff limit") -> None:
+    def fail(
+        self,
+        name: str,
+        reason: str = "BackoffLimitExceeded",
+        message: str = "Job has reached the specified backoff limit",
+    ) -> None:
         self.set_job_status(
             name,
             {"failed": 1, "conditions": [
@@ -133,7 +145,14 @@ class FakeCluster:
             ]},
         )  # fmt: skip
 
-    def add_pod(self, job_name: str, phase: str = "Pending", suffix: str = "abcde", created: str = "2025-01-01T00:00:00Z", **status) -> dict:
+    def add_pod(
+        self,
+        job_name: str,
+        phase: str = "Pending",
+        suffix: str = "abcde",
+        created: str = "2025-01-01T00:00:00Z",
+        **status,
+    ) -> dict:
         job = self.jobs[job_name]
         labels = dict(job["spec"]["template"]["metadata"]["labels"])
         labels.update({"batch.kubernetes.io/job-name": job_name, "job-name": job_name})
@@ -179,8 +198,15 @@ class FakeBatchV1Api:
 
     def list_namespaced_job(self, namespace, label_selector=None, watch=False, **kwargs):
         self.c._call("list_namespaced_job", namespace=namespace, label_selector=label_selector, **kwargs)
-        items = [copy.deepcopy(j) for j in self.c.jobs.values() if _matches(j["metadata"].get("labels", {}), label_selector)]
-        return {"apiVersion": "batch/v1", "kind": "JobList", "metadata": {"resourceVersion": str(self.c.rv)}, "items": items}
+        items = [
+            copy.deepcopy(j) for j in self.c.jobs.values() if _matches(j["metadata"].get("labels", {}), label_selector)
+        ]
+        return {
+            "apiVersion": "batch/v1",
+            "kind": "JobList",
+            "metadata": {"resourceVersion": str(self.c.rv)},
+            "items": items,
+        }
 
     def read_namespaced_job(self, name, namespace, **kwargs):
         self.c._call("read_namespaced_job", name=name, namespace=namespace, **kwargs)
@@ -189,7 +215,9 @@ class FakeBatchV1Api:
         return copy.deepcopy(self.c.jobs[name])
 
     def delete_namespaced_job(self, name, namespace, propagation_policy=None, **kwargs):
-        self.c._call("delete_namespaced_job", name=name, namespace=namespace, propagation_policy=propagation_policy, **kwargs)
+        self.c._call(
+            "delete_namespaced_job", name=name, namespace=namespace, propagation_policy=propagation_policy, **kwargs
+        )
         if name not in self.c.jobs:
             raise api_error(404, "NotFound", f'jobs.batch "{name}" not found')
         job = self.c.jobs.pop(name)
@@ -227,10 +255,17 @@ class FakeCoreV1Api:
         self.c._call("list_namespaced_event", namespace=namespace, field_selector=field_selector, **kwargs)
         want = dict(t.split("=", 1) for t in field_selector.split(",")) if field_selector else {}
         items = [copy.deepcopy(e) for e in self.c.events if all(e.get(k) == v for k, v in want.items())]
-        return {"apiVersion": "v1", "kind": "EventList", "metadata": {"resourceVersion": str(self.c.rv)}, "items": items}
+        return {
+            "apiVersion": "v1",
+            "kind": "EventList",
+            "metadata": {"resourceVersion": str(self.c.rv)},
+            "items": items,
+        }
 
     def read_namespaced_pod_log(self, name, namespace, container=None, follow=False, _preload_content=True, **kwargs):
-        self.c._call("read_namespaced_pod_log", name=name, namespace=namespace, container=container, follow=follow, **kwargs)
+        self.c._call(
+            "read_namespaced_pod_log", name=name, namespace=namespace, container=container, follow=follow, **kwargs
+        )
         if name not in self.c.pods:
             raise api_error(404, "NotFound", f'pods "{name}" not found')
         text = self.c.logs.get(name, "")
@@ -279,4 +314,3 @@ class FakeWatch:
                 return
         if isinstance(action, tuple) and action[0] == "drop":
             raise action[1]
-

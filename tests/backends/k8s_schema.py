@@ -69,15 +69,19 @@ def validate_strict(doc: dict, versions=VERSIONS) -> None:
 
 def _label_key_ok(key: str) -> bool:
     prefix, _, name = key.rpartition("/")
-    return (not prefix or (len(prefix) <= 253 and _DNS_SUBDOMAIN.fullmatch(prefix))) and len(name) <= 63 and bool(
-        _LABEL_NAME.fullmatch(name)
+    return (
+        (not prefix or (len(prefix) <= 253 and _DNS_SUBDOMAIN.fullmatch(prefix)))
+        and len(name) <= 63
+        and bool(_LABEL_NAME.fullmatch(name))
     )
 
 
 def _labels_ok(labels: dict, where: str) -> None:
     for k, v in (labels or {}).items():
         assert _label_key_ok(k), f"{where}: bad label key {k!r}"
-        assert isinstance(v, str) and len(v) <= 63 and (v == "" or _LABEL_NAME.fullmatch(v)), f"{where}: bad label value {k}={v!r}"
+        assert isinstance(v, str) and len(v) <= 63 and (v == "" or _LABEL_NAME.fullmatch(v)), (
+            f"{where}: bad label value {k}={v!r}"
+        )
 
 
 def _walk_pod_spec(spec: dict, where: str) -> None:
@@ -105,7 +109,7 @@ def check_formats(doc: dict) -> None:
     if doc["kind"] in ("Job", "Namespace", "Service"):
         assert _DNS_LABEL.fullmatch(meta["name"]), f"{where}: not a DNS-1123 label"
     _labels_ok(meta.get("labels"), where)
-    for k in (meta.get("annotations") or {}):
+    for k in meta.get("annotations") or {}:
         assert _label_key_ok(k), f"{where}: bad annotation key {k!r}"
     template = (doc.get("spec") or {}).get("template")
     if template:

@@ -3,9 +3,7 @@ in-memory API, no secret in any output, and the whole pipeline through the Backe
 
 from __future__ import annotations
 
-import io
 import json
-import os
 
 import pytest
 import yaml
@@ -81,7 +79,9 @@ def test_submit_twice_through_the_cli_creates_the_jobs_once(cli_cluster, k8s_ove
 
 
 def test_a_forbidden_create_is_one_line_naming_the_job_and_exit_2(cli_cluster, k8s_overrides, cfg, capsys):
-    cli_cluster.faults["create_namespaced_job"] = [Fault(api_error(403, "Forbidden", 'jobs.batch is forbidden: User "alice" cannot create resource "jobs"'))]
+    cli_cluster.faults["create_namespaced_job"] = [
+        Fault(api_error(403, "Forbidden", 'jobs.batch is forbidden: User "alice" cannot create resource "jobs"'))
+    ]
     assert main(["submit", "--stage", "single", *_sets(k8s_overrides)]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     first = plan_stage("single", cfg)[0]
@@ -101,11 +101,23 @@ def test_status_counts_runs_and_shows_pending_reasons_apart_and_failures(cli_clu
     cli_cluster.add_pod(names[1], "Running")
     unsched = "0/4 nodes are available: 4 Insufficient nvidia.com/gpu."
     for n in names[2:4]:
-        cli_cluster.add_pod(n, "Pending", conditions=[{"type": "PodScheduled", "status": "False", "reason": "Unschedulable", "message": unsched}])
+        cli_cluster.add_pod(
+            n,
+            "Pending",
+            conditions=[{"type": "PodScheduled", "status": "False", "reason": "Unschedulable", "message": unsched}],
+        )
     pod = cli_cluster.add_pod(names[4], "Pending")
-    cli_cluster.add_event("Pod", pod["metadata"]["name"], "FailedScheduling", "0/4 nodes are available: 4 node(s) had untolerated taint.")
-    cli_cluster.add_pod(names[5], "Failed", containerStatuses=[{"name": "worker", "state": {"terminated": {"exitCode": 2, "reason": "Error"}}}])
-    cli_cluster.fail(names[5], "PodFailurePolicy", "Container worker failed with exit code 2 matching FailJob rule at index 1")
+    cli_cluster.add_event(
+        "Pod", pod["metadata"]["name"], "FailedScheduling", "0/4 nodes are available: 4 node(s) had untolerated taint."
+    )
+    cli_cluster.add_pod(
+        names[5],
+        "Failed",
+        containerStatuses=[{"name": "worker", "state": {"terminated": {"exitCode": 2, "reason": "Error"}}}],
+    )
+    cli_cluster.fail(
+        names[5], "PodFailurePolicy", "Container worker failed with exit code 2 matching FailJob rule at index 1"
+    )
     exp.record_failure(specs[5].run_id, "dataset 'synthetic' has no attribute(s) ['blue_tint']", 2)
     capsys.readouterr()
     assert main(["status", "--stage", "single", *_sets(k8s_overrides)]) == 0
@@ -121,7 +133,9 @@ def test_status_counts_runs_and_shows_pending_reasons_apart_and_failures(cli_clu
     assert "last pod exit 2 (Error)" in line and "no attribute(s) ['blue_tint']" in line
 
 
-def test_logs_prints_the_pod_log_and_the_local_backend_prints_its_stored_log(cli_cluster, k8s_overrides, cfg, exp, capsys):
+def test_logs_prints_the_pod_log_and_the_local_backend_prints_its_stored_log(
+    cli_cluster, k8s_overrides, cfg, exp, capsys
+):
     [spec] = plan_stage("single", cfg, attributes=["square"])
     assert main(["submit", "--stage", "single", "--attrs", "square", *_sets(k8s_overrides)]) == 0
     pod = cli_cluster.add_pod(job_name(spec.experiment, spec.run_id), "Running")
@@ -140,7 +154,9 @@ def test_cancel_deletes_the_stages_jobs(cli_cluster, k8s_overrides, capsys):
     capsys.readouterr()
     assert main(["cancel", "--stage", "single", *_sets(k8s_overrides)]) == 0
     assert "stage single: 6 runs cancelled (k8s backend)" in capsys.readouterr().out
-    assert len(cli_cluster.jobs) == 15 and all(j["metadata"]["labels"]["aal-k8s/stage"] == "pairwise" for j in cli_cluster.jobs.values())
+    assert len(cli_cluster.jobs) == 15 and all(
+        j["metadata"]["labels"]["aal-k8s/stage"] == "pairwise" for j in cli_cluster.jobs.values()
+    )
     assert {d["propagation_policy"] for d in cli_cluster.calls_to("delete_namespaced_job")} == {"Background"}
 
 
@@ -152,7 +168,9 @@ SECRETS = {
 }
 
 
-def test_no_secret_value_appears_in_any_manifest_or_log_line(cli_cluster, k8s_overrides, cfg, monkeypatch, capsys, caplog):
+def test_no_secret_value_appears_in_any_manifest_or_log_line(
+    cli_cluster, k8s_overrides, cfg, monkeypatch, capsys, caplog
+):
     caplog.set_level("DEBUG")
     for k, v in SECRETS.items():
         monkeypatch.setenv(k, v)
@@ -166,7 +184,9 @@ def test_no_secret_value_appears_in_any_manifest_or_log_line(cli_cluster, k8s_ov
     ]
     assert main(["submit", "--stage", "single", *sets]) == 0
     outputs.append(capsys.readouterr())
-    cli_cluster.faults["create_namespaced_job"] = [Fault(api_error(422, "Invalid", 'Job.batch "x" is invalid: spec.template'))]
+    cli_cluster.faults["create_namespaced_job"] = [
+        Fault(api_error(422, "Invalid", 'Job.batch "x" is invalid: spec.template'))
+    ]
     assert main(["submit", "--stage", "pairwise", *sets]) == 2
     outputs.append(capsys.readouterr())
     pod = cli_cluster.add_pod(next(iter(cli_cluster.jobs)), "Pending")
@@ -198,11 +218,15 @@ class Kubelet:
             assert c["command"] == ["aal-k8s"] and c["args"][0] == "worker"
             code = main(c["args"])
             self.ran.append(name)
-            self.cluster.complete(name) if code == 0 else self.cluster.fail(name, "BackoffLimitExceeded", f"exit {code}")
+            self.cluster.complete(name) if code == 0 else self.cluster.fail(
+                name, "BackoffLimitExceeded", f"exit {code}"
+            )
 
 
 @pytest.mark.slow
-def test_the_pipeline_runs_every_stage_as_jobs_and_ends_with_the_final_models(cli_cluster, tiny_overrides, tmp_path, capsys):
+def test_the_pipeline_runs_every_stage_as_jobs_and_ends_with_the_final_models(
+    cli_cluster, tiny_overrides, tmp_path, capsys
+):
     kubelet = Kubelet(cli_cluster)
     cli_cluster.on_watch = kubelet
     sets = _sets([*tiny_overrides, "train.epochs=1", "adversarial.lambdas=[0.5]", "executor.backend=k8s"])

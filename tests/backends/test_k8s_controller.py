@@ -43,7 +43,10 @@ def test_submitting_twice_creates_one_job_per_run(backend, cluster, cfg, exp, re
     assert sorted(first.submitted) == sorted(second.submitted) == sorted(s.run_id for s in specs)
     assert len(cluster.calls_to("create_namespaced_job")) == len(specs) == len(cluster.jobs) == 6
     assert sorted(cluster.jobs) == sorted(_name(s) for s in specs)
-    assert rec.log.getvalue().count("6 Jobs created") == 1 and "0 Jobs created in namespace aal-k8s, 6 already there" in rec.log.getvalue()
+    assert (
+        rec.log.getvalue().count("6 Jobs created") == 1
+        and "0 Jobs created in namespace aal-k8s, 6 already there" in rec.log.getvalue()
+    )
 
 
 def test_each_spec_is_in_the_store_before_its_job_exists(backend, cluster, cfg, exp):
@@ -68,7 +71,9 @@ def test_runs_committed_in_the_store_get_no_job(backend, cluster, cfg, exp):
 
 def test_a_create_answered_500_then_409_counts_as_submitted_once(backend, cluster, cfg, exp, rec):
     [spec] = _single(cfg, "square")
-    cluster.faults["create_namespaced_job"] = [Fault(api_error(500, "InternalError", "etcdserver: request timed out"), applied=True)]
+    cluster.faults["create_namespaced_job"] = [
+        Fault(api_error(500, "InternalError", "etcdserver: request timed out"), applied=True)
+    ]
     report = backend.submit([spec], exp)
     assert report.submitted == [spec.run_id] and not report.failed
     assert len(cluster.calls_to("create_namespaced_job")) == 2  # the retry met AlreadyExists
@@ -78,7 +83,9 @@ def test_a_create_answered_500_then_409_counts_as_submitted_once(backend, cluste
 
 
 def _proto() -> Exception:
-    return urllib3.exceptions.ProtocolError("Connection aborted.", ConnectionResetError(104, "Connection reset by peer"))
+    return urllib3.exceptions.ProtocolError(
+        "Connection aborted.", ConnectionResetError(104, "Connection reset by peer")
+    )
 
 
 RETRIED = [
@@ -93,7 +100,9 @@ RETRIED = [
 
 
 @pytest.mark.parametrize("faults, sleeps", [r[1:] for r in RETRIED], ids=[r[0] for r in RETRIED])
-def test_retryable_errors_sleep_exactly_the_backoff_sequence_then_succeed(backend, cluster, cfg, exp, rec, faults, sleeps):
+def test_retryable_errors_sleep_exactly_the_backoff_sequence_then_succeed(
+    backend, cluster, cfg, exp, rec, faults, sleeps
+):
     [spec] = _single(cfg, "ring")
     cluster.faults["create_namespaced_job"] = [Fault(e) for e in faults]
     report = backend.submit([spec], exp)
@@ -106,19 +115,29 @@ def test_retries_are_bounded_in_number_and_delay(make_backend, k8s_overrides, cl
     from aal_k8s.config import load_config
     from aal_k8s.store import ExperimentStore, open_store
 
-    cfg = load_config(overrides=[*k8s_overrides, "k8s.api_backoff_max_seconds=5", "k8s.api_max_attempts=5"], dataset="synthetic")
+    cfg = load_config(
+        overrides=[*k8s_overrides, "k8s.api_backoff_max_seconds=5", "k8s.api_max_attempts=5"], dataset="synthetic"
+    )
     exp = ExperimentStore(open_store(cfg.store.uri), cfg.experiment_name)
     [spec] = _single(cfg, "cross")
-    cluster.faults["create_namespaced_job"] = [Fault(api_error(503, "ServiceUnavailable", "try later")) for _ in range(9)]
+    cluster.faults["create_namespaced_job"] = [
+        Fault(api_error(503, "ServiceUnavailable", "try later")) for _ in range(9)
+    ]
     with pytest.raises(KubernetesError) as e:
         make_backend(cfg).submit([spec], exp)
     assert rec.sleeps == [1.0, 2.0, 4.0, 5.0]
     assert len(cluster.calls_to("create_namespaced_job")) == 5
-    assert str(e.value) == f"{NS}/{_name(spec)}: create Job: 503 ServiceUnavailable: try later (gave up after 5 attempts)"
+    assert (
+        str(e.value) == f"{NS}/{_name(spec)}: create Job: 503 ServiceUnavailable: try later (gave up after 5 attempts)"
+    )
 
 
 NOT_RETRIED = [
-    (403, "Forbidden", 'jobs.batch is forbidden: User "system:serviceaccount:aal-k8s:default" cannot create resource "jobs"'),
+    (
+        403,
+        "Forbidden",
+        'jobs.batch is forbidden: User "system:serviceaccount:aal-k8s:default" cannot create resource "jobs"',
+    ),
     (422, "Unprocessable Entity", 'Job.batch "x" is invalid: spec.template.spec.containers[0].image: Required value'),
     (400, "BadRequest", "the server rejected our request"),
     (404, "NotFound", 'namespaces "aal-k8s" not found'),
@@ -126,7 +145,9 @@ NOT_RETRIED = [
 
 
 @pytest.mark.parametrize("status, reason, message", NOT_RETRIED, ids=[str(r[0]) for r in NOT_RETRIED])
-def test_other_4xx_fail_at_once_with_one_line_naming_namespace_and_job(backend, cluster, cfg, exp, rec, status, reason, message):
+def test_other_4xx_fail_at_once_with_one_line_naming_namespace_and_job(
+    backend, cluster, cfg, exp, rec, status, reason, message
+):
     [spec] = _single(cfg, "square")
     cluster.faults["create_namespaced_job"] = [Fault(api_error(status, reason, message))]
     with pytest.raises(KubernetesError) as e:
@@ -215,7 +236,11 @@ def test_wait_returns_failed_runs_with_the_reason(backend, cluster, cfg, exp):
         cluster.add_pod(_name(b), "Failed", containerStatuses=[
             {"name": "worker", "state": {"terminated": {"exitCode": 2, "reason": "Error"}}}])  # fmt: skip
         exp.record_failure(b.run_id, "dataset 'synthetic' has no attribute(s) ['ring']", 2)
-        cluster.fail(_name(b), "PodFailurePolicy", "Container worker for pod aal-k8s/x failed with exit code 2 matching FailJob rule at index 1")
+        cluster.fail(
+            _name(b),
+            "PodFailurePolicy",
+            "Container worker for pod aal-k8s/x failed with exit code 2 matching FailJob rule at index 1",
+        )
 
     cluster.on_watch = on_watch
     final = backend.wait([a, b], exp)
@@ -260,7 +285,12 @@ def _unschedulable(cluster, exp, spec):
 
 def _failed_scheduling_event(cluster, exp, spec):
     pod = cluster.add_pod(_name(spec), "Pending")
-    cluster.add_event("Pod", pod["metadata"]["name"], "FailedScheduling", "0/3 nodes are available: 3 node(s) didn't match Pod's node affinity/selector.")
+    cluster.add_event(
+        "Pod",
+        pod["metadata"]["name"],
+        "FailedScheduling",
+        "0/3 nodes are available: 3 node(s) didn't match Pod's node affinity/selector.",
+    )
 
 
 def _image_pull(cluster, exp, spec):
@@ -269,7 +299,9 @@ def _image_pull(cluster, exp, spec):
 
 
 def _failed_create(cluster, exp, spec):
-    cluster.add_event("Job", _name(spec), "FailedCreate", 'Error creating: pods "x" is forbidden: exceeded quota: gpu-quota')
+    cluster.add_event(
+        "Job", _name(spec), "FailedCreate", 'Error creating: pods "x" is forbidden: exceeded quota: gpu-quota'
+    )
 
 
 def _suspended(cluster, exp, spec):

@@ -36,7 +36,9 @@ VARIANTS = {
 
 
 def _cfg(*overrides: str, dataset: str = "synthetic"):
-    return load_config(overrides=["store.uri=s3://aal/runs", "k8s.image=registry.example/aal-k8s:1", *overrides], dataset=dataset)
+    return load_config(
+        overrides=["store.uri=s3://aal/runs", "k8s.image=registry.example/aal-k8s:1", *overrides], dataset=dataset
+    )
 
 
 def _all_specs(cfg) -> list[RunSpec]:
@@ -186,7 +188,10 @@ def test_no_gpu_request_when_gpus_is_zero():
 
 
 def test_credentials_reach_the_pod_only_through_the_secret(monkeypatch):
-    secrets = {"AWS_ACCESS_KEY_ID": "AKIAFAKEKEYID0000001", "AWS_SECRET_ACCESS_KEY": "fAkE/sEcReT+vAlUe/0000000000000000000000"}
+    secrets = {
+        "AWS_ACCESS_KEY_ID": "AKIAFAKEKEYID0000001",
+        "AWS_SECRET_ACCESS_KEY": "fAkE/sEcReT+vAlUe/0000000000000000000000",
+    }
     for k, v in secrets.items():
         monkeypatch.setenv(k, v)
     cfg = _cfg()
@@ -313,7 +318,9 @@ def test_kustomizations_list_existing_files_and_cover_all_but_the_pipeline_job()
 
 def _role_rules() -> set[tuple[str, str, str]]:
     [role] = _by_kind("Role")
-    return {(g, r, v) for rule in role["rules"] for g in rule["apiGroups"] for r in rule["resources"] for v in rule["verbs"]}
+    return {
+        (g, r, v) for rule in role["rules"] for g in rule["apiGroups"] for r in rule["resources"] for v in rule["verbs"]
+    }
 
 
 def test_the_controller_role_has_exactly_the_least_rights():
@@ -380,7 +387,10 @@ def test_the_pipeline_job_and_its_config_fit_together():
         cfg = load_config(f.name)
     assert cfg.executor.backend == "k8s" and cfg.store.uri.startswith("s3://")
     [secret] = _by_kind("Secret")
-    assert c["envFrom"] == [{"secretRef": {"name": secret["metadata"]["name"]}}] and cfg.k8s.store_secret == secret["metadata"]["name"]
+    assert (
+        c["envFrom"] == [{"secretRef": {"name": secret["metadata"]["name"]}}]
+        and cfg.k8s.store_secret == secret["metadata"]["name"]
+    )
     [pvc] = [p for p in _by_kind("PersistentVolumeClaim") if p["metadata"]["name"] == cfg.k8s.data_volume_claim]
     assert cfg.k8s.service_account in {sa["metadata"]["name"] for sa in _by_kind("ServiceAccount")}
     assert pod["securityContext"]["runAsUser"] == WORKER_UID
@@ -408,7 +418,9 @@ def test_minio_uses_the_store_secret_through_secret_key_refs():
 def test_the_dockerfile_builds_the_extension_for_sm80_and_sm90_and_runs_as_the_pods_user():
     text = open(os.path.join(ROOT, "Dockerfile")).read()
     assert re.search(r'TORCH_CUDA_ARCH_LIST="8\.0;9\.0\+PTX"', text)
-    assert "--no-build-isolation" in text and re.search(r"FROM pytorch/pytorch:\$\{PYTORCH_VERSION\}-\$\{CUDA_TAG\}-devel AS build", text)
+    assert "--no-build-isolation" in text and re.search(
+        r"FROM pytorch/pytorch:\$\{PYTORCH_VERSION\}-\$\{CUDA_TAG\}-devel AS build", text
+    )
     assert re.search(r"^USER (\d+):(\d+)$", text, re.M).group(1) == str(WORKER_UID)
     assert re.search(r'^ENTRYPOINT \["aal-k8s"\]$', text, re.M)
     ignore = open(os.path.join(ROOT, ".dockerignore")).read().split()

@@ -62,7 +62,9 @@ class FakeApiServer:
                     body["status"] = {}
                     server.jobs[name] = body
                 if status >= 400:
-                    return self._status(status, "TooManyRequests" if status == 429 else "InternalError", "scripted", headers)
+                    return self._status(
+                        status, "TooManyRequests" if status == 429 else "InternalError", "scripted", headers
+                    )
                 self._send(201, body)
 
             def do_GET(self):
@@ -138,7 +140,12 @@ def test_a_410_error_event_makes_the_real_watch_raise_and_the_backend_re_list(se
         exp.commit_run(spec, {"best.safetensors": b"w"}, {"val_acc": {}, "test_acc": {}, "heads": spec.heads})
         server.jobs[name]["status"] = {"conditions": [{"type": "Complete", "status": "True"}]}
         server.rv += 1
-        return [{"type": "ERROR", "object": {"kind": "Status", "code": 410, "reason": "Expired", "message": "too old resource version"}}]
+        return [
+            {
+                "type": "ERROR",
+                "object": {"kind": "Status", "code": 410, "reason": "Expired", "message": "too old resource version"},
+            }
+        ]
 
     class Lazy(list):
         def pop(self, i=0):
