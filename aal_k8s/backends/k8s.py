@@ -564,9 +564,14 @@ class KubernetesBackend(Backend):
                     obj = self._plain(event.get("object")) if obj is None else obj
                     if kind == "ERROR":
                         code = (obj or {}).get("code")
+                        message = _one_line(f"{code} {(obj or {}).get('message', '')}")
                         if code == 410:
                             raise _Gone()
-                        raise KubernetesError(f"{what}: {code} {(obj or {}).get('message', '')}", code)
+                        if isinstance(code, int) and _retryable(code):  # the server ended the watch: reconnect
+                            import urllib3
+
+                            raise urllib3.exceptions.ProtocolError(f"watch ERROR event {message}")
+                        raise KubernetesError(f"{what}: {message}", code)
                     failures = 0
                     rv = _meta(obj).get("resourceVersion") or rv
                     if kind == "BOOKMARK":

@@ -275,7 +275,8 @@ class FakeCoreV1Api:
 class FakeWatch:
     """``kubernetes.watch.Watch`` over the cluster's Job history. Before the n-th stream starts,
     ``cluster.on_watch(n)`` may change the cluster; it may return an exception to raise at once,
-    or ``("drop", exc)`` to raise ``exc`` after the events (a connection lost mid-stream). A watch
+    ``("drop", exc)`` to raise ``exc`` after the events (a connection lost mid-stream), or
+    ``("error_event", code)`` to end them with an ERROR event of that status code. A watch
     from before the last compaction gets 410 Gone: raised (``gone_as="raise"``, what the client's
     Watch does) or as an ERROR event (``gone_as="event"``, what the API server sends)."""
 
@@ -314,3 +315,6 @@ class FakeWatch:
                 return
         if isinstance(action, tuple) and action[0] == "drop":
             raise action[1]
+        if isinstance(action, tuple) and action[0] == "error_event":
+            status = {"kind": "Status", "code": action[1], "reason": "InternalError", "message": "etcd leader changed"}
+            yield {"type": "ERROR", "object": status, "raw_object": status}

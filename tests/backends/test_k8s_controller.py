@@ -226,6 +226,28 @@ def test_a_dropped_watch_reconnects_from_the_last_resource_version(backend, clus
     assert len(cluster.calls_to("list_namespaced_job")) - lists_before == 1  # a reconnect, not a re-list
 
 
+@pytest.mark.parametrize("code, reconnects", [(500, True), (403, False)])
+def test_an_error_event_in_a_watch_reconnects_on_5xx_and_fails_on_other_codes(
+    backend, cluster, cfg, exp, rec, code, reconnects
+):
+    [a] = _single(cfg, "square")
+    backend.submit([a], exp)
+
+    def on_watch(n):
+        if n == 1:
+            return ("error_event", code)
+        _commit(exp, a)
+        cluster.complete(_name(a))
+
+    cluster.on_watch = on_watch
+    if reconnects:
+        assert backend.wait([a], exp)[a.run_id].state == "complete"
+        assert rec.sleeps == [1.0] and len(cluster.calls_to("watch")) == 2
+    else:
+        with pytest.raises(KubernetesError, match=f"^{NS}/jobs of experiment synthetic, stage single: watch: 403 "):
+            backend.wait([a], exp)
+
+
 def test_wait_returns_failed_runs_with_the_reason(backend, cluster, cfg, exp):
     a, b = _single(cfg, "square", "ring")
     backend.submit([a, b], exp)
