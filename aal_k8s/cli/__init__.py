@@ -3,8 +3,6 @@
     aal-k8s pipeline --dataset synthetic           # the whole protocol, end to end
     aal-k8s submit --stage pairwise --dataset celeba --backend k8s
     aal-k8s status --stage pairwise
-    aal-k8s logs pair-a03-a07-1a2b3c4d --backend k8s
-    aal-k8s cancel --stage pairwise --backend k8s
     aal-k8s reduce && aal-k8s final && aal-k8s report
 
 Errors caused by input (config, dataset, attribute, stage order) print one line and exit 2.
@@ -19,7 +17,8 @@ import sys
 from aal_k8s.errors import AALError
 
 SUBCOMMANDS = ["pipeline", "submit", "status", "reduce", "final", "report", "worker"]
-SUBCOMMANDS += ["logs", "cancel"]  # run logs, stage cancellation (both backends)
+
+SUBCOMMANDS += ["logs", "cancel"]  # a run's log, cancelling a stage (both backends; see docs/kubernetes.md)
 
 
 class _Parser(argparse.ArgumentParser):
