@@ -113,6 +113,9 @@ class K8sConfig:
     store_secret: str = "aal-k8s-store"  # Secret whose keys become the worker's env (envFrom); "" = none
     data_volume_claim: str = ""  # PVC holding dataset files, mounted read-only at data_mount_path; "" = none
     data_mount_path: str = "/data"  # where data_volume_claim is mounted (point dataset.root below it)
+    cache_host_path: str = ""  # node folder for dataset packs, shared by the node's pods (AAL_K8S_CACHE); see docs
+    cache_volume_claim: str = ""  # or a PVC for that cache (ReadWriteMany: one download per cluster)
+    cache_mount_path: str = "/var/cache/aal-k8s"  # where the cache is mounted in the pods
     env: dict[str, str] = field(default_factory=dict)  # extra plain env for the worker; secrets go in store_secret
     api_max_attempts: int = 6  # tries of one API call on 429 / 5xx / connection errors (other 4xx: never retried)
     api_backoff_seconds: float = 1.0  # first retry delay, doubled after each failure
@@ -385,7 +388,9 @@ _ENV_NAME = r"[A-Za-z_][A-Za-z0-9_]*"
 _SUFFIX = {"Ki": 2**10, "Mi": 2**20, "Gi": 2**30, "Ti": 2**40, "Pi": 2**50, "Ei": 2**60,
            "m": 1e-3, "": 1, "k": 1e3, "M": 1e6, "G": 1e9, "T": 1e12, "P": 1e15, "E": 1e18}  # fmt: skip
 #: Env names the manifest sets itself.
-K8S_RESERVED_ENV = ("AAL_K8S_THREADS", "OMP_NUM_THREADS", "PYTHONUNBUFFERED")
+K8S_RESERVED_ENV = (
+    "AAL_K8S_THREADS", "OMP_NUM_THREADS", "PYTHONUNBUFFERED", "POD_NAME", "AAL_K8S_STORE_OPTIONS", "AAL_K8S_CACHE",
+)  # fmt: skip
 #: Substrings of env names that hold credentials: those belong in the Secret (k8s.store_secret).
 _SECRET_ENV_HINTS = ("SECRET", "PASSWORD", "TOKEN", "ACCESS_KEY", "PRIVATE", "CREDENTIAL")
 
@@ -431,6 +436,7 @@ def validate_k8s(k) -> list[str]:
     names = {
         "priority_class": k.priority_class, "service_account": k.service_account, "queue_name": k.queue_name,
         "store_secret": k.store_secret, "data_volume_claim": k.data_volume_claim,
+        "cache_volume_claim": k.cache_volume_claim,
     }  # fmt: skip
     names.update({f"image_pull_secrets[{i}]": n for i, n in enumerate(k.image_pull_secrets)})
     for key, value in names.items():
@@ -499,6 +505,18 @@ def validate_k8s(k) -> list[str]:
         not k.data_mount_path.startswith("/") or k.data_mount_path.rstrip("/") in ("", "/tmp", "/dev/shm")
     ):
         p.append(f"k8s.data_mount_path: {k.data_mount_path!r} must be an absolute path other than /, /tmp, /dev/shm")
+    mounts = {"data_mount_path": k.data_mount_path, "cache_mount_path": k.cache_mount_path}
+    for key, path in mounts.items():
+        if key != "data_mount_path" and isinstance(path, str) and (
+            not path.startswith("/") or path.rstrip("/") in ("", "/tmp", "/dev/shm")
+        ):
+            p.append(f"k8s.{key}: {path!r} must be an absolute path other than /, /tmp, /dev/shm")
+    if k.data_volume_claim and (k.cache_host_path or k.cache_volume_claim) and k.data_mount_path == k.cache_mount_path:
+        p.append(f"k8s.cache_mount_path: {k.cache_mount_path!r} is also k8s.data_mount_path")
+    if k.cache_host_path and k.cache_volume_claim:
+        p.append("k8s.cache_host_path, k8s.cache_volume_claim: set one of them, not both")
+    if isinstance(k.cache_host_path, str) and k.cache_host_path and not k.cache_host_path.startswith("/"):
+        p.append(f"k8s.cache_host_path: {k.cache_host_path!r} must be an absolute path on the node")
     for name in k.env:
         if not _full(_ENV_NAME, name):
             p.append(f"k8s.env: {name!r} is not a valid environment variable name")

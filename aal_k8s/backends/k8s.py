@@ -422,14 +422,16 @@ class KubernetesBackend(Backend):
         if sched and str(sched.get("status")) == "False":
             return _with_message(sched.get("reason") or UNSCHEDULABLE, sched.get("message"))
         waiting = _waiting(pod)
-        if waiting:
+        if waiting and waiting["reason"] not in ("ContainerCreating", "PodInitializing"):
             return _with_message(waiting["reason"], waiting.get("message"))
+        ev = events().get(("Pod", _meta(pod).get("name")))
         if not sched:
-            ev = events().get(("Pod", _meta(pod).get("name")))
             if ev and ev.get("reason") == FAILED_SCHEDULING:
                 return _with_message(FAILED_SCHEDULING, ev.get("message"))
             return "Pending: not scheduled yet"
-        return "Pending: scheduled, starting"
+        if ev and ev.get("reason") != FAILED_SCHEDULING:  # scheduled; e.g. FailedMount of a volume
+            return _with_message(ev.get("reason") or "Warning", ev.get("message"))
+        return _with_message(waiting["reason"], waiting.get("message")) if waiting else "Pending: scheduled, starting"
 
     def _job_state(self, run_id: str, job: dict, pods: list[dict], events, exp) -> RunState:
         name = _meta(job).get("name")

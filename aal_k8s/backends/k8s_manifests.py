@@ -131,13 +131,28 @@ def _resources(k) -> dict:
     return {"requests": requests, "limits": limits}
 
 
-def _env(k) -> list[dict]:
+def store_options_json(cfg) -> str:
+    """The store options (the ``store`` section minus the URI: endpoint, retries, checkpoints; never
+    credentials) as the worker reads them from ``AAL_K8S_STORE_OPTIONS``."""
+    try:
+        from aal_k8s.store import STORE_OPTIONS_ENV, store_options_env
+    except ImportError:  # a store package without options: the same contract, by hand
+        return json.dumps({k: v for k, v in asdict(cfg.store).items() if k != "uri"}, sort_keys=True)
+    return store_options_env(cfg.store)[STORE_OPTIONS_ENV]
+
+
+def _env(cfg) -> list[dict]:
+    k = cfg.k8s
     threads = {"resourceFieldRef": {"containerName": WORKER_CONTAINER, "resource": "requests.cpu", "divisor": "1"}}
     env = [
         {"name": "AAL_K8S_THREADS", "valueFrom": threads},  # CPU request, rounded up: no oversubscription
         {"name": "OMP_NUM_THREADS", "valueFrom": threads},
         {"name": "PYTHONUNBUFFERED", "value": "1"},  # logs reach `kubectl logs` as they are written
+        {"name": "POD_NAME", "valueFrom": {"fieldRef": {"fieldPath": "metadata.name"}}},  # names the attempt
+        {"name": "AAL_K8S_STORE_OPTIONS", "value": store_options_json(cfg)},
     ]
+    if k.cache_host_path or k.cache_volume_claim:
+        env.append({"name": "AAL_K8S_CACHE", "value": k.cache_mount_path})  # dataset packs, shared
     env += [{"name": name, "value": str(value)} for name, value in sorted(k.env.items())]
     return env
 
@@ -161,7 +176,7 @@ def job_manifest(spec: RunSpec, cfg) -> dict:
         "imagePullPolicy": k.image_pull_policy,
         "command": ["aal-k8s"],
         "args": ["worker", "--store", cfg.store.uri, "--experiment", spec.experiment, "--run", spec.run_id],
-        "env": _env(k),
+        "env": _env(cfg),
         "envFrom": [{"secretRef": {"name": k.store_secret}}] if k.store_secret else [],
         "resources": _resources(k),
         "securityContext": {
@@ -186,6 +201,12 @@ def job_manifest(spec: RunSpec, cfg) -> dict:
     if k.data_volume_claim:
         container["volumeMounts"].append({"name": "data", "mountPath": k.data_mount_path, "readOnly": True})
         volumes.append({"name": "data", "persistentVolumeClaim": {"claimName": k.data_volume_claim, "readOnly": True}})
+    if k.cache_host_path or k.cache_volume_claim:
+        container["volumeMounts"].append({"name": "cache", "mountPath": k.cache_mount_path})
+        if k.cache_host_path:  # node-local, one download per node; the folder must exist, writable by WORKER_UID
+            volumes.append({"name": "cache", "hostPath": {"path": k.cache_host_path, "type": "Directory"}})
+        else:
+            volumes.append({"name": "cache", "persistentVolumeClaim": {"claimName": k.cache_volume_claim}})
     pod_spec = {
         "restartPolicy": "Never",
         "automountServiceAccountToken": False,  # the worker never talks to the API server

@@ -297,6 +297,9 @@ def test_a_job_complete_without_a_commit_is_a_failure_not_a_completion(backend, 
 
 
 # -- states ------------------------------------------------------------------------------------
+MOUNT = (
+    'MountVolume.SetUp failed for volume "cache" : hostPath type check failed: /var/cache/aal-k8s is not a directory'
+)
 UNSCHED = "0/3 nodes are available: 3 Insufficient nvidia.com/gpu. preemption: 0/3 nodes are available: 3 No preemption victims found for incoming pod."
 
 
@@ -318,6 +321,12 @@ def _failed_scheduling_event(cluster, exp, spec):
 def _image_pull(cluster, exp, spec):
     cluster.add_pod(_name(spec), "Pending", conditions=[{"type": "PodScheduled", "status": "True"}], containerStatuses=[
         {"name": "worker", "state": {"waiting": {"reason": "ImagePullBackOff", "message": 'Back-off pulling image "registry.example/aal-k8s:test"'}}}])  # fmt: skip
+
+
+def _failed_mount(cluster, exp, spec):
+    pod = cluster.add_pod(_name(spec), "Pending", conditions=[{"type": "PodScheduled", "status": "True"}], containerStatuses=[
+        {"name": "worker", "state": {"waiting": {"reason": "ContainerCreating"}}}])  # fmt: skip
+    cluster.add_event("Pod", pod["metadata"]["name"], "FailedMount", MOUNT)
 
 
 def _failed_create(cluster, exp, spec):
@@ -372,6 +381,7 @@ STATES = [
     ("FailedScheduling event", _failed_scheduling_event, "pending",
      "FailedScheduling: 0/3 nodes are available: 3 node(s) didn't match Pod's node affinity/selector."),
     ("image pull back-off", _image_pull, "pending", 'ImagePullBackOff: Back-off pulling image "registry.example/aal-k8s:test"'),
+    ("a volume that does not mount", _failed_mount, "pending", f"FailedMount: {MOUNT}"),
     ("pods refused by a quota", _failed_create, "pending", 'FailedCreate: Error creating: pods "x" is forbidden: exceeded quota: gpu-quota'),
     ("suspended for Kueue", _suspended, "pending", "Suspended: waiting for Kueue admission in queue gpu"),
     ("newest pod running", _running, "running", ""),

@@ -7,6 +7,8 @@ from __future__ import annotations
 import json
 import os
 import re
+import shutil
+import subprocess
 
 import pytest
 import yaml
@@ -25,8 +27,9 @@ VARIANTS = {
     "kueue, priority, node selector, PVC, pull secret, extra env": [
         "k8s.queue_name=gpu", "k8s.priority_class=aal-low", "k8s.node_selector={nvidia.com/gpu.product: NVIDIA-H100-80GB-HBM3}",
         "k8s.data_volume_claim=celeba-data", "k8s.image_pull_secrets=[regcred]", "k8s.env={HF_HUB_OFFLINE: '1', LOG_LEVEL: debug}",
-        "k8s.service_account=aal-k8s-worker",
+        "k8s.service_account=aal-k8s-worker", "k8s.cache_volume_claim=pack-cache",
     ],
+    "node-local pack cache": ["k8s.cache_host_path=/var/cache/aal-k8s", "k8s.data_volume_claim=celeba-data"],
     "cpu-only, no limits, no secret, no deadline or ttl": [
         "k8s.gpus=0", "k8s.cpu_limit=''", "k8s.memory_limit=''", "k8s.store_secret=''", "k8s.tolerations=[]",
         "k8s.active_deadline_seconds=null", "k8s.ttl_seconds_after_finished=null",
@@ -155,6 +158,13 @@ def test_the_pod_runs_the_worker_once_and_the_job_fails_at_once_on_exit_2():
         {"action": "FailJob", "onExitCodes": {"containerName": c["name"], "operator": "In", "values": [2]}},
     ]
     assert "suspend" not in js and "kueue.x-k8s.io/queue-name" not in job["metadata"]["labels"]
+    env = {e["name"]: e for e in c["env"]}
+    assert env["POD_NAME"]["valueFrom"] == {"fieldRef": {"fieldPath": "metadata.name"}}  # the worker's attempt id
+    assert json.loads(env["AAL_K8S_STORE_OPTIONS"]["value"]) == {
+        k: v for k, v in cfg.to_dict()["store"].items() if k != "uri"
+    }  # the store options the worker opens its store with (endpoint, retries...; never credentials)
+    assert env["AAL_K8S_THREADS"]["valueFrom"]["resourceFieldRef"]["resource"] == "requests.cpu"
+    assert "AAL_K8S_CACHE" not in env
 
 
 def test_resources_scheduling_and_security_come_from_the_config():
@@ -178,6 +188,9 @@ def test_resources_scheduling_and_security_come_from_the_config():
         "readOnlyRootFilesystem": True, "capabilities": {"drop": ["ALL"]},
     }  # fmt: skip
     assert {"name": "data", "mountPath": "/data", "readOnly": True} in c["volumeMounts"]
+    assert {"name": "cache", "mountPath": "/var/cache/aal-k8s"} in c["volumeMounts"]
+    assert {"name": "cache", "persistentVolumeClaim": {"claimName": "pack-cache"}} in pod["volumes"]
+    assert {"name": "AAL_K8S_CACHE", "value": "/var/cache/aal-k8s"} in c["env"]
     assert job["metadata"]["labels"]["kueue.x-k8s.io/queue-name"] == "gpu" and job["spec"]["suspend"] is True
 
 
@@ -226,6 +239,9 @@ BAD_K8S = [
     ("k8s.data_mount_path=/tmp", "k8s.data_mount_path: '/tmp' must be an absolute path other than"),
     ("k8s.env={OMP_NUM_THREADS: '4'}", "k8s.env: OMP_NUM_THREADS is set by the backend itself"),
     ("k8s.api_max_attempts=0", "k8s.api_max_attempts: must be >= 1"),
+    ("k8s.env={POD_NAME: x}", "k8s.env: POD_NAME is set by the backend itself"),
+    ("k8s.cache_host_path=cache", "k8s.cache_host_path: 'cache' must be an absolute path on the node"),
+    ("k8s.cache_mount_path=/tmp", "k8s.cache_mount_path: '/tmp' must be an absolute path other than"),
 ]
 
 
@@ -313,7 +329,8 @@ def test_kustomizations_list_existing_files_and_cover_all_but_the_pipeline_job()
             assert os.path.isfile(os.path.join(K8S_DIR, base, res)), f"{path}: {res} does not exist"
             listed.add(os.path.normpath(os.path.join(base, res)))
     files = {p for p, d in _k8s_docs() if d["kind"] != "Kustomization"}
-    assert files - listed == {"pipeline-job.yaml"}  # created on purpose, separately: it starts training
+    # on purpose: the pipeline Job starts training; the dataset PVC is for folders instead of packs
+    assert files - listed == {"pipeline-job.yaml", "dataset-pvc.yaml"}
 
 
 def _role_rules() -> set[tuple[str, str, str]]:
@@ -391,7 +408,8 @@ def test_the_pipeline_job_and_its_config_fit_together():
         c["envFrom"] == [{"secretRef": {"name": secret["metadata"]["name"]}}]
         and cfg.k8s.store_secret == secret["metadata"]["name"]
     )
-    [pvc] = [p for p in _by_kind("PersistentVolumeClaim") if p["metadata"]["name"] == cfg.k8s.data_volume_claim]
+    [pvc] = [p for p in _by_kind("PersistentVolumeClaim") if p["metadata"]["name"] == "celeba-data"]
+    assert "data_volume_claim: " + pvc["metadata"]["name"] in cm["data"][key]  # the commented alternative
     assert cfg.k8s.service_account in {sa["metadata"]["name"] for sa in _by_kind("ServiceAccount")}
     assert pod["securityContext"]["runAsUser"] == WORKER_UID
 
@@ -425,3 +443,18 @@ def test_the_dockerfile_builds_the_extension_for_sm80_and_sm90_and_runs_as_the_p
     assert re.search(r'^ENTRYPOINT \["aal-k8s"\]$', text, re.M)
     ignore = open(os.path.join(ROOT, ".dockerignore")).read().split()
     assert {"!pyproject.toml", "!setup.py", "!csrc/", "!aal_k8s/"} <= set(ignore) and ignore[ignore.index("*")] == "*"
+
+
+@pytest.mark.skipif(shutil.which("kubectl") is None, reason="kubectl is not installed")
+@pytest.mark.parametrize("folder", ["", "kueue"])
+def test_kubectl_kustomize_builds_each_kustomization(folder):
+    out = subprocess.run(
+        ["kubectl", "kustomize", os.path.join(K8S_DIR, folder)], capture_output=True, text=True, timeout=120
+    )
+    assert out.returncode == 0, out.stderr
+    docs = [d for d in yaml.safe_load_all(out.stdout) if d]
+    assert docs
+    for doc in docs:
+        if doc["kind"] not in NO_OFFICIAL_SCHEMA:
+            validate_strict(doc)
+            assert doc["kind"] == "Namespace" or doc["metadata"]["namespace"] == "aal-k8s"
