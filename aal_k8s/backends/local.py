@@ -14,6 +14,7 @@ import threading
 from concurrent.futures import ThreadPoolExecutor, as_completed
 
 from aal_k8s.backends import Backend, RunState, SubmitReport
+from aal_k8s.errors import StoreError
 from aal_k8s.runspec import RunSpec
 
 LOG_NAME = "local.log"
@@ -103,6 +104,12 @@ class LocalBackend(Backend):
         with self._lock:
             for p in self._procs:
                 p.kill()
+
+    def logs(self, run_id: str, exp, follow: bool = False, out=None) -> None:
+        key = exp.run_key(run_id, LOG_NAME)
+        if not exp.store.exists(key):
+            raise StoreError(f"run {run_id}: no log at {exp.store.url(key)} (not run by the local backend yet)")
+        (out or sys.stdout).write(exp.store.get_bytes(key).decode(errors="replace"))
 
     def wait(self, specs: list[RunSpec], exp) -> dict[str, RunState]:
         return self.states(specs, exp)  # submit already ran everything to the end

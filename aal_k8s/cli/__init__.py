@@ -18,6 +18,8 @@ from aal_k8s.errors import AALError
 
 SUBCOMMANDS = ["pipeline", "submit", "status", "reduce", "final", "report", "worker"]
 
+SUBCOMMANDS += ["logs", "cancel"]  # a run's log, cancelling a stage (both backends; see docs/kubernetes.md)
+
 
 class _Parser(argparse.ArgumentParser):
     def error(self, message):  # argparse's own errors: one line, exit 2
