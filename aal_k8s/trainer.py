@@ -10,6 +10,12 @@ Modes (paper section 3 and appendix A.3):
 
 The best epoch is the one with the highest mean validation accuracy over the primary heads
 (earliest on ties); val and test accuracy of every head are reported at that epoch.
+
+Checkpoints: ``on_checkpoint`` receives the whole training state after every epoch (model,
+optimizer, lr schedule, RNG states including the shuffle generator, best-so-far, history, timings;
+tensors and primitives only, so it loads with ``torch.load(weights_only=True)``); passing such a
+state back as ``resume_state`` continues after that epoch, and on CPU the resumed run ends with
+bitwise the same weights and metrics as an uninterrupted one.
 """
 
 from __future__ import annotations
@@ -83,10 +89,48 @@ def evaluate(model: AttributeNet, batches, n_heads: int, device: torch.device, b
 
 
 EpochHook = Callable[[int, dict], None]
+CheckpointHook = Callable[[dict], None]
+CHECKPOINT_FORMAT = 1
 
 
-def train_run(spec: RunSpec, data: LoadedDataset, on_epoch_end: EpochHook | None = None) -> RunResult:
-    """Train ``spec`` on ``data`` and return the best epoch's metrics and weights."""
+def _cpu(tree):
+    """Tensors of a (nested) state dict on the CPU (no copy when they already are)."""
+    if isinstance(tree, torch.Tensor):
+        return tree.detach().cpu()
+    if isinstance(tree, dict):
+        return {k: _cpu(v) for k, v in tree.items()}
+    if isinstance(tree, (list, tuple)):
+        return type(tree)(_cpu(v) for v in tree)
+    return tree
+
+
+def _restore(state: dict, spec: RunSpec, model, opt, gen: torch.Generator) -> int:
+    """Load a checkpoint made by ``train_run`` into model/optimizer/RNGs; returns its epoch."""
+    if state.get("format") != CHECKPOINT_FORMAT or state.get("run_id") != spec.run_id:
+        raise ValueError(f"checkpoint is for run {state.get('run_id')!r} format {state.get('format')!r}, "
+                         f"not run {spec.run_id!r} format {CHECKPOINT_FORMAT}")  # fmt: skip
+    model.load_state_dict(state["model"])
+    opt.load_state_dict(state["optimizer"])
+    rng = state["rng"]
+    torch.set_rng_state(rng["torch_cpu"])
+    if rng.get("torch_cuda") and torch.cuda.is_available() and len(rng["torch_cuda"]) == torch.cuda.device_count():
+        torch.cuda.set_rng_state_all(rng["torch_cuda"])
+    gen.set_state(rng["shuffle"])
+    return int(state["epoch"])
+
+
+def train_run(
+    spec: RunSpec,
+    data: LoadedDataset,
+    on_epoch_end: EpochHook | None = None,
+    resume_state: dict | None = None,
+    on_checkpoint: CheckpointHook | None = None,
+) -> RunResult:
+    """Train ``spec`` on ``data`` and return the best epoch's metrics and weights.
+
+    ``resume_state``: a state given to ``on_checkpoint`` earlier; training continues after its
+    epoch. ``on_checkpoint(state)`` is called after every epoch and must serialise the state
+    before returning (its tensors are the live ones)."""
     cfg = config_from_dict(spec.config)
     t, m = cfg.train, cfg.model
     device = pick_device(t.device)
@@ -116,8 +160,16 @@ def train_run(spec: RunSpec, data: LoadedDataset, on_epoch_end: EpochHook | None
     history: list[dict] = []
     best_score, best_epoch, best_state = -1.0, 0, None
     timings = {"train": 0.0, "eval": 0.0}
-    start = time.perf_counter()
-    for epoch in range(1, t.epochs + 1):
+    first = 1
+    if resume_state is not None:
+        first = _restore(resume_state, spec, model, opt, gen) + 1
+        history = list(resume_state["history"])
+        best = resume_state["best"]
+        best_score, best_epoch = float(best["score"]), int(best["epoch"])
+        best_state = {k: v.to(device) for k, v in best["state"].items()}
+        timings = {k: float(v) for k, v in resume_state["timings"].items()}
+    start = time.perf_counter() - timings.pop("total", 0.0)
+    for epoch in range(first, t.epochs + 1):
         lr = lr_at(epoch, t.lr, t.lr_decay_epoch, t.lr_decay_factor)
         for group in opt.param_groups:
             group["lr"] = lr
@@ -152,6 +204,32 @@ def train_run(spec: RunSpec, data: LoadedDataset, on_epoch_end: EpochHook | None
         if score > best_score:
             best_score, best_epoch = score, epoch
             best_state = copy.deepcopy(model.state_dict())
+        if on_checkpoint is not None:
+            on_checkpoint(
+                {
+                    "format": CHECKPOINT_FORMAT,
+                    "run_id": spec.run_id,
+                    "epoch": epoch,
+                    "model": _cpu(model.state_dict()),
+                    "optimizer": _cpu(opt.state_dict()),
+                    "scheduler": {
+                        "kind": "step",
+                        "lr": lr,
+                        "base_lr": t.lr,
+                        "decay_epoch": t.lr_decay_epoch,
+                        "factor": t.lr_decay_factor,
+                    },
+                    "grl": {"mode": spec.mode, "lambda": lam, "n_primary": n_p, "n_auxiliary": len(spec.auxiliary)},
+                    "rng": {
+                        "torch_cpu": torch.get_rng_state(),
+                        "torch_cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_initialized() else [],
+                        "shuffle": gen.get_state(),
+                    },
+                    "best": {"score": best_score, "epoch": best_epoch, "state": _cpu(best_state)},
+                    "history": history,
+                    "timings": {**timings, "total": time.perf_counter() - start},
+                }
+            )
         if on_epoch_end is not None:
             on_epoch_end(epoch, entry)
 
@@ -160,7 +238,7 @@ def train_run(spec: RunSpec, data: LoadedDataset, on_epoch_end: EpochHook | None
     test_acc = evaluate(model, pipe.eval_batches("test", t.eval_batch_size), len(cols), device, bf16, forward)
     timings["eval"] += time.perf_counter() - t3
     timings["total"] = time.perf_counter() - start
-    return RunResult(
+    result = RunResult(
         run_id=spec.run_id,
         heads=spec.heads,
         best_epoch=best_epoch,
@@ -176,3 +254,6 @@ def train_run(spec: RunSpec, data: LoadedDataset, on_epoch_end: EpochHook | None
         },
         state_dict={k: v.detach().cpu().contiguous() for k, v in best_state.items()},
     )
+    if first > 1:
+        result.environment["resumed_after_epoch"] = str(first - 1)
+    return result

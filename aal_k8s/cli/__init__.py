@@ -19,10 +19,16 @@ from aal_k8s.errors import AALError
 
 SUBCOMMANDS = ["pipeline", "submit", "status", "reduce", "final", "report", "worker", "prepare"]
 
+SUBCOMMANDS += ["logs", "cancel"]  # a run's log, cancelling a stage (both backends; see docs/kubernetes.md)
+
 
 class _Parser(argparse.ArgumentParser):
     def error(self, message):  # argparse's own errors: one line, exit 2
         self.exit(2, f"aal-k8s: error: {message}\n")
+
+
+# the final model set outside the store: fetch it verified, predict with it
+SUBCOMMANDS += ["download", "predict"]
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -39,7 +39,9 @@ def run(args) -> int:
     def stage(name: str) -> bool:
         specs = plan(cfg, exp, name)
         report = execute_stage(backend, exp, name, specs)
-        backend.wait(specs, exp)
+        for run_id, st in backend.wait(specs, exp).items():  # k8s: runs fail after submit returned
+            if st.state == "failed":
+                report.failed.setdefault(run_id, st.reason or "failed")
         print_failures(report, name)
         return not report.failed
 
