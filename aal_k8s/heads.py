@@ -43,13 +43,18 @@ def head_coefficients(
     )
 
 
+def _compute_dtype(dtype: torch.dtype) -> torch.dtype:
+    """fp32 accumulation for half/bfloat16/float32 inputs; float64 stays float64 (for gradcheck)."""
+    return torch.promote_types(dtype, torch.float32)
+
+
 def _masked_mean_bce(z: torch.Tensor, y: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
-    """Per-column mean BCE-with-logits in fp32; columns with no valid row give 0."""
-    per = F.binary_cross_entropy_with_logits(z.float(), y.float(), reduction="none")
+    """Per-column mean BCE-with-logits in z's (compute) dtype; columns with no valid row give 0."""
+    per = F.binary_cross_entropy_with_logits(z, y.to(z.dtype), reduction="none")
     if mask is None:
-        n = torch.full((z.shape[1],), float(z.shape[0]), device=z.device)
+        n = torch.full((z.shape[1],), float(z.shape[0]), device=z.device, dtype=z.dtype)
         return per.sum(0) / n.clamp_min(1.0)
-    m = mask.float()
+    m = mask.to(z.dtype)
     return (per * m).sum(0) / m.sum(0).clamp_min(1.0)
 
 
@@ -58,8 +63,9 @@ class _ReferenceHeads(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, h, weight, bias, labels, mask, loss_w, feat_c):
-        hf, wf = h.float(), weight.float()
-        z = hf @ wf.t() + bias.float()
+        cd = _compute_dtype(h.dtype)
+        hf, wf = h.to(cd), weight.to(cd)
+        z = hf @ wf.t() + bias.to(cd)
         loss = _masked_mean_bce(z, labels, mask)
         ctx.save_for_backward(h, weight, bias, labels, mask, loss_w, feat_c, z)
         ctx.has_mask = mask is not None
@@ -68,18 +74,19 @@ class _ReferenceHeads(torch.autograd.Function):
     @staticmethod
     def backward(ctx, g_loss, g_logits):
         h, weight, bias, labels, mask, loss_w, feat_c, z = ctx.saved_tensors
-        hf, wf = h.float(), weight.float()
-        m = mask.float() if ctx.has_mask else torch.ones_like(z)
+        cd = z.dtype
+        hf, wf = h.to(cd), weight.to(cd)
+        m = mask.to(cd) if ctx.has_mask else torch.ones_like(z)
         n = m.sum(0).clamp_min(1.0)  # [K]
         if g_loss is None:
-            g_loss = torch.zeros(z.shape[1], device=z.device)
+            g_loss = torch.zeros(z.shape[1], device=z.device, dtype=cd)
         # d loss[k] / d z[b, k] = mask * (sigmoid(z) - y) / n[k]
-        dz = (torch.sigmoid(z) - labels.float()) * m / n
-        dz_param = dz * (g_loss.float() * loss_w.float())
-        dz_feat = dz * (g_loss.float() * feat_c.float())
+        dz = (torch.sigmoid(z) - labels.to(cd)) * m / n
+        dz_param = dz * (g_loss.to(cd) * loss_w.to(cd))
+        dz_feat = dz * (g_loss.to(cd) * feat_c.to(cd))
         if g_logits is not None:
-            dz_param = dz_param + g_logits.float()
-            dz_feat = dz_feat + g_logits.float()
+            dz_param = dz_param + g_logits.to(cd)
+            dz_feat = dz_feat + g_logits.to(cd)
         dh = dz_feat @ wf
         dW = dz_param.t() @ hf
         db = dz_param.sum(0)
@@ -87,7 +94,11 @@ class _ReferenceHeads(torch.autograd.Function):
 
 
 def reference_head_losses(h, weight, bias, labels, loss_w, feat_c, mask=None):
-    """Pure-PyTorch ground truth: returns ``(loss [K] fp32, logits [B, K] in h's dtype)``."""
+    """Pure-PyTorch ground truth: returns ``(loss [K] fp32, logits [B, K] in h's dtype)``.
+
+    Accumulation is fp32 for half, bfloat16 and float32 inputs; float64 inputs are computed (and
+    their loss returned) in float64 so the maths itself can be gradchecked.
+    """
     return _ReferenceHeads.apply(h, weight, bias, labels, mask, loss_w, feat_c)
 
 

@@ -1,0 +1,725 @@
+// aal_k8s::fused_heads — K linear heads + per-head BCE-with-logits + per-head gradient reversal,
+// as one forward and one backward operator.
+//
+// This translation unit holds the operator schemas, the CPU kernels, the autocast rule and the
+// Python module stub (aal_k8s._C). The CUDA kernels live in cuda/fused_heads.cu, built as a
+// separate extension (aal_k8s._C_cuda) that only adds a CUDA implementation to these schemas.
+//
+// Maths (see aal_k8s/heads.py for the contract):
+//   z[b,k]   = h[b] . W[k] + bias[k]
+//   e[b,k]   = (sigmoid(z[b,k]) - y[b,k]) * m[b,k]            ("residual", saved for backward)
+//   n[k]     = sum_b m[b,k]                                   ("count")
+//   loss[k]  = sum_b m[b,k] * bce(z[b,k], y[b,k]) / max(n[k], 1)
+// Backward with upstream g[k] (on loss) and G[b,k] (on logits):
+//   dzp[b,k] = e[b,k] * g[k] * w[k] / max(n[k],1) + G[b,k]    -> dW = dzp^T h, db = sum_b dzp
+//   dzf[b,k] = e[b,k] * g[k] * c[k] / max(n[k],1) + G[b,k]    -> dh = dzf W
+//
+// CPU strategy. Every output element is produced by exactly one task with a fixed summation
+// order, so results are bitwise reproducible run to run and independent of the thread count:
+//   forward  : parallel over fixed chunks of kRowChunk rows; each chunk computes its logits with
+//              register-tiled dot products, the element-wise BCE terms, and per-chunk partial
+//              sums of loss and count; the partials are then added in chunk order.
+//   backward : (A) parallel over row chunks: dzp/dzf and dh = dzf W (register-tiled rank-1
+//              updates); (B) parallel over fixed 64-column blocks of D: dW[:, block] = dzp^T h,
+//              summing over b in ascending order; db is summed over b in ascending order.
+// Inner loops use GCC/Clang vector extensions, compiled once per ISA (AVX-512, AVX2+FMA and the
+// baseline) through target attributes and picked at run time with torch's own CPU capability,
+// so the .so runs on any x86-64 and honours ATEN_CPU_CAPABILITY.
+
+#include <Python.h>
+
+#include <ATen/Parallel.h>
+#include <ATen/autocast_mode.h>
+#include <ATen/core/Tensor.h>
+#include <ATen/Version.h>
+#include <ATen/ops/empty.h>
+#include <ATen/ops/zeros.h>
+#include <c10/core/impl/LocalDispatchKeySet.h>
+#include <torch/library.h>
+
+#include <algorithm>
+#include <cstring>
+#include <string>
+#include <tuple>
+#include <vector>
+
+#include "fused_heads.h"
+#include "fused_heads_math.h"
+
+namespace aal_k8s {
+namespace {
+
+using at::Tensor;
+
+#if defined(__GNUC__) || defined(__clang__)
+#define AAL_INLINE inline __attribute__((always_inline))
+#define AAL_HAVE_VECTOR_EXT 1
+#else
+#define AAL_INLINE inline
+#define AAL_HAVE_VECTOR_EXT 0
+#endif
+
+#if AAL_HAVE_VECTOR_EXT && defined(__x86_64__)
+#define AAL_X86_DISPATCH 1
+#define AAL_TARGET_AVX512 __attribute__((target("avx512f,avx512vl,avx512dq,avx512bw,avx2,fma")))
+#define AAL_TARGET_AVX2 __attribute__((target("avx2,fma")))
+#else
+#define AAL_X86_DISPATCH 0
+#endif
+
+// Columns of D per backward phase-B task. Fixed for the same reason as kRowChunk.
+constexpr int64_t kColBlock = 64;
+
+// ---------------------------------------------------------------------------------------------
+// Micro-kernels. Written once over a vector width in bytes (VB) and tile shape; the tile shape is
+// chosen per ISA so the accumulators fit in registers (32 zmm for AVX-512, 16 ymm/xmm otherwise).
+
+#if AAL_HAVE_VECTOR_EXT
+template <typename T, int VB>
+struct Simd {
+  typedef T V __attribute__((vector_size(VB)));
+  static constexpr int L = VB / static_cast<int>(sizeof(T));
+};
+
+template <typename V, typename T>
+AAL_INLINE V loadu(const T* p) {
+  V v;
+  std::memcpy(&v, p, sizeof(V));  // an unaligned vector load; rows have arbitrary pitch
+  return v;
+}
+
+template <typename V, typename T>
+AAL_INLINE void storeu(T* p, const V& v) {
+  std::memcpy(p, &v, sizeof(V));
+}
+
+// Pairwise lane sum in a fixed order (so it is part of the deterministic summation order).
+template <typename T, int L, typename V>
+AAL_INLINE T hsum(const V& v) {
+  T a[L];
+  std::memcpy(a, &v, sizeof(V));
+#pragma GCC unroll 16
+  for (int w = L / 2; w >= 1; w /= 2) {
+#pragma GCC unroll 16
+    for (int i = 0; i < w; ++i) a[i] += a[i + w];
+  }
+  return a[0];
+}
+
+// out[r, c] = h[r] . w[c] for R rows and C heads. Each (r, c) pair accumulates lane j over
+// d = j (mod L) in ascending order, then the scalar tail, whatever tile it sits in.
+template <typename T, int VB, int R, int C>
+AAL_INLINE void dot_tile(const T* __restrict h, int64_t ldh, const T* __restrict w, int64_t ldw,
+                         int64_t D, T* __restrict out, int64_t ldo) {
+  using S = Simd<T, VB>;
+  using V = typename S::V;
+  constexpr int L = S::L;
+  V acc[R][C];
+#pragma GCC unroll 8
+  for (int r = 0; r < R; ++r)
+#pragma GCC unroll 8
+    for (int c = 0; c < C; ++c) acc[r][c] = V{};
+  int64_t d = 0;
+  for (; d + L <= D; d += L) {
+    V hv[R];
+#pragma GCC unroll 8
+    for (int r = 0; r < R; ++r) hv[r] = loadu<V>(h + r * ldh + d);
+#pragma GCC unroll 8
+    for (int c = 0; c < C; ++c) {
+      const V wv = loadu<V>(w + c * ldw + d);
+#pragma GCC unroll 8
+      for (int r = 0; r < R; ++r) acc[r][c] += hv[r] * wv;
+    }
+  }
+#pragma GCC unroll 8
+  for (int r = 0; r < R; ++r) {
+#pragma GCC unroll 8
+    for (int c = 0; c < C; ++c) {
+      T s = hsum<T, L>(acc[r][c]);
+      for (int64_t t = d; t < D; ++t) s += h[r * ldh + t] * w[c * ldw + t];
+      out[r * ldo + c] = s;
+    }
+  }
+}
+
+// out[r, d0 : d0 + NB*L] = sum_k dz[r, k] * w[k, d0 : ...] for R rows, k ascending.
+template <typename T, int VB, int R, int NB>
+AAL_INLINE void axpy_rows_tile(const T* __restrict dz, int64_t K, const T* __restrict w,
+                               int64_t ldw, int64_t d0, T* __restrict out, int64_t ldo) {
+  using S = Simd<T, VB>;
+  using V = typename S::V;
+  constexpr int L = S::L;
+  V acc[R][NB];
+#pragma GCC unroll 8
+  for (int r = 0; r < R; ++r)
+#pragma GCC unroll 8
+    for (int j = 0; j < NB; ++j) acc[r][j] = V{};
+  for (int64_t k = 0; k < K; ++k) {
+    V wv[NB];
+#pragma GCC unroll 8
+    for (int j = 0; j < NB; ++j) wv[j] = loadu<V>(w + k * ldw + d0 + j * L);
+#pragma GCC unroll 8
+    for (int r = 0; r < R; ++r) {
+      const T s = dz[r * K + k];
+#pragma GCC unroll 8
+      for (int j = 0; j < NB; ++j) acc[r][j] += wv[j] * s;
+    }
+  }
+#pragma GCC unroll 8
+  for (int r = 0; r < R; ++r)
+#pragma GCC unroll 8
+    for (int j = 0; j < NB; ++j) storeu(out + r * ldo + d0 + j * L, acc[r][j]);
+}
+
+// dW[k0 + c, d0 : d0 + NB*L] = sum_b dzp[b, k0 + c] * h[b, d0 : ...] for C heads, b ascending.
+template <typename T, int VB, int C, int NB>
+AAL_INLINE void outer_cols_tile(const T* __restrict h, int64_t ldh, const T* __restrict dzp,
+                                int64_t K, int64_t k0, int64_t B, int64_t d0, T* __restrict dW,
+                                int64_t ldw) {
+  using S = Simd<T, VB>;
+  using V = typename S::V;
+  constexpr int L = S::L;
+  V acc[C][NB];
+#pragma GCC unroll 8
+  for (int c = 0; c < C; ++c)
+#pragma GCC unroll 8
+    for (int j = 0; j < NB; ++j) acc[c][j] = V{};
+  for (int64_t b = 0; b < B; ++b) {
+    V hv[NB];
+#pragma GCC unroll 8
+    for (int j = 0; j < NB; ++j) hv[j] = loadu<V>(h + b * ldh + d0 + j * L);
+#pragma GCC unroll 8
+    for (int c = 0; c < C; ++c) {
+      const T s = dzp[b * K + k0 + c];
+#pragma GCC unroll 8
+      for (int j = 0; j < NB; ++j) acc[c][j] += hv[j] * s;
+    }
+  }
+#pragma GCC unroll 8
+  for (int c = 0; c < C; ++c)
+#pragma GCC unroll 8
+    for (int j = 0; j < NB; ++j) storeu(dW + (k0 + c) * ldw + d0 + j * L, acc[c][j]);
+}
+#endif  // AAL_HAVE_VECTOR_EXT
+
+// ---------------------------------------------------------------------------------------------
+// Task bodies: one forward row chunk, one backward row chunk, one backward column block.
+
+template <typename T>
+struct FwdArgs {
+  const T* h;
+  int64_t ldh;
+  const T* w;
+  int64_t ldw;
+  const T* bias;  // [K]
+  const T* y;     // [B, K] contiguous
+  const T* m;     // [B, K] contiguous, or nullptr
+  int64_t B, K, D;
+  T* z;      // [B, K] out: logits
+  T* resid;  // [B, K] out
+  T* part;   // [n_chunks, 2, K] out: per-chunk loss sum and count
+};
+
+template <typename T>
+struct BwdArgs {
+  const T* h;
+  int64_t ldh;
+  const T* w;
+  int64_t ldw;
+  const T* resid;  // [B, K]
+  const T* gl;     // [B, K] upstream gradient on logits, or nullptr
+  const T* sp;     // [K] g*w/n: scale of the residual for the head parameters
+  const T* sf;     // [K] g*c/n: scale of the residual for the features
+  int64_t B, K, D;
+  T* dzp;  // [B, K] scratch, read by phase B
+  T* dzf;  // [B, K] scratch
+  T* dh;   // [B, D] out, contiguous
+  T* dW;   // [K, D] out, contiguous
+};
+
+// Scalar versions: the reference shape of every loop, used for double on non-GCC compilers and
+// for the ragged edges of the vector kernels.
+template <typename T>
+AAL_INLINE T dot_scalar(const T* h, const T* w, int64_t D) {
+  T s = T(0);
+  for (int64_t d = 0; d < D; ++d) s += h[d] * w[d];
+  return s;
+}
+
+template <typename T>
+AAL_INLINE void forward_elementwise(const FwdArgs<T>& a, int64_t chunk, int64_t r0, int64_t r1) {
+  const int64_t K = a.K;
+  T* lsum = a.part + chunk * 2 * K;
+  T* cnt = lsum + K;
+  for (int64_t k = 0; k < K; ++k) lsum[k] = cnt[k] = T(0);
+  for (int64_t b = r0; b < r1; ++b) {
+    T* zr = a.z + b * K;
+    const T* yr = a.y + b * K;
+    T* er = a.resid + b * K;
+    for (int64_t k = 0; k < K; ++k) {
+      const T z = zr[k] + a.bias[k];
+      const T m = a.m ? a.m[b * K + k] : T(1);
+      T loss, sig_minus_y;
+      bce_with_logits(z, yr[k], loss, sig_minus_y);
+      zr[k] = z;
+      er[k] = sig_minus_y * m;
+      lsum[k] += loss * m;
+      cnt[k] += m;
+    }
+  }
+}
+
+template <typename T>
+AAL_INLINE void backward_coeffs(const BwdArgs<T>& a, int64_t r0, int64_t r1) {
+  const int64_t K = a.K;
+  for (int64_t b = r0; b < r1; ++b) {
+    const T* er = a.resid + b * K;
+    T* p = a.dzp + b * K;
+    T* f = a.dzf + b * K;
+    if (a.gl) {
+      const T* g = a.gl + b * K;
+      for (int64_t k = 0; k < K; ++k) {
+        p[k] = er[k] * a.sp[k] + g[k];
+        f[k] = er[k] * a.sf[k] + g[k];
+      }
+    } else {
+      for (int64_t k = 0; k < K; ++k) {
+        p[k] = er[k] * a.sp[k];
+        f[k] = er[k] * a.sf[k];
+      }
+    }
+  }
+}
+
+// Tile shapes for one ISA: forward R x C dot tiles, dh rows x vectors, dW heads x vectors.
+template <int VB_, int FR_, int FC_, int AR_, int ANB_, int OC_, int ONB_>
+struct Tiles {
+  static constexpr int VB = VB_, FR = FR_, FC = FC_, AR = AR_, ANB = ANB_, OC = OC_, ONB = ONB_;
+};
+
+#if AAL_HAVE_VECTOR_EXT
+template <typename T, int VB, int R, int C>
+AAL_INLINE void dot_row_tile_all_heads(const FwdArgs<T>& a, int64_t r) {
+  const T* h = a.h + r * a.ldh;
+  int64_t k = 0;
+  for (; k + C <= a.K; k += C)
+    dot_tile<T, VB, R, C>(h, a.ldh, a.w + k * a.ldw, a.ldw, a.D, a.z + r * a.K + k, a.K);
+  if constexpr (C > 2)
+    for (; k + 2 <= a.K; k += 2)
+      dot_tile<T, VB, R, 2>(h, a.ldh, a.w + k * a.ldw, a.ldw, a.D, a.z + r * a.K + k, a.K);
+  for (; k < a.K; ++k)
+    dot_tile<T, VB, R, 1>(h, a.ldh, a.w + k * a.ldw, a.ldw, a.D, a.z + r * a.K + k, a.K);
+}
+
+template <typename T, typename Cfg>
+AAL_INLINE void forward_chunk_impl(const FwdArgs<T>& a, int64_t chunk) {
+  const int64_t r0 = chunk * kRowChunk, r1 = std::min(a.B, r0 + kRowChunk);
+  int64_t r = r0;
+  for (; r + Cfg::FR <= r1; r += Cfg::FR) dot_row_tile_all_heads<T, Cfg::VB, Cfg::FR, Cfg::FC>(a, r);
+  for (; r < r1; ++r) dot_row_tile_all_heads<T, Cfg::VB, 1, Cfg::FC>(a, r);
+  forward_elementwise(a, chunk, r0, r1);
+}
+
+template <typename T, int VB, int R, int NB>
+AAL_INLINE void dh_rows(const BwdArgs<T>& a, int64_t r) {
+  constexpr int L = Simd<T, VB>::L;
+  const T* dz = a.dzf + r * a.K;
+  T* out = a.dh + r * a.D;
+  int64_t d = 0;
+  for (; d + NB * L <= a.D; d += NB * L) axpy_rows_tile<T, VB, R, NB>(dz, a.K, a.w, a.ldw, d, out, a.D);
+  for (; d + L <= a.D; d += L) axpy_rows_tile<T, VB, R, 1>(dz, a.K, a.w, a.ldw, d, out, a.D);
+  for (; d < a.D; ++d) {
+    for (int rr = 0; rr < R; ++rr) {
+      T s = T(0);
+      for (int64_t k = 0; k < a.K; ++k) s += dz[rr * a.K + k] * a.w[k * a.ldw + d];
+      out[rr * a.D + d] = s;
+    }
+  }
+}
+
+template <typename T, typename Cfg>
+AAL_INLINE void backward_rows_impl(const BwdArgs<T>& a, int64_t chunk) {
+  const int64_t r0 = chunk * kRowChunk, r1 = std::min(a.B, r0 + kRowChunk);
+  backward_coeffs(a, r0, r1);
+  int64_t r = r0;
+  for (; r + Cfg::AR <= r1; r += Cfg::AR) dh_rows<T, Cfg::VB, Cfg::AR, Cfg::ANB>(a, r);
+  for (; r < r1; ++r) dh_rows<T, Cfg::VB, 1, Cfg::ANB>(a, r);
+}
+
+template <typename T, int VB, int C, int NB>
+AAL_INLINE void dw_heads(const BwdArgs<T>& a, int64_t k0, int64_t d0, int64_t d1) {
+  constexpr int L = Simd<T, VB>::L;
+  int64_t d = d0;
+  for (; d + NB * L <= d1; d += NB * L)
+    outer_cols_tile<T, VB, C, NB>(a.h, a.ldh, a.dzp, a.K, k0, a.B, d, a.dW, a.D);
+  for (; d + L <= d1; d += L) outer_cols_tile<T, VB, C, 1>(a.h, a.ldh, a.dzp, a.K, k0, a.B, d, a.dW, a.D);
+  for (; d < d1; ++d) {
+    for (int c = 0; c < C; ++c) {
+      T s = T(0);
+      for (int64_t b = 0; b < a.B; ++b) s += a.dzp[b * a.K + k0 + c] * a.h[b * a.ldh + d];
+      a.dW[(k0 + c) * a.D + d] = s;
+    }
+  }
+}
+
+template <typename T, typename Cfg>
+AAL_INLINE void backward_cols_impl(const BwdArgs<T>& a, int64_t block) {
+  const int64_t d0 = block * kColBlock, d1 = std::min(a.D, d0 + kColBlock);
+  int64_t k = 0;
+  for (; k + Cfg::OC <= a.K; k += Cfg::OC) dw_heads<T, Cfg::VB, Cfg::OC, Cfg::ONB>(a, k, d0, d1);
+  for (; k < a.K; ++k) dw_heads<T, Cfg::VB, 1, Cfg::ONB>(a, k, d0, d1);
+}
+
+// Per-ISA entry points. The target attribute must sit on a non-lambda function so that the
+// always-inline kernels above are compiled for that ISA; the parallel_for lambdas only call these.
+using Avx512Tiles = Tiles<64, 4, 4, 4, 4, 4, 4>;
+using Avx2Tiles = Tiles<32, 4, 2, 2, 4, 2, 4>;
+using BaseTiles = Tiles<16, 4, 2, 2, 4, 2, 4>;
+
+#define AAL_DEFINE_ENTRY_POINTS(SUFFIX, ATTR, CFG)                                                \
+  ATTR void forward_chunk_##SUFFIX(const FwdArgs<float>& a, int64_t i) {                          \
+    forward_chunk_impl<float, CFG>(a, i);                                                         \
+  }                                                                                               \
+  ATTR void forward_chunk_##SUFFIX(const FwdArgs<double>& a, int64_t i) {                         \
+    forward_chunk_impl<double, CFG>(a, i);                                                        \
+  }                                                                                               \
+  ATTR void backward_rows_##SUFFIX(const BwdArgs<float>& a, int64_t i) {                          \
+    backward_rows_impl<float, CFG>(a, i);                                                         \
+  }                                                                                               \
+  ATTR void backward_rows_##SUFFIX(const BwdArgs<double>& a, int64_t i) {                         \
+    backward_rows_impl<double, CFG>(a, i);                                                        \
+  }                                                                                               \
+  ATTR void backward_cols_##SUFFIX(const BwdArgs<float>& a, int64_t i) {                          \
+    backward_cols_impl<float, CFG>(a, i);                                                         \
+  }                                                                                               \
+  ATTR void backward_cols_##SUFFIX(const BwdArgs<double>& a, int64_t i) {                         \
+    backward_cols_impl<double, CFG>(a, i);                                                        \
+  }
+
+AAL_DEFINE_ENTRY_POINTS(base, , BaseTiles)
+#if AAL_X86_DISPATCH
+AAL_DEFINE_ENTRY_POINTS(avx2, AAL_TARGET_AVX2, Avx2Tiles)
+AAL_DEFINE_ENTRY_POINTS(avx512, AAL_TARGET_AVX512, Avx512Tiles)
+#endif
+
+#else  // !AAL_HAVE_VECTOR_EXT: plain loops, left to the compiler's auto-vectoriser.
+
+template <typename T>
+void forward_chunk_base(const FwdArgs<T>& a, int64_t chunk) {
+  const int64_t r0 = chunk * kRowChunk, r1 = std::min(a.B, r0 + kRowChunk);
+  for (int64_t b = r0; b < r1; ++b)
+    for (int64_t k = 0; k < a.K; ++k)
+      a.z[b * a.K + k] = dot_scalar(a.h + b * a.ldh, a.w + k * a.ldw, a.D);
+  forward_elementwise(a, chunk, r0, r1);
+}
+
+template <typename T>
+void backward_rows_base(const BwdArgs<T>& a, int64_t chunk) {
+  const int64_t r0 = chunk * kRowChunk, r1 = std::min(a.B, r0 + kRowChunk);
+  backward_coeffs(a, r0, r1);
+  for (int64_t b = r0; b < r1; ++b) {
+    T* out = a.dh + b * a.D;
+    for (int64_t d = 0; d < a.D; ++d) out[d] = T(0);
+    for (int64_t k = 0; k < a.K; ++k) {
+      const T s = a.dzf[b * a.K + k];
+      const T* wr = a.w + k * a.ldw;
+      for (int64_t d = 0; d < a.D; ++d) out[d] += s * wr[d];
+    }
+  }
+}
+
+template <typename T>
+void backward_cols_base(const BwdArgs<T>& a, int64_t block) {
+  const int64_t d0 = block * kColBlock, d1 = std::min(a.D, d0 + kColBlock);
+  for (int64_t k = 0; k < a.K; ++k) {
+    T* out = a.dW + k * a.D;
+    for (int64_t d = d0; d < d1; ++d) out[d] = T(0);
+    for (int64_t b = 0; b < a.B; ++b) {
+      const T s = a.dzp[b * a.K + k];
+      const T* hr = a.h + b * a.ldh;
+      for (int64_t d = d0; d < d1; ++d) out[d] += s * hr[d];
+    }
+  }
+}
+#endif  // AAL_HAVE_VECTOR_EXT
+
+enum class Isa { kBase, kAvx2, kAvx512 };
+
+// Follow torch's own choice (which honours ATEN_CPU_CAPABILITY), double-checked against the
+// CPU's feature bits in case torch was built to allow a capability this machine lacks.
+Isa cpu_isa() {
+  static const Isa isa = [] {
+#if AAL_X86_DISPATCH
+    // "DEFAULT" / "AVX2" / "AVX512" (the string API is the one libtorch exports).
+    const std::string cap = at::get_cpu_capability();
+    __builtin_cpu_init();
+    const bool avx2 = __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma");
+    const bool avx512 = avx2 && __builtin_cpu_supports("avx512f") &&
+                        __builtin_cpu_supports("avx512vl") && __builtin_cpu_supports("avx512dq") &&
+                        __builtin_cpu_supports("avx512bw");
+    if (cap.find("AVX512") != std::string::npos && avx512) return Isa::kAvx512;
+    if (cap.find("AVX") != std::string::npos && avx2) return Isa::kAvx2;
+#endif
+    return Isa::kBase;
+  }();
+  return isa;
+}
+
+template <typename T>
+void forward_chunk(const FwdArgs<T>& a, int64_t i) {
+#if AAL_X86_DISPATCH
+  switch (cpu_isa()) {
+    case Isa::kAvx512: return forward_chunk_avx512(a, i);
+    case Isa::kAvx2: return forward_chunk_avx2(a, i);
+    default: break;
+  }
+#endif
+  forward_chunk_base(a, i);
+}
+
+template <typename T>
+void backward_rows(const BwdArgs<T>& a, int64_t i) {
+#if AAL_X86_DISPATCH
+  switch (cpu_isa()) {
+    case Isa::kAvx512: return backward_rows_avx512(a, i);
+    case Isa::kAvx2: return backward_rows_avx2(a, i);
+    default: break;
+  }
+#endif
+  backward_rows_base(a, i);
+}
+
+template <typename T>
+void backward_cols(const BwdArgs<T>& a, int64_t i) {
+#if AAL_X86_DISPATCH
+  switch (cpu_isa()) {
+    case Isa::kAvx512: return backward_cols_avx512(a, i);
+    case Isa::kAvx2: return backward_cols_avx2(a, i);
+    default: break;
+  }
+#endif
+  backward_cols_base(a, i);
+}
+
+// Converts to the accumulation dtype and the layout the kernels read; a no-op (no copy) for the
+// common case of float32 tensors with unit inner stride.
+Tensor as_acc_rows(const Tensor& t, at::ScalarType acc) {
+  return rows_contiguous(t.scalar_type() == acc ? t : t.to(acc));
+}
+
+Tensor as_acc_contig(const Tensor& t, at::ScalarType acc) {
+  return t.to(acc).contiguous();
+}
+
+// ---------------------------------------------------------------------------------------------
+// CPU operator implementations.
+
+template <typename T>
+void forward_cpu_typed(const Tensor& hc, const Tensor& wc, const Tensor& bc, const Tensor& yc,
+                       const std::optional<Tensor>& mc, Tensor& z, Tensor& resid, Tensor& loss,
+                       Tensor& count) {
+  const int64_t B = hc.size(0), D = hc.size(1), K = wc.size(0);
+  const int64_t n_chunks = (B + kRowChunk - 1) / kRowChunk;
+  std::vector<T> part(static_cast<size_t>(std::max<int64_t>(n_chunks, 1) * 2 * K));
+  FwdArgs<T> a{hc.data_ptr<T>(),
+               row_pitch(hc),
+               wc.data_ptr<T>(),
+               row_pitch(wc),
+               bc.data_ptr<T>(),
+               yc.data_ptr<T>(),
+               mc ? mc->data_ptr<T>() : nullptr,
+               B,
+               K,
+               D,
+               z.data_ptr<T>(),
+               resid.data_ptr<T>(),
+               part.data()};
+  at::parallel_for(0, n_chunks, 1, [&](int64_t c0, int64_t c1) {
+    for (int64_t c = c0; c < c1; ++c) forward_chunk(a, c);
+  });
+  T* lp = loss.data_ptr<T>();
+  T* np = count.data_ptr<T>();
+  for (int64_t k = 0; k < K; ++k) {
+    T s = T(0), n = T(0);
+    for (int64_t c = 0; c < n_chunks; ++c) {
+      s += part[c * 2 * K + k];
+      n += part[c * 2 * K + K + k];
+    }
+    lp[k] = s / std::max(n, T(1));
+    np[k] = n;
+  }
+}
+
+std::tuple<Tensor, Tensor, Tensor, Tensor> fused_heads_cpu(const Tensor& h, const Tensor& weight,
+                                                           const Tensor& bias, const Tensor& labels,
+                                                           const Tensor& loss_w,
+                                                           const Tensor& feat_c,
+                                                           const std::optional<Tensor>& mask) {
+  check_forward_args(h, weight, bias, labels, loss_w, feat_c, mask);
+  TORCH_CHECK(h.device().is_cpu(), "fused_heads_cpu: expected CPU tensors");
+  const auto acc = acc_type_for(h.scalar_type());
+  const auto acc_opts = h.options().dtype(acc);
+  const int64_t B = h.size(0), K = weight.size(0);
+
+  // Half inputs are widened once up front: the kernels then run their float path, which is the
+  // fp32 accumulation the contract asks for.
+  const Tensor hc = as_acc_rows(h, acc);
+  const Tensor wc = as_acc_rows(weight, acc);
+  const Tensor bc = as_acc_contig(bias, acc);
+  const Tensor yc = as_acc_contig(labels, acc);
+  std::optional<Tensor> mc;
+  if (mask) mc = as_acc_contig(*mask, acc);
+
+  Tensor z = at::empty({B, K}, acc_opts);
+  Tensor resid = at::empty({B, K}, acc_opts);
+  Tensor loss = at::empty({K}, acc_opts);
+  Tensor count = at::empty({K}, acc_opts);
+  if (acc == at::kDouble) {
+    forward_cpu_typed<double>(hc, wc, bc, yc, mc, z, resid, loss, count);
+  } else {
+    forward_cpu_typed<float>(hc, wc, bc, yc, mc, z, resid, loss, count);
+  }
+  Tensor logits = h.scalar_type() == acc ? z : z.to(h.scalar_type());
+  return {loss, logits, resid, count};
+}
+
+template <typename T>
+void backward_cpu_typed(const Tensor& hc, const Tensor& wc, const Tensor& resid,
+                        const std::optional<Tensor>& glc, const Tensor& sp, const Tensor& sf,
+                        Tensor& dh, Tensor& dW, Tensor& db) {
+  const int64_t B = hc.size(0), D = hc.size(1), K = wc.size(0);
+  std::vector<T> scratch(static_cast<size_t>(2 * B * K));
+  BwdArgs<T> a{hc.data_ptr<T>(),
+               row_pitch(hc),
+               wc.data_ptr<T>(),
+               row_pitch(wc),
+               resid.data_ptr<T>(),
+               glc ? glc->data_ptr<T>() : nullptr,
+               sp.data_ptr<T>(),
+               sf.data_ptr<T>(),
+               B,
+               K,
+               D,
+               scratch.data(),
+               scratch.data() + B * K,
+               dh.data_ptr<T>(),
+               dW.data_ptr<T>()};
+  const int64_t n_chunks = (B + kRowChunk - 1) / kRowChunk;
+  at::parallel_for(0, n_chunks, 1, [&](int64_t c0, int64_t c1) {
+    for (int64_t c = c0; c < c1; ++c) backward_rows(a, c);
+  });
+  const int64_t n_blocks = (D + kColBlock - 1) / kColBlock;
+  at::parallel_for(0, n_blocks, 1, [&](int64_t b0, int64_t b1) {
+    for (int64_t blk = b0; blk < b1; ++blk) backward_cols(a, blk);
+  });
+  T* dbp = db.data_ptr<T>();
+  for (int64_t k = 0; k < K; ++k) dbp[k] = T(0);
+  for (int64_t b = 0; b < B; ++b) {
+    const T* p = a.dzp + b * K;
+    for (int64_t k = 0; k < K; ++k) dbp[k] += p[k];
+  }
+}
+
+std::tuple<Tensor, Tensor, Tensor> fused_heads_backward_cpu(
+    const std::optional<Tensor>& grad_loss, const std::optional<Tensor>& grad_logits,
+    const Tensor& residual, const Tensor& count, const Tensor& h, const Tensor& weight,
+    const Tensor& loss_w, const Tensor& feat_c) {
+  check_backward_args(grad_loss, grad_logits, residual, count, h, weight, loss_w, feat_c);
+  TORCH_CHECK(h.device().is_cpu(), "fused_heads_backward_cpu: expected CPU tensors");
+  const auto acc = acc_type_for(h.scalar_type());
+  const auto acc_opts = h.options().dtype(acc);
+  const int64_t B = h.size(0), D = h.size(1), K = weight.size(0);
+
+  // Per-head scales of the residual: K-sized, so computed with tensor ops.
+  const Tensor inv_n = count.clamp_min(1.0).reciprocal();
+  const Tensor g = grad_loss ? grad_loss->to(acc) : at::zeros({K}, acc_opts);
+  const Tensor sp = (g * loss_w.to(acc) * inv_n).contiguous();
+  const Tensor sf = (g * feat_c.to(acc) * inv_n).contiguous();
+
+  const Tensor hc = as_acc_rows(h, acc);
+  const Tensor wc = as_acc_rows(weight, acc);
+  const Tensor rc = residual.contiguous();
+  std::optional<Tensor> glc;
+  if (grad_logits) glc = as_acc_contig(*grad_logits, acc);
+
+  Tensor dh = at::empty({B, D}, acc_opts);
+  Tensor dW = at::empty({K, D}, acc_opts);
+  Tensor db = at::empty({K}, acc_opts);
+  if (acc == at::kDouble) {
+    backward_cpu_typed<double>(hc, wc, rc, glc, sp, sf, dh, dW, db);
+  } else {
+    backward_cpu_typed<float>(hc, wc, rc, glc, sp, sf, dh, dW, db);
+  }
+  const auto st = h.scalar_type();
+  if (st != acc) {
+    dh = dh.to(st);
+    dW = dW.to(st);
+    db = db.to(st);
+  }
+  return {dh, dW, db};
+}
+
+// ---------------------------------------------------------------------------------------------
+// Autocast rule: the op is a matmul followed by a loss, so it follows F.linear — h, weight and
+// bias are cast to the autocast dtype (fp32 accumulation is built into the kernels) — while
+// labels, mask and the per-head coefficients keep their precision: casting c = -lambda/B to
+// bfloat16 would change the reversal strength by up to 0.4%. The loss stays fp32.
+template <c10::DeviceType device, c10::DispatchKey autocast_key>
+std::tuple<Tensor, Tensor, Tensor, Tensor> fused_heads_autocast(
+    const Tensor& h, const Tensor& weight, const Tensor& bias, const Tensor& labels,
+    const Tensor& loss_w, const Tensor& feat_c, const std::optional<Tensor>& mask) {
+  c10::impl::ExcludeDispatchKeyGuard no_autocast(autocast_key);
+  static const auto op = c10::Dispatcher::singleton()
+                             .findSchemaOrThrow("aal_k8s::fused_heads", "")
+                             .typed<decltype(fused_heads_cpu)>();
+  // Double stays double, as in autocast's own rules; mixed double/other is left to the checks.
+  if (h.scalar_type() == at::kDouble || weight.scalar_type() == at::kDouble) {
+    return op.call(h, weight, bias, labels, loss_w, feat_c, mask);
+  }
+  const auto dt = at::autocast::get_autocast_dtype(device);
+  return op.call(at::autocast::cached_cast(dt, h, device),
+                 at::autocast::cached_cast(dt, weight, device),
+                 at::autocast::cached_cast(dt, bias, device), labels, loss_w, feat_c, mask);
+}
+
+}  // namespace
+}  // namespace aal_k8s
+
+TORCH_LIBRARY(aal_k8s, m) {
+  m.def(
+      "fused_heads(Tensor h, Tensor weight, Tensor bias, Tensor labels, Tensor loss_w, "
+      "Tensor feat_c, Tensor? mask=None) -> "
+      "(Tensor loss, Tensor logits, Tensor residual, Tensor count)",
+      {at::Tag::pt2_compliant_tag});
+  m.def(
+      "fused_heads_backward(Tensor? grad_loss, Tensor? grad_logits, Tensor residual, "
+      "Tensor count, Tensor h, Tensor weight, Tensor loss_w, Tensor feat_c) -> "
+      "(Tensor grad_h, Tensor grad_weight, Tensor grad_bias)",
+      {at::Tag::pt2_compliant_tag});
+}
+
+TORCH_LIBRARY_IMPL(aal_k8s, CPU, m) {
+  m.impl("fused_heads", &aal_k8s::fused_heads_cpu);
+  m.impl("fused_heads_backward", &aal_k8s::fused_heads_backward_cpu);
+}
+
+TORCH_LIBRARY_IMPL(aal_k8s, AutocastCPU, m) {
+  m.impl("fused_heads",
+         &aal_k8s::fused_heads_autocast<c10::DeviceType::CPU, c10::DispatchKey::AutocastCPU>);
+}
+
+TORCH_LIBRARY_IMPL(aal_k8s, AutocastCUDA, m) {
+  m.impl("fused_heads",
+         &aal_k8s::fused_heads_autocast<c10::DeviceType::CUDA, c10::DispatchKey::AutocastCUDA>);
+}
+
+// Importing aal_k8s._C loads this library, which runs the registrations above; the module itself
+// has no Python-visible members (the ops are reached through torch.ops.aal_k8s).
+extern "C" {
+PyObject* PyInit__C(void) {
+  static struct PyModuleDef module_def = {
+      PyModuleDef_HEAD_INIT, "_C", "aal_k8s fused head operators (CPU + schemas)", -1, nullptr,
+  };
+  return PyModule_Create(&module_def);
+}
+}
