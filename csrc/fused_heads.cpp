@@ -39,8 +39,11 @@
 
 #include <algorithm>
 #include <cstring>
+#include <memory>
 #include <string>
 #include <tuple>
+#include <type_traits>
+#include <utility>
 #include <vector>
 
 #include "fused_heads.h"
@@ -51,7 +54,7 @@ namespace {
 
 using at::Tensor;
 
-#if defined(__GNUC__) || defined(__clang__)
+#if defined(__clang__) || (defined(__GNUC__) && __GNUC__ >= 12)  // __builtin_shufflevector
 #define AAL_INLINE inline __attribute__((always_inline))
 #define AAL_HAVE_VECTOR_EXT 1
 #else
@@ -93,24 +96,35 @@ AAL_INLINE void storeu(T* p, const V& v) {
   std::memcpy(p, &v, sizeof(V));
 }
 
-// Pairwise lane sum in a fixed order (so it is part of the deterministic summation order).
-template <typename T, int L, typename V>
-AAL_INLINE T hsum(const V& v) {
-  T a[L];
-  std::memcpy(a, &v, sizeof(V));
-#pragma GCC unroll 16
-  for (int w = L / 2; w >= 1; w /= 2) {
-#pragma GCC unroll 16
-    for (int i = 0; i < w; ++i) a[i] += a[i + w];
-  }
-  return a[0];
+// Lane sum as a halving tree (fixed order, so it is part of the deterministic summation order).
+template <typename T, int VB, std::size_t... I>
+AAL_INLINE typename Simd<T, VB / 2>::V lo_half(const typename Simd<T, VB>::V& v,
+                                               std::index_sequence<I...>) {
+  return __builtin_shufflevector(v, v, I...);
 }
 
-// out[r, c] = h[r] . w[c] for R rows and C heads. Each (r, c) pair accumulates lane j over
+template <typename T, int VB, std::size_t... I>
+AAL_INLINE typename Simd<T, VB / 2>::V hi_half(const typename Simd<T, VB>::V& v,
+                                               std::index_sequence<I...>) {
+  return __builtin_shufflevector(v, v, (I + Simd<T, VB>::L / 2)...);
+}
+
+template <typename T, int VB>
+AAL_INLINE T hsum(const typename Simd<T, VB>::V& v) {
+  if constexpr (Simd<T, VB>::L == 1) {
+    return v[0];
+  } else {
+    constexpr int H = Simd<T, VB>::L / 2;
+    return hsum<T, VB / 2>(lo_half<T, VB>(v, std::make_index_sequence<H>{}) +
+                           hi_half<T, VB>(v, std::make_index_sequence<H>{}));
+  }
+}
+
+// out[r, c] = h[r] . w[c] + bias[c] for R rows and C heads. Each (r, c) pair accumulates lane j over
 // d = j (mod L) in ascending order, then the scalar tail, whatever tile it sits in.
 template <typename T, int VB, int R, int C>
 AAL_INLINE void dot_tile(const T* __restrict h, int64_t ldh, const T* __restrict w, int64_t ldw,
-                         int64_t D, T* __restrict out, int64_t ldo) {
+                         const T* __restrict bias, int64_t D, T* __restrict out, int64_t ldo) {
   using S = Simd<T, VB>;
   using V = typename S::V;
   constexpr int L = S::L;
@@ -135,9 +149,9 @@ AAL_INLINE void dot_tile(const T* __restrict h, int64_t ldh, const T* __restrict
   for (int r = 0; r < R; ++r) {
 #pragma GCC unroll 8
     for (int c = 0; c < C; ++c) {
-      T s = hsum<T, L>(acc[r][c]);
+      T s = hsum<T, VB>(acc[r][c]);
       for (int64_t t = d; t < D; ++t) s += h[r * ldh + t] * w[c * ldw + t];
-      out[r * ldo + c] = s;
+      out[r * ldo + c] = s + bias[c];
     }
   }
 }
@@ -171,11 +185,13 @@ AAL_INLINE void axpy_rows_tile(const T* __restrict dz, int64_t K, const T* __res
     for (int j = 0; j < NB; ++j) storeu(out + r * ldo + d0 + j * L, acc[r][j]);
 }
 
-// dW[k0 + c, d0 : d0 + NB*L] = sum_b dzp[b, k0 + c] * h[b, d0 : ...] for C heads, b ascending.
+// dW[k0 + c, d0 : d0 + NB*L] (+)= sum_{b in [b0, b1)} dzp[b, k0 + c] * h[b, d0 : ...] for C heads,
+// b ascending. Continuing from the stored partial (accumulate) is exact, so splitting the batch
+// into blocks does not change the summation order.
 template <typename T, int VB, int C, int NB>
 AAL_INLINE void outer_cols_tile(const T* __restrict h, int64_t ldh, const T* __restrict dzp,
-                                int64_t K, int64_t k0, int64_t B, int64_t d0, T* __restrict dW,
-                                int64_t ldw) {
+                                int64_t K, int64_t k0, int64_t b0, int64_t b1, int64_t d0,
+                                T* __restrict dW, int64_t ldw, bool accumulate) {
   using S = Simd<T, VB>;
   using V = typename S::V;
   constexpr int L = S::L;
@@ -183,8 +199,9 @@ AAL_INLINE void outer_cols_tile(const T* __restrict h, int64_t ldh, const T* __r
 #pragma GCC unroll 8
   for (int c = 0; c < C; ++c)
 #pragma GCC unroll 8
-    for (int j = 0; j < NB; ++j) acc[c][j] = V{};
-  for (int64_t b = 0; b < B; ++b) {
+    for (int j = 0; j < NB; ++j)
+      acc[c][j] = accumulate ? loadu<V>(dW + (k0 + c) * ldw + d0 + j * L) : V{};
+  for (int64_t b = b0; b < b1; ++b) {
     V hv[NB];
 #pragma GCC unroll 8
     for (int j = 0; j < NB; ++j) hv[j] = loadu<V>(h + b * ldh + d0 + j * L);
@@ -217,6 +234,7 @@ struct FwdArgs {
   int64_t B, K, D;
   T* z;      // [B, K] out: logits
   T* resid;  // [B, K] out
+  T* lterm;  // [B, K] scratch: masked per-element loss
   T* part;   // [n_chunks, 2, K] out: per-chunk loss sum and count
 };
 
@@ -246,26 +264,141 @@ AAL_INLINE T dot_scalar(const T* h, const T* w, int64_t D) {
   return s;
 }
 
+// Per-element terms over a flat slice of the [B, K] arrays: the masked residual and the masked
+// loss term. Scalar form (double, and compilers without vector extensions).
 template <typename T>
-AAL_INLINE void forward_elementwise(const FwdArgs<T>& a, int64_t chunk, int64_t r0, int64_t r1) {
-  const int64_t K = a.K;
-  T* lsum = a.part + chunk * 2 * K;
-  T* cnt = lsum + K;
+AAL_INLINE void terms_scalar(const T* z, const T* y, const T* m, T* resid, T* lterm, int64_t n) {
+  for (int64_t i = 0; i < n; ++i) {
+    T loss, sig_minus_y;
+    bce_with_logits(z[i], y[i], loss, sig_minus_y);
+    const T mi = m ? m[i] : T(1);
+    resid[i] = sig_minus_y * mi;
+    lterm[i] = loss * mi;
+  }
+}
+
+#if AAL_HAVE_VECTOR_EXT
+// float vector maths for the BCE terms, so the element-wise part costs a few cycles per element
+// instead of two libm calls. Only exp(-|z|) and log1p(e) for e in [0, 1] are needed.
+template <int VB>
+struct VecMath {
+  typedef float F __attribute__((vector_size(VB)));
+  typedef int32_t I __attribute__((vector_size(VB)));
+  static constexpr int L = VB / 4;
+
+  static AAL_INLINE F splat(float v) { return F{} + v; }
+
+  // exp(x) for x <= 0 (Cephes expf: ~1 ulp). x is clamped at -87, where exp is ~1.6e-38, so the
+  // result stays a normal float; the true value below that is < 1.2e-38 and only ever appears
+  // inside log1p(e) ~ e and sigmoid ~ e, i.e. as an absolute error under 2e-38.
+  static AAL_INLINE F exp_nonpos(F x) {
+    x = x < splat(-87.0f) ? splat(-87.0f) : x;
+    // Round x*log2(e) to the nearest integer n by adding 1.5*2^23: n then sits in the low
+    // mantissa bits of t, which gives 2^n below without an int/float conversion.
+    const F t = x * 1.44269504088896341f + 12582912.0f;
+    const F nf = t - 12582912.0f;
+    F r = x - nf * 0.693359375f;
+    r = r + nf * 2.12194440e-4f;
+    F p = splat(1.9875691500e-4f);
+    p = p * r + 1.3981999507e-3f;
+    p = p * r + 8.3334519073e-3f;
+    p = p * r + 4.1665795894e-2f;
+    p = p * r + 1.6666665459e-1f;
+    p = p * r + 5.0000001201e-1f;
+    const F y = p * (r * r) + r + 1.0f;
+    const I n = (I)t - 0x4B400000;  // vector casts reinterpret bits; 0x4B400000 = 1.5*2^23
+    return y * (F)((n + 127) << 23);  // 2^n, n in [-126, 0]
+  }
+
+  // log1p(e) for e in [0, 1] as 2 atanh(s), s = e / (2 + e) in [0, 1/3]: no cancellation for
+  // tiny e, and the series (to s^15) is below float rounding at s = 1/3.
+  static AAL_INLINE F log1p_unit(F e) {
+    const F s = e / (e + 2.0f);
+    const F s2 = s * s;
+    F p = splat(1.0f / 15.0f);
+    p = p * s2 + 1.0f / 13.0f;
+    p = p * s2 + 1.0f / 11.0f;
+    p = p * s2 + 1.0f / 9.0f;
+    p = p * s2 + 1.0f / 7.0f;
+    p = p * s2 + 1.0f / 5.0f;
+    p = p * s2 + 1.0f / 3.0f;
+    p = p * s2 + 1.0f;
+    return (s + s) * p;
+  }
+
+  static AAL_INLINE void terms(F z, F y, F m, F& resid, F& lterm) {
+    const F zero = F{};
+    const F e = exp_nonpos(z < zero ? z : -z);
+    const F inv = 1.0f / (e + 1.0f);
+    const F sig = z >= zero ? inv : e * inv;
+    const F loss = (z > zero ? z : zero) - z * y + log1p_unit(e);
+    resid = (sig - y) * m;
+    lterm = loss * m;
+  }
+};
+
+template <int VB>
+AAL_INLINE void terms_vec(const float* z, const float* y, const float* m, float* resid,
+                          float* lterm, int64_t n) {
+  using VM = VecMath<VB>;
+  using F = typename VM::F;
+  constexpr int L = VM::L;
+  const F one = VM::splat(1.0f);
+  int64_t i = 0;
+  for (; i + L <= n; i += L) {
+    F r, l;
+    VM::terms(loadu<F>(z + i), loadu<F>(y + i), m ? loadu<F>(m + i) : one, r, l);
+    storeu(resid + i, r);
+    storeu(lterm + i, l);
+  }
+  if (i < n) {  // ragged end through the same vector code, so every element sees the same maths
+    const int64_t t = n - i;
+    float zb[L] = {}, yb[L] = {}, mb[L] = {}, rb[L], lb[L];
+    for (int64_t j = 0; j < t; ++j) {
+      zb[j] = z[i + j];
+      yb[j] = y[i + j];
+      mb[j] = m ? m[i + j] : 1.0f;
+    }
+    F r, l;
+    VM::terms(loadu<F>(zb), loadu<F>(yb), loadu<F>(mb), r, l);
+    storeu(rb, r);
+    storeu(lb, l);
+    for (int64_t j = 0; j < t; ++j) {
+      resid[i + j] = rb[j];
+      lterm[i + j] = lb[j];
+    }
+  }
+}
+#endif  // AAL_HAVE_VECTOR_EXT
+
+template <typename T, int VB>
+AAL_INLINE void forward_terms(const FwdArgs<T>& a, int64_t chunk, int64_t r0, int64_t r1) {
+  const int64_t K = a.K, i0 = r0 * K, n = (r1 - r0) * K;
+  const T* m = a.m ? a.m + i0 : nullptr;
+#if AAL_HAVE_VECTOR_EXT
+  if constexpr (std::is_same_v<T, float>) {
+    terms_vec<VB>(a.z + i0, a.y + i0, m, a.resid + i0, a.lterm + i0, n);
+  } else {
+    terms_scalar(a.z + i0, a.y + i0, m, a.resid + i0, a.lterm + i0, n);
+  }
+#else
+  terms_scalar(a.z + i0, a.y + i0, m, a.resid + i0, a.lterm + i0, n);
+#endif
+  // Per-chunk sums over rows in ascending order.
+  T* __restrict lsum = a.part + chunk * 2 * K;
+  T* __restrict cnt = lsum + K;
   for (int64_t k = 0; k < K; ++k) lsum[k] = cnt[k] = T(0);
   for (int64_t b = r0; b < r1; ++b) {
-    T* zr = a.z + b * K;
-    const T* yr = a.y + b * K;
-    T* er = a.resid + b * K;
-    for (int64_t k = 0; k < K; ++k) {
-      const T z = zr[k] + a.bias[k];
-      const T m = a.m ? a.m[b * K + k] : T(1);
-      T loss, sig_minus_y;
-      bce_with_logits(z, yr[k], loss, sig_minus_y);
-      zr[k] = z;
-      er[k] = sig_minus_y * m;
-      lsum[k] += loss * m;
-      cnt[k] += m;
+    const T* __restrict lt = a.lterm + b * K;
+    for (int64_t k = 0; k < K; ++k) lsum[k] += lt[k];
+  }
+  if (a.m) {
+    for (int64_t b = r0; b < r1; ++b) {
+      const T* __restrict mr = a.m + b * K;
+      for (int64_t k = 0; k < K; ++k) cnt[k] += mr[k];
     }
+  } else {
+    for (int64_t k = 0; k < K; ++k) cnt[k] = static_cast<T>(r1 - r0);
   }
 }
 
@@ -303,12 +436,15 @@ AAL_INLINE void dot_row_tile_all_heads(const FwdArgs<T>& a, int64_t r) {
   const T* h = a.h + r * a.ldh;
   int64_t k = 0;
   for (; k + C <= a.K; k += C)
-    dot_tile<T, VB, R, C>(h, a.ldh, a.w + k * a.ldw, a.ldw, a.D, a.z + r * a.K + k, a.K);
+    dot_tile<T, VB, R, C>(h, a.ldh, a.w + k * a.ldw, a.ldw, a.bias + k, a.D,
+                             a.z + r * a.K + k, a.K);
   if constexpr (C > 2)
     for (; k + 2 <= a.K; k += 2)
-      dot_tile<T, VB, R, 2>(h, a.ldh, a.w + k * a.ldw, a.ldw, a.D, a.z + r * a.K + k, a.K);
+      dot_tile<T, VB, R, 2>(h, a.ldh, a.w + k * a.ldw, a.ldw, a.bias + k, a.D,
+                             a.z + r * a.K + k, a.K);
   for (; k < a.K; ++k)
-    dot_tile<T, VB, R, 1>(h, a.ldh, a.w + k * a.ldw, a.ldw, a.D, a.z + r * a.K + k, a.K);
+    dot_tile<T, VB, R, 1>(h, a.ldh, a.w + k * a.ldw, a.ldw, a.bias + k, a.D,
+                             a.z + r * a.K + k, a.K);
 }
 
 template <typename T, typename Cfg>
@@ -317,46 +453,50 @@ AAL_INLINE void forward_chunk_impl(const FwdArgs<T>& a, int64_t chunk) {
   int64_t r = r0;
   for (; r + Cfg::FR <= r1; r += Cfg::FR) dot_row_tile_all_heads<T, Cfg::VB, Cfg::FR, Cfg::FC>(a, r);
   for (; r < r1; ++r) dot_row_tile_all_heads<T, Cfg::VB, 1, Cfg::FC>(a, r);
-  forward_elementwise(a, chunk, r0, r1);
+  forward_terms<T, Cfg::VB>(a, chunk, r0, r1);
 }
 
 template <typename T, int VB, int R, int NB>
-AAL_INLINE void dh_rows(const BwdArgs<T>& a, int64_t r) {
-  constexpr int L = Simd<T, VB>::L;
-  const T* dz = a.dzf + r * a.K;
-  T* out = a.dh + r * a.D;
-  int64_t d = 0;
-  for (; d + NB * L <= a.D; d += NB * L) axpy_rows_tile<T, VB, R, NB>(dz, a.K, a.w, a.ldw, d, out, a.D);
-  for (; d + L <= a.D; d += L) axpy_rows_tile<T, VB, R, 1>(dz, a.K, a.w, a.ldw, d, out, a.D);
-  for (; d < a.D; ++d) {
-    for (int rr = 0; rr < R; ++rr) {
-      T s = T(0);
-      for (int64_t k = 0; k < a.K; ++k) s += dz[rr * a.K + k] * a.w[k * a.ldw + d];
-      out[rr * a.D + d] = s;
-    }
-  }
+AAL_INLINE void dh_block(const BwdArgs<T>& a, int64_t r0, int64_t r1, int64_t d) {
+  int64_t r = r0;
+  for (; r + R <= r1; r += R)
+    axpy_rows_tile<T, VB, R, NB>(a.dzf + r * a.K, a.K, a.w, a.ldw, d, a.dh + r * a.D, a.D);
+  for (; r < r1; ++r)
+    axpy_rows_tile<T, VB, 1, NB>(a.dzf + r * a.K, a.K, a.w, a.ldw, d, a.dh + r * a.D, a.D);
 }
 
 template <typename T, typename Cfg>
 AAL_INLINE void backward_rows_impl(const BwdArgs<T>& a, int64_t chunk) {
+  constexpr int VB = Cfg::VB, R = Cfg::AR, NB = Cfg::ANB, L = Simd<T, VB>::L;
   const int64_t r0 = chunk * kRowChunk, r1 = std::min(a.B, r0 + kRowChunk);
   backward_coeffs(a, r0, r1);
-  int64_t r = r0;
-  for (; r + Cfg::AR <= r1; r += Cfg::AR) dh_rows<T, Cfg::VB, Cfg::AR, Cfg::ANB>(a, r);
-  for (; r < r1; ++r) dh_rows<T, Cfg::VB, 1, Cfg::ANB>(a, r);
+  // Column blocks outer: the W[:, block] strip (K x NB*L) then stays in L1 for all row tiles.
+  int64_t d = 0;
+  for (; d + NB * L <= a.D; d += NB * L) dh_block<T, VB, R, NB>(a, r0, r1, d);
+  for (; d + L <= a.D; d += L) dh_block<T, VB, R, 1>(a, r0, r1, d);
+  for (; d < a.D; ++d) {
+    for (int64_t b = r0; b < r1; ++b) {
+      T s = T(0);
+      for (int64_t k = 0; k < a.K; ++k) s += a.dzf[b * a.K + k] * a.w[k * a.ldw + d];
+      a.dh[b * a.D + d] = s;
+    }
+  }
 }
 
 template <typename T, int VB, int C, int NB>
-AAL_INLINE void dw_heads(const BwdArgs<T>& a, int64_t k0, int64_t d0, int64_t d1) {
+AAL_INLINE void dw_heads(const BwdArgs<T>& a, int64_t k0, int64_t b0, int64_t b1, int64_t d0,
+                         int64_t d1) {
   constexpr int L = Simd<T, VB>::L;
+  const bool acc = b0 > 0;
   int64_t d = d0;
   for (; d + NB * L <= d1; d += NB * L)
-    outer_cols_tile<T, VB, C, NB>(a.h, a.ldh, a.dzp, a.K, k0, a.B, d, a.dW, a.D);
-  for (; d + L <= d1; d += L) outer_cols_tile<T, VB, C, 1>(a.h, a.ldh, a.dzp, a.K, k0, a.B, d, a.dW, a.D);
+    outer_cols_tile<T, VB, C, NB>(a.h, a.ldh, a.dzp, a.K, k0, b0, b1, d, a.dW, a.D, acc);
+  for (; d + L <= d1; d += L)
+    outer_cols_tile<T, VB, C, 1>(a.h, a.ldh, a.dzp, a.K, k0, b0, b1, d, a.dW, a.D, acc);
   for (; d < d1; ++d) {
     for (int c = 0; c < C; ++c) {
-      T s = T(0);
-      for (int64_t b = 0; b < a.B; ++b) s += a.dzp[b * a.K + k0 + c] * a.h[b * a.ldh + d];
+      T s = acc ? a.dW[(k0 + c) * a.D + d] : T(0);
+      for (int64_t b = b0; b < b1; ++b) s += a.dzp[b * a.K + k0 + c] * a.h[b * a.ldh + d];
       a.dW[(k0 + c) * a.D + d] = s;
     }
   }
@@ -365,9 +505,19 @@ AAL_INLINE void dw_heads(const BwdArgs<T>& a, int64_t k0, int64_t d0, int64_t d1
 template <typename T, typename Cfg>
 AAL_INLINE void backward_cols_impl(const BwdArgs<T>& a, int64_t block) {
   const int64_t d0 = block * kColBlock, d1 = std::min(a.D, d0 + kColBlock);
-  int64_t k = 0;
-  for (; k + Cfg::OC <= a.K; k += Cfg::OC) dw_heads<T, Cfg::VB, Cfg::OC, Cfg::ONB>(a, k, d0, d1);
-  for (; k < a.K; ++k) dw_heads<T, Cfg::VB, 1, Cfg::ONB>(a, k, d0, d1);
+  if (a.B == 0) {
+    for (int64_t k = 0; k < a.K; ++k)
+      for (int64_t d = d0; d < d1; ++d) a.dW[k * a.D + d] = T(0);
+    return;
+  }
+  // Batch blocks outer: the h[b0:b1, d0:d1] strip stays in L1 across all head tiles.
+  constexpr int64_t kBatchBlock = 4 * kRowChunk;
+  for (int64_t b0 = 0; b0 < a.B; b0 += kBatchBlock) {
+    const int64_t b1 = std::min(a.B, b0 + kBatchBlock);
+    int64_t k = 0;
+    for (; k + Cfg::OC <= a.K; k += Cfg::OC) dw_heads<T, Cfg::VB, Cfg::OC, Cfg::ONB>(a, k, b0, b1, d0, d1);
+    for (; k < a.K; ++k) dw_heads<T, Cfg::VB, 1, Cfg::ONB>(a, k, b0, b1, d0, d1);
+  }
 }
 
 // Per-ISA entry points. The target attribute must sit on a non-lambda function so that the
@@ -409,8 +559,8 @@ void forward_chunk_base(const FwdArgs<T>& a, int64_t chunk) {
   const int64_t r0 = chunk * kRowChunk, r1 = std::min(a.B, r0 + kRowChunk);
   for (int64_t b = r0; b < r1; ++b)
     for (int64_t k = 0; k < a.K; ++k)
-      a.z[b * a.K + k] = dot_scalar(a.h + b * a.ldh, a.w + k * a.ldw, a.D);
-  forward_elementwise(a, chunk, r0, r1);
+      a.z[b * a.K + k] = dot_scalar(a.h + b * a.ldh, a.w + k * a.ldw, a.D) + a.bias[k];
+  forward_terms<T, 16>(a, chunk, r0, r1);
 }
 
 template <typename T>
@@ -520,7 +670,10 @@ void forward_cpu_typed(const Tensor& hc, const Tensor& wc, const Tensor& bc, con
                        Tensor& count) {
   const int64_t B = hc.size(0), D = hc.size(1), K = wc.size(0);
   const int64_t n_chunks = (B + kRowChunk - 1) / kRowChunk;
-  std::vector<T> part(static_cast<size_t>(std::max<int64_t>(n_chunks, 1) * 2 * K));
+  // One scratch block: per-element loss terms, then the per-chunk partial sums.
+  // Default-initialised (not zeroed): every element is written before it is read.
+  std::unique_ptr<T[]> scratch(new T[static_cast<size_t>(B * K + n_chunks * 2 * K)]);
+  T* part = scratch.get() + B * K;
   FwdArgs<T> a{hc.data_ptr<T>(),
                row_pitch(hc),
                wc.data_ptr<T>(),
@@ -533,7 +686,8 @@ void forward_cpu_typed(const Tensor& hc, const Tensor& wc, const Tensor& bc, con
                D,
                z.data_ptr<T>(),
                resid.data_ptr<T>(),
-               part.data()};
+               scratch.get(),
+               part};
   at::parallel_for(0, n_chunks, 1, [&](int64_t c0, int64_t c1) {
     for (int64_t c = c0; c < c1; ++c) forward_chunk(a, c);
   });
@@ -588,7 +742,7 @@ void backward_cpu_typed(const Tensor& hc, const Tensor& wc, const Tensor& resid,
                         const std::optional<Tensor>& glc, const Tensor& sp, const Tensor& sf,
                         Tensor& dh, Tensor& dW, Tensor& db) {
   const int64_t B = hc.size(0), D = hc.size(1), K = wc.size(0);
-  std::vector<T> scratch(static_cast<size_t>(2 * B * K));
+  std::unique_ptr<T[]> scratch(new T[static_cast<size_t>(2 * B * K)]);
   BwdArgs<T> a{hc.data_ptr<T>(),
                row_pitch(hc),
                wc.data_ptr<T>(),
@@ -600,8 +754,8 @@ void backward_cpu_typed(const Tensor& hc, const Tensor& wc, const Tensor& resid,
                B,
                K,
                D,
-               scratch.data(),
-               scratch.data() + B * K,
+               scratch.get(),
+               scratch.get() + B * K,
                dh.data_ptr<T>(),
                dW.data_ptr<T>()};
   const int64_t n_chunks = (B + kRowChunk - 1) / kRowChunk;
