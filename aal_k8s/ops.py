@@ -18,6 +18,11 @@ the autocast rule is registered in C++ (see csrc/fused_heads.cpp): under autocas
 and ``bias`` are cast to the autocast dtype like ``F.linear``, accumulation stays fp32, and
 labels/mask/``loss_w``/``feat_c`` are never down-cast.
 
+In eager mode ``fused_heads`` applies the same ``setup_context``/``backward`` through a plain
+``torch.autograd.Function`` (torch.library's generic adapter re-binds arguments against the schema
+in Python on every call, which costs as much as the kernel itself at B=256 on a small CPU); under
+``torch.compile`` it calls the registered op, whose autograd formula the compiler traces.
+
 ``fused_heads(...)`` returns ``(loss, logits)`` with the contract of
 ``aal_k8s.heads.reference_head_losses``. Use ``aal_k8s.heads.head_losses`` in training code: it
 falls back to the reference with one warning when the extension is missing.
@@ -133,10 +138,63 @@ def fused_heads(
     """
     if not extension_available():
         raise RuntimeError(f"the fused head extension is not built: {extension_error()}")
-    loss, logits, _, _ = torch.ops.aal_k8s.fused_heads.default(
-        h, weight, bias, labels, loss_w, feat_c, mask
-    )
+    op = torch.ops.aal_k8s.fused_heads.default
+    if (
+        not torch.compiler.is_compiling()
+        and torch.is_grad_enabled()
+        and (h.requires_grad or weight.requires_grad or bias.requires_grad)
+    ):
+        # Eager training: the same setup_context/backward as the registered autograd formula,
+        # applied through a plain autograd.Function. torch.library's generic adapter re-binds
+        # every call against the schema in Python, which costs about as much as the whole
+        # B=256 kernel on a small CPU. Under torch.compile the registered formula is used.
+        loss, logits, _, _ = _FusedHeadsFunction.apply(
+            h, weight, bias, labels, loss_w, feat_c, mask
+        )
+    else:
+        loss, logits, _, _ = op(h, weight, bias, labels, loss_w, feat_c, mask)
     return loss, logits
+
+
+def _setup_context(ctx, inputs, output) -> None:
+    h, weight, _bias, _labels, loss_w, feat_c, _mask = inputs
+    _loss, _logits, residual, count = output
+    ctx.save_for_backward(residual, count, h, weight, loss_w, feat_c)
+    ctx.mark_non_differentiable(residual, count)
+    # Unused outputs then reach backward as None rather than as materialised zeros, which lets
+    # the kernel skip the [B, K] upstream-logits term in the usual loss-only case.
+    ctx.set_materialize_grads(False)
+
+
+def _backward(ctx, grad_loss, grad_logits, _grad_residual, _grad_count):
+    residual, count, h, weight, loss_w, feat_c = ctx.saved_tensors
+    need_h, need_w, need_b = ctx.needs_input_grad[:3]
+    if (grad_loss is None and grad_logits is None) or not (need_h or need_w or need_b):
+        return None, None, None, None, None, None, None
+    dh, dW, db = torch.ops.aal_k8s.fused_heads_backward.default(
+        grad_loss, grad_logits, residual, count, h, weight, loss_w, feat_c
+    )
+    return (
+        dh if need_h else None,
+        dW if need_w else None,
+        db if need_b else None,
+        None,
+        None,
+        None,
+        None,
+    )
+
+
+class _FusedHeadsFunction(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, h, weight, bias, labels, loss_w, feat_c, mask):
+        out = torch.ops.aal_k8s.fused_heads.default(h, weight, bias, labels, loss_w, feat_c, mask)
+        _setup_context(ctx, (h, weight, bias, labels, loss_w, feat_c, mask), out)
+        return out
+
+    @staticmethod
+    def backward(ctx, *grads):
+        return _backward(ctx, *grads)
 
 
 def _acc_dtype(dtype: torch.dtype) -> torch.dtype:
@@ -168,33 +226,6 @@ def _register() -> None:
             torch.empty_like(h, memory_format=torch.contiguous_format),
             torch.empty_like(weight, memory_format=torch.contiguous_format),
             weight.new_empty((weight.shape[0],)),
-        )
-
-    def _setup_context(ctx, inputs, output):
-        h, weight, _bias, _labels, loss_w, feat_c, _mask = inputs
-        _loss, _logits, residual, count = output
-        ctx.save_for_backward(residual, count, h, weight, loss_w, feat_c)
-        ctx.mark_non_differentiable(residual, count)
-        # Unused outputs then reach backward as None rather than as materialised zeros, which
-        # lets the kernel skip the [B, K] upstream-logits term in the usual loss-only case.
-        ctx.set_materialize_grads(False)
-
-    def _backward(ctx, grad_loss, grad_logits, _grad_residual, _grad_count):
-        residual, count, h, weight, loss_w, feat_c = ctx.saved_tensors
-        need_h, need_w, need_b = ctx.needs_input_grad[:3]
-        if grad_loss is None and grad_logits is None or not (need_h or need_w or need_b):
-            return None, None, None, None, None, None, None
-        dh, dW, db = torch.ops.aal_k8s.fused_heads_backward.default(
-            grad_loss, grad_logits, residual, count, h, weight, loss_w, feat_c
-        )
-        return (
-            dh if need_h else None,
-            dW if need_w else None,
-            db if need_b else None,
-            None,
-            None,
-            None,
-            None,
         )
 
     torch.library.register_autograd(fwd, _backward, setup_context=_setup_context)

@@ -249,10 +249,10 @@ struct BwdArgs {
   const T* sp;     // [K] g*w/n: scale of the residual for the head parameters
   const T* sf;     // [K] g*c/n: scale of the residual for the features
   int64_t B, K, D;
-  T* dzp;  // [B, K] scratch, read by phase B
-  T* dzf;  // [B, K] scratch
+  T* dzf;  // [B, K] scratch, each row chunk written and read by one task
   T* dh;   // [B, D] out, contiguous
   T* dW;   // [K, D] out, contiguous
+  T* db;   // [K] out
 };
 
 // Scalar versions: the reference shape of every loop, used for double on non-GCC compilers and
@@ -402,25 +402,32 @@ AAL_INLINE void forward_terms(const FwdArgs<T>& a, int64_t chunk, int64_t r0, in
   }
 }
 
+// d loss / d z scaled for the features (dzf) or for the head parameters (dzp), rows [r0, r1),
+// written with row pitch K starting at out.
 template <typename T>
-AAL_INLINE void backward_coeffs(const BwdArgs<T>& a, int64_t r0, int64_t r1) {
+AAL_INLINE void head_coeffs(const BwdArgs<T>& a, const T* scale, int64_t r0, int64_t r1, T* out) {
   const int64_t K = a.K;
   for (int64_t b = r0; b < r1; ++b) {
-    const T* er = a.resid + b * K;
-    T* p = a.dzp + b * K;
-    T* f = a.dzf + b * K;
+    const T* __restrict er = a.resid + b * K;
+    T* __restrict o = out + (b - r0) * K;
     if (a.gl) {
-      const T* g = a.gl + b * K;
-      for (int64_t k = 0; k < K; ++k) {
-        p[k] = er[k] * a.sp[k] + g[k];
-        f[k] = er[k] * a.sf[k] + g[k];
-      }
+      const T* __restrict g = a.gl + b * K;
+      for (int64_t k = 0; k < K; ++k) o[k] = er[k] * scale[k] + g[k];
     } else {
-      for (int64_t k = 0; k < K; ++k) {
-        p[k] = er[k] * a.sp[k];
-        f[k] = er[k] * a.sf[k];
-      }
+      for (int64_t k = 0; k < K; ++k) o[k] = er[k] * scale[k];
     }
+  }
+}
+
+// db[k] = sum_b dzp[b, k], b ascending.
+template <typename T>
+void backward_bias(const BwdArgs<T>& a) {
+  const int64_t K = a.K;
+  for (int64_t k = 0; k < K; ++k) a.db[k] = T(0);
+  for (int64_t b = 0; b < a.B; ++b) {
+    const T* __restrict er = a.resid + b * K;
+    const T* __restrict g = a.gl ? a.gl + b * K : nullptr;
+    for (int64_t k = 0; k < K; ++k) a.db[k] += er[k] * a.sp[k] + (g ? g[k] : T(0));
   }
 }
 
@@ -469,7 +476,7 @@ template <typename T, typename Cfg>
 AAL_INLINE void backward_rows_impl(const BwdArgs<T>& a, int64_t chunk) {
   constexpr int VB = Cfg::VB, R = Cfg::AR, NB = Cfg::ANB, L = Simd<T, VB>::L;
   const int64_t r0 = chunk * kRowChunk, r1 = std::min(a.B, r0 + kRowChunk);
-  backward_coeffs(a, r0, r1);
+  head_coeffs(a, a.sf, r0, r1, a.dzf + r0 * a.K);
   // Column blocks outer: the W[:, block] strip (K x NB*L) then stays in L1 for all row tiles.
   int64_t d = 0;
   for (; d + NB * L <= a.D; d += NB * L) dh_block<T, VB, R, NB>(a, r0, r1, d);
@@ -483,20 +490,22 @@ AAL_INLINE void backward_rows_impl(const BwdArgs<T>& a, int64_t chunk) {
   }
 }
 
+// dzp points at row 0 of a block-local [*, K] array holding rows [b0, b1).
 template <typename T, int VB, int C, int NB>
-AAL_INLINE void dw_heads(const BwdArgs<T>& a, int64_t k0, int64_t b0, int64_t b1, int64_t d0,
-                         int64_t d1) {
+AAL_INLINE void dw_heads(const BwdArgs<T>& a, const T* dzp, int64_t k0, int64_t b0, int64_t b1,
+                         int64_t d0, int64_t d1) {
   constexpr int L = Simd<T, VB>::L;
   const bool acc = b0 > 0;
+  const T* dzp_g = dzp - b0 * a.K;  // indexed with global rows below
   int64_t d = d0;
   for (; d + NB * L <= d1; d += NB * L)
-    outer_cols_tile<T, VB, C, NB>(a.h, a.ldh, a.dzp, a.K, k0, b0, b1, d, a.dW, a.D, acc);
+    outer_cols_tile<T, VB, C, NB>(a.h, a.ldh, dzp_g, a.K, k0, b0, b1, d, a.dW, a.D, acc);
   for (; d + L <= d1; d += L)
-    outer_cols_tile<T, VB, C, 1>(a.h, a.ldh, a.dzp, a.K, k0, b0, b1, d, a.dW, a.D, acc);
+    outer_cols_tile<T, VB, C, 1>(a.h, a.ldh, dzp_g, a.K, k0, b0, b1, d, a.dW, a.D, acc);
   for (; d < d1; ++d) {
     for (int c = 0; c < C; ++c) {
       T s = acc ? a.dW[(k0 + c) * a.D + d] : T(0);
-      for (int64_t b = b0; b < b1; ++b) s += a.dzp[b * a.K + k0 + c] * a.h[b * a.ldh + d];
+      for (int64_t b = b0; b < b1; ++b) s += dzp_g[b * a.K + k0 + c] * a.h[b * a.ldh + d];
       a.dW[(k0 + c) * a.D + d] = s;
     }
   }
@@ -510,13 +519,18 @@ AAL_INLINE void backward_cols_impl(const BwdArgs<T>& a, int64_t block) {
       for (int64_t d = d0; d < d1; ++d) a.dW[k * a.D + d] = T(0);
     return;
   }
-  // Batch blocks outer: the h[b0:b1, d0:d1] strip stays in L1 across all head tiles.
+  // Batch blocks outer: the h[b0:b1, d0:d1] strip stays in L1 across all head tiles. Each
+  // column task recomputes dzp for the block (2 flops per element, against 2*64 per element in
+  // the tiles) so that no task has to wait for another.
   constexpr int64_t kBatchBlock = 4 * kRowChunk;
+  std::unique_ptr<T[]> dzp(new T[static_cast<size_t>(std::min(a.B, kBatchBlock) * a.K)]);
   for (int64_t b0 = 0; b0 < a.B; b0 += kBatchBlock) {
     const int64_t b1 = std::min(a.B, b0 + kBatchBlock);
+    head_coeffs(a, a.sp, b0, b1, dzp.get());
     int64_t k = 0;
-    for (; k + Cfg::OC <= a.K; k += Cfg::OC) dw_heads<T, Cfg::VB, Cfg::OC, Cfg::ONB>(a, k, b0, b1, d0, d1);
-    for (; k < a.K; ++k) dw_heads<T, Cfg::VB, 1, Cfg::ONB>(a, k, b0, b1, d0, d1);
+    for (; k + Cfg::OC <= a.K; k += Cfg::OC)
+      dw_heads<T, Cfg::VB, Cfg::OC, Cfg::ONB>(a, dzp.get(), k, b0, b1, d0, d1);
+    for (; k < a.K; ++k) dw_heads<T, Cfg::VB, 1, Cfg::ONB>(a, dzp.get(), k, b0, b1, d0, d1);
   }
 }
 
@@ -566,7 +580,7 @@ void forward_chunk_base(const FwdArgs<T>& a, int64_t chunk) {
 template <typename T>
 void backward_rows_base(const BwdArgs<T>& a, int64_t chunk) {
   const int64_t r0 = chunk * kRowChunk, r1 = std::min(a.B, r0 + kRowChunk);
-  backward_coeffs(a, r0, r1);
+  head_coeffs(a, a.sf, r0, r1, a.dzf + r0 * a.K);
   for (int64_t b = r0; b < r1; ++b) {
     T* out = a.dh + b * a.D;
     for (int64_t d = 0; d < a.D; ++d) out[d] = T(0);
@@ -585,7 +599,7 @@ void backward_cols_base(const BwdArgs<T>& a, int64_t block) {
     T* out = a.dW + k * a.D;
     for (int64_t d = d0; d < d1; ++d) out[d] = T(0);
     for (int64_t b = 0; b < a.B; ++b) {
-      const T s = a.dzp[b * a.K + k];
+      const T s = a.resid[b * a.K + k] * a.sp[k] + (a.gl ? a.gl[b * a.K + k] : T(0));
       const T* hr = a.h + b * a.ldh;
       for (int64_t d = d0; d < d1; ++d) out[d] += s * hr[d];
     }
@@ -658,6 +672,7 @@ Tensor as_acc_rows(const Tensor& t, at::ScalarType acc) {
 }
 
 Tensor as_acc_contig(const Tensor& t, at::ScalarType acc) {
+  if (t.scalar_type() == acc && t.is_contiguous()) return t;  // no dispatcher round trip
   return t.to(acc).contiguous();
 }
 
@@ -738,40 +753,60 @@ std::tuple<Tensor, Tensor, Tensor, Tensor> fused_heads_cpu(const Tensor& h, cons
 }
 
 template <typename T>
-void backward_cpu_typed(const Tensor& hc, const Tensor& wc, const Tensor& resid,
-                        const std::optional<Tensor>& glc, const Tensor& sp, const Tensor& sf,
+void backward_cpu_typed(const std::optional<Tensor>& grad_loss, const Tensor& count,
+                        const Tensor& loss_w, const Tensor& feat_c, const Tensor& hc,
+                        const Tensor& wc, const Tensor& resid, const std::optional<Tensor>& glc,
                         Tensor& dh, Tensor& dW, Tensor& db) {
   const int64_t B = hc.size(0), D = hc.size(1), K = wc.size(0);
-  std::unique_ptr<T[]> scratch(new T[static_cast<size_t>(2 * B * K)]);
+  // Per-head scales of the residual, g*w/n and g*c/n (plain loops: K-sized tensor ops would
+  // cost more in dispatch than the whole small-batch kernel). grad_loss is read through its
+  // stride because it is often an expanded scalar (loss.sum().backward()).
+  std::unique_ptr<T[]> scratch(new T[static_cast<size_t>(2 * K + B * K)]);
+  T* sp = scratch.get();
+  T* sf = sp + K;
+  {
+    const T* n = count.data_ptr<T>();
+    const T* lw = loss_w.data_ptr<T>();
+    const T* fc = feat_c.data_ptr<T>();
+    const T* g = grad_loss ? grad_loss->data_ptr<T>() : nullptr;
+    const int64_t gs = grad_loss ? grad_loss->stride(0) : 0;
+    for (int64_t k = 0; k < K; ++k) {
+      const T gk = g ? g[k * gs] : T(0);
+      const T nk = std::max(n[k], T(1));
+      sp[k] = gk * lw[k] / nk;
+      sf[k] = gk * fc[k] / nk;
+    }
+  }
   BwdArgs<T> a{hc.data_ptr<T>(),
                row_pitch(hc),
                wc.data_ptr<T>(),
                row_pitch(wc),
                resid.data_ptr<T>(),
                glc ? glc->data_ptr<T>() : nullptr,
-               sp.data_ptr<T>(),
-               sf.data_ptr<T>(),
+               sp,
+               sf,
                B,
                K,
                D,
-               scratch.get(),
-               scratch.get() + B * K,
+               sf + K,
                dh.data_ptr<T>(),
-               dW.data_ptr<T>()};
+               dW.data_ptr<T>(),
+               db.data_ptr<T>()};
+  // One parallel region: row chunks (dh), column blocks (dW), then db. The tasks are
+  // independent, so the phases need no barrier between them.
   const int64_t n_chunks = (B + kRowChunk - 1) / kRowChunk;
-  at::parallel_for(0, n_chunks, 1, [&](int64_t c0, int64_t c1) {
-    for (int64_t c = c0; c < c1; ++c) backward_rows(a, c);
-  });
   const int64_t n_blocks = (D + kColBlock - 1) / kColBlock;
-  at::parallel_for(0, n_blocks, 1, [&](int64_t b0, int64_t b1) {
-    for (int64_t blk = b0; blk < b1; ++blk) backward_cols(a, blk);
+  at::parallel_for(0, n_chunks + n_blocks + 1, 1, [&](int64_t t0, int64_t t1) {
+    for (int64_t t = t0; t < t1; ++t) {
+      if (t < n_chunks) {
+        backward_rows(a, t);
+      } else if (t < n_chunks + n_blocks) {
+        backward_cols(a, t - n_chunks);
+      } else {
+        backward_bias(a);
+      }
+    }
   });
-  T* dbp = db.data_ptr<T>();
-  for (int64_t k = 0; k < K; ++k) dbp[k] = T(0);
-  for (int64_t b = 0; b < B; ++b) {
-    const T* p = a.dzp + b * K;
-    for (int64_t k = 0; k < K; ++k) dbp[k] += p[k];
-  }
 }
 
 std::tuple<Tensor, Tensor, Tensor> fused_heads_backward_cpu(
@@ -784,12 +819,11 @@ std::tuple<Tensor, Tensor, Tensor> fused_heads_backward_cpu(
   const auto acc_opts = h.options().dtype(acc);
   const int64_t B = h.size(0), D = h.size(1), K = weight.size(0);
 
-  // Per-head scales of the residual: K-sized, so computed with tensor ops.
-  const Tensor inv_n = count.clamp_min(1.0).reciprocal();
-  const Tensor g = grad_loss ? grad_loss->to(acc) : at::zeros({K}, acc_opts);
-  const Tensor sp = (g * loss_w.to(acc) * inv_n).contiguous();
-  const Tensor sf = (g * feat_c.to(acc) * inv_n).contiguous();
-
+  std::optional<Tensor> gc;
+  if (grad_loss) gc = grad_loss->scalar_type() == acc ? *grad_loss : grad_loss->to(acc);
+  const Tensor nc = count.contiguous();
+  const Tensor lw = as_acc_contig(loss_w, acc);
+  const Tensor fc = as_acc_contig(feat_c, acc);
   const Tensor hc = as_acc_rows(h, acc);
   const Tensor wc = as_acc_rows(weight, acc);
   const Tensor rc = residual.contiguous();
@@ -800,9 +834,9 @@ std::tuple<Tensor, Tensor, Tensor> fused_heads_backward_cpu(
   Tensor dW = at::empty({K, D}, acc_opts);
   Tensor db = at::empty({K}, acc_opts);
   if (acc == at::kDouble) {
-    backward_cpu_typed<double>(hc, wc, rc, glc, sp, sf, dh, dW, db);
+    backward_cpu_typed<double>(gc, nc, lw, fc, hc, wc, rc, glc, dh, dW, db);
   } else {
-    backward_cpu_typed<float>(hc, wc, rc, glc, sp, sf, dh, dW, db);
+    backward_cpu_typed<float>(gc, nc, lw, fc, hc, wc, rc, glc, dh, dW, db);
   }
   const auto st = h.scalar_type();
   if (st != acc) {
