@@ -15,7 +15,7 @@ Variants, all computing the same gradients for h, the head weights and the biase
 * ``fused``     ``aal_k8s.ops.fused_heads`` (the extension); ``loss.sum().backward()``.
 
 Timing: wall clock per iteration (CPU) or CUDA events (GPU), median over many repeats after a
-warm-up. Leaf ``.grad`` fields are reset to None before every iteration in every variant so that
+warm-up, with the variants interleaved call by call. Leaf ``.grad`` fields are reset to None before every iteration in every variant so that
 no variant pays for gradient accumulation. The machine's load average is printed because other
 processes on a small shared host shift CPU timings.
 """
@@ -90,27 +90,33 @@ def _sync(device: str) -> None:
         torch.cuda.synchronize()
 
 
-def _time(fn, device: str, warmup: int, repeats: int) -> float:
-    """Median milliseconds per call."""
-    for _ in range(warmup):
-        fn()
+def _time_all(fns: dict, device: str, warmup: int, repeats: int) -> dict[str, float]:
+    """Median milliseconds per call of each function.
+
+    The variants are interleaved (one call of each per round) rather than timed one after the
+    other, so that a change in machine load during the run shifts all of them alike and the
+    ratios stay meaningful on a shared host.
+    """
+    for fn in fns.values():
+        for _ in range(warmup):
+            fn()
     _sync(device)
-    samples = []
-    if device == "cuda":
-        for _ in range(repeats):
-            start = torch.cuda.Event(enable_timing=True)
-            end = torch.cuda.Event(enable_timing=True)
-            start.record()
-            fn()
-            end.record()
-            end.synchronize()
-            samples.append(start.elapsed_time(end))
-    else:
-        for _ in range(repeats):
-            t0 = time.perf_counter()
-            fn()
-            samples.append((time.perf_counter() - t0) * 1e3)
-    return statistics.median(samples)
+    samples: dict[str, list[float]] = {name: [] for name in fns}
+    for _ in range(repeats):
+        for name, fn in fns.items():
+            if device == "cuda":
+                start = torch.cuda.Event(enable_timing=True)
+                end = torch.cuda.Event(enable_timing=True)
+                start.record()
+                fn()
+                end.record()
+                end.synchronize()
+                samples[name].append(start.elapsed_time(end))
+            else:
+                t0 = time.perf_counter()
+                fn()
+                samples[name].append((time.perf_counter() - t0) * 1e3)
+    return {name: statistics.median(v) for name, v in samples.items()}
 
 
 def _make_case(B: int, K: int, dtype: torch.dtype, device: str, seed: int = 0):
@@ -182,9 +188,7 @@ def run(devices, shapes, dtypes, which, repeats_scale: float = 1.0) -> list[Row]
                 big = device == "cpu" and B >= 2048
                 repeats = max(10, int((40 if big else 300) * repeats_scale))
                 warmup = 5 if big else 30
-                times = {}
-                for name, fn in fns.items():
-                    times[name] = _time(fn, device, warmup, repeats)
+                times = _time_all(fns, device, warmup, repeats)
                 rows.append(Row(device, dtype_name, B, K, times))
                 print(_format_row(rows[-1], which), flush=True)
     return rows

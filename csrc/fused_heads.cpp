@@ -185,13 +185,13 @@ AAL_INLINE void axpy_rows_tile(const T* __restrict dz, int64_t K, const T* __res
     for (int j = 0; j < NB; ++j) storeu(out + r * ldo + d0 + j * L, acc[r][j]);
 }
 
-// dW[k0 + c, d0 : d0 + NB*L] (+)= sum_{b in [b0, b1)} dzp[b, k0 + c] * h[b, d0 : ...] for C heads,
-// b ascending. Continuing from the stored partial (accumulate) is exact, so splitting the batch
-// into blocks does not change the summation order.
+// dW[c, 0 : NB*L] (+)= sum_{r < rows} dzp[r, c] * h[r, 0 : NB*L] for C heads, r ascending.
+// Continuing from the stored partial (accumulate) is exact, so splitting the batch into blocks
+// does not change the summation order. Pointers are at the tile's first row/head and column.
 template <typename T, int VB, int C, int NB>
 AAL_INLINE void outer_cols_tile(const T* __restrict h, int64_t ldh, const T* __restrict dzp,
-                                int64_t K, int64_t k0, int64_t b0, int64_t b1, int64_t d0,
-                                T* __restrict dW, int64_t ldw, bool accumulate) {
+                                int64_t ldz, int64_t rows, T* __restrict dW, int64_t ldw,
+                                bool accumulate) {
   using S = Simd<T, VB>;
   using V = typename S::V;
   constexpr int L = S::L;
@@ -199,15 +199,14 @@ AAL_INLINE void outer_cols_tile(const T* __restrict h, int64_t ldh, const T* __r
 #pragma GCC unroll 8
   for (int c = 0; c < C; ++c)
 #pragma GCC unroll 8
-    for (int j = 0; j < NB; ++j)
-      acc[c][j] = accumulate ? loadu<V>(dW + (k0 + c) * ldw + d0 + j * L) : V{};
-  for (int64_t b = b0; b < b1; ++b) {
+    for (int j = 0; j < NB; ++j) acc[c][j] = accumulate ? loadu<V>(dW + c * ldw + j * L) : V{};
+  for (int64_t r = 0; r < rows; ++r) {
     V hv[NB];
 #pragma GCC unroll 8
-    for (int j = 0; j < NB; ++j) hv[j] = loadu<V>(h + b * ldh + d0 + j * L);
+    for (int j = 0; j < NB; ++j) hv[j] = loadu<V>(h + r * ldh + j * L);
 #pragma GCC unroll 8
     for (int c = 0; c < C; ++c) {
-      const T s = dzp[b * K + k0 + c];
+      const T s = dzp[r * ldz + c];
 #pragma GCC unroll 8
       for (int j = 0; j < NB; ++j) acc[c][j] += hv[j] * s;
     }
@@ -215,7 +214,7 @@ AAL_INLINE void outer_cols_tile(const T* __restrict h, int64_t ldh, const T* __r
 #pragma GCC unroll 8
   for (int c = 0; c < C; ++c)
 #pragma GCC unroll 8
-    for (int j = 0; j < NB; ++j) storeu(dW + (k0 + c) * ldw + d0 + j * L, acc[c][j]);
+    for (int j = 0; j < NB; ++j) storeu(dW + c * ldw + j * L, acc[c][j]);
 }
 #endif  // AAL_HAVE_VECTOR_EXT
 
@@ -463,24 +462,38 @@ AAL_INLINE void forward_chunk_impl(const FwdArgs<T>& a, int64_t chunk) {
   forward_terms<T, Cfg::VB>(a, chunk, r0, r1);
 }
 
+// dh[r0:r1, d : d + NB*L] from a packed W strip wp = W[:, d : d + NB*L] (pitch NB*L).
 template <typename T, int VB, int R, int NB>
-AAL_INLINE void dh_block(const BwdArgs<T>& a, int64_t r0, int64_t r1, int64_t d) {
+AAL_INLINE void dh_block(const BwdArgs<T>& a, int64_t r0, int64_t r1, const T* wp, int64_t ldwp,
+                         int64_t d) {
   int64_t r = r0;
   for (; r + R <= r1; r += R)
-    axpy_rows_tile<T, VB, R, NB>(a.dzf + r * a.K, a.K, a.w, a.ldw, d, a.dh + r * a.D, a.D);
+    axpy_rows_tile<T, VB, R, NB>(a.dzf + r * a.K, a.K, wp, ldwp, 0, a.dh + r * a.D + d, a.D);
   for (; r < r1; ++r)
-    axpy_rows_tile<T, VB, 1, NB>(a.dzf + r * a.K, a.K, a.w, a.ldw, d, a.dh + r * a.D, a.D);
+    axpy_rows_tile<T, VB, 1, NB>(a.dzf + r * a.K, a.K, wp, ldwp, 0, a.dh + r * a.D + d, a.D);
+}
+
+// Copies a [rows, cols] block with source pitch ld into a buffer with pitch ldd. Rows of h are
+// D elements apart, and for the usual power-of-two D that stride maps a strip of rows onto a
+// handful of L1 sets, where they evict each other while the strip is being reused.
+template <typename T>
+AAL_INLINE void pack_block(const T* __restrict src, int64_t ld, int64_t rows, int64_t cols,
+                           int64_t ldd, T* __restrict dst) {
+  for (int64_t r = 0; r < rows; ++r) std::memcpy(dst + r * ldd, src + r * ld, cols * sizeof(T));
 }
 
 template <typename T, typename Cfg>
 AAL_INLINE void backward_rows_impl(const BwdArgs<T>& a, int64_t chunk) {
   constexpr int VB = Cfg::VB, R = Cfg::AR, NB = Cfg::ANB, L = Simd<T, VB>::L;
+  constexpr int64_t W_COLS = NB * L;
   const int64_t r0 = chunk * kRowChunk, r1 = std::min(a.B, r0 + kRowChunk);
   head_coeffs(a, a.sf, r0, r1, a.dzf + r0 * a.K);
-  // Column blocks outer: the W[:, block] strip (K x NB*L) then stays in L1 for all row tiles.
+  // Column blocks outer, so the W[:, block] strip (K x NB*L) is reused from L1 by all row tiles.
   int64_t d = 0;
-  for (; d + NB * L <= a.D; d += NB * L) dh_block<T, VB, R, NB>(a, r0, r1, d);
-  for (; d + L <= a.D; d += L) dh_block<T, VB, R, 1>(a, r0, r1, d);
+  for (; d + W_COLS <= a.D; d += W_COLS) {
+    dh_block<T, VB, R, NB>(a, r0, r1, a.w + d, a.ldw, d);
+  }
+  for (; d + L <= a.D; d += L) dh_block<T, VB, R, 1>(a, r0, r1, a.w + d, a.ldw, d);
   for (; d < a.D; ++d) {
     for (int64_t b = r0; b < r1; ++b) {
       T s = T(0);
@@ -490,23 +503,24 @@ AAL_INLINE void backward_rows_impl(const BwdArgs<T>& a, int64_t chunk) {
   }
 }
 
-// dzp points at row 0 of a block-local [*, K] array holding rows [b0, b1).
+// dW[k0 : k0 + C, d0 : d1] over `rows` batch rows, from block-local dzp (pitch K) and the h
+// block hp (pitch ldhp, first element = h[b0, d0]).
 template <typename T, int VB, int C, int NB>
-AAL_INLINE void dw_heads(const BwdArgs<T>& a, const T* dzp, int64_t k0, int64_t b0, int64_t b1,
-                         int64_t d0, int64_t d1) {
+AAL_INLINE void dw_heads(const BwdArgs<T>& a, const T* dzp, const T* hp, int64_t ldhp,
+                         int64_t rows, bool accumulate, int64_t k0, int64_t d0, int64_t d1) {
   constexpr int L = Simd<T, VB>::L;
-  const bool acc = b0 > 0;
-  const T* dzp_g = dzp - b0 * a.K;  // indexed with global rows below
+  const T* z = dzp + k0;
+  T* out = a.dW + k0 * a.D;
   int64_t d = d0;
   for (; d + NB * L <= d1; d += NB * L)
-    outer_cols_tile<T, VB, C, NB>(a.h, a.ldh, dzp_g, a.K, k0, b0, b1, d, a.dW, a.D, acc);
+    outer_cols_tile<T, VB, C, NB>(hp + (d - d0), ldhp, z, a.K, rows, out + d, a.D, accumulate);
   for (; d + L <= d1; d += L)
-    outer_cols_tile<T, VB, C, 1>(a.h, a.ldh, dzp_g, a.K, k0, b0, b1, d, a.dW, a.D, acc);
+    outer_cols_tile<T, VB, C, 1>(hp + (d - d0), ldhp, z, a.K, rows, out + d, a.D, accumulate);
   for (; d < d1; ++d) {
     for (int c = 0; c < C; ++c) {
-      T s = acc ? a.dW[(k0 + c) * a.D + d] : T(0);
-      for (int64_t b = b0; b < b1; ++b) s += dzp_g[b * a.K + k0 + c] * a.h[b * a.ldh + d];
-      a.dW[(k0 + c) * a.D + d] = s;
+      T s = accumulate ? out[c * a.D + d] : T(0);
+      for (int64_t r = 0; r < rows; ++r) s += z[r * a.K + c] * hp[r * ldhp + (d - d0)];
+      out[c * a.D + d] = s;
     }
   }
 }
@@ -519,18 +533,34 @@ AAL_INLINE void backward_cols_impl(const BwdArgs<T>& a, int64_t block) {
       for (int64_t d = d0; d < d1; ++d) a.dW[k * a.D + d] = T(0);
     return;
   }
-  // Batch blocks outer: the h[b0:b1, d0:d1] strip stays in L1 across all head tiles. Each
-  // column task recomputes dzp for the block (2 flops per element, against 2*64 per element in
-  // the tiles) so that no task has to wait for another.
-  constexpr int64_t kBatchBlock = 4 * kRowChunk;
-  std::unique_ptr<T[]> dzp(new T[static_cast<size_t>(std::min(a.B, kBatchBlock) * a.K)]);
+  // Batch blocks outer; the h[b0:b1, d0:d1] block is packed (see pack_block) and, with the
+  // block's dzp, stays in L1 across all head tiles. Each column task recomputes dzp for its
+  // rows (2 flops per element, against 2*64 per element in the tiles) so no task waits on another.
+  constexpr int64_t kBatchBlock = 2 * kRowChunk;
+  const int64_t nb = std::min(a.B, kBatchBlock);
+  std::unique_ptr<T[]> buf(new T[static_cast<size_t>(nb * a.K + nb * kColBlock)]);
+  T* dzp = buf.get();
+  T* hp = dzp + nb * a.K;
   for (int64_t b0 = 0; b0 < a.B; b0 += kBatchBlock) {
-    const int64_t b1 = std::min(a.B, b0 + kBatchBlock);
-    head_coeffs(a, a.sp, b0, b1, dzp.get());
+    const int64_t b1 = std::min(a.B, b0 + kBatchBlock), rows = b1 - b0;
+    const bool accumulate = b0 > 0;
+    head_coeffs(a, a.sp, b0, b1, dzp);
+    // Packing only pays when several head tiles reuse the block.
+    const T* hb = a.h + b0 * a.ldh + d0;
+    int64_t ldhb = a.ldh;
+    if (a.K > Cfg::OC) {
+      pack_block(hb, a.ldh, rows, d1 - d0, kColBlock, hp);
+      hb = hp;
+      ldhb = kColBlock;
+    }
     int64_t k = 0;
     for (; k + Cfg::OC <= a.K; k += Cfg::OC)
-      dw_heads<T, Cfg::VB, Cfg::OC, Cfg::ONB>(a, dzp.get(), k, b0, b1, d0, d1);
-    for (; k < a.K; ++k) dw_heads<T, Cfg::VB, 1, Cfg::ONB>(a, dzp.get(), k, b0, b1, d0, d1);
+      dw_heads<T, Cfg::VB, Cfg::OC, Cfg::ONB>(a, dzp, hb, ldhb, rows, accumulate, k, d0, d1);
+    if constexpr (Cfg::OC > 2)
+      for (; k + 2 <= a.K; k += 2)
+        dw_heads<T, Cfg::VB, 2, Cfg::ONB>(a, dzp, hb, ldhb, rows, accumulate, k, d0, d1);
+    for (; k < a.K; ++k)
+      dw_heads<T, Cfg::VB, 1, Cfg::ONB>(a, dzp, hb, ldhb, rows, accumulate, k, d0, d1);
   }
 }
 
