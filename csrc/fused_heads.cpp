@@ -15,13 +15,17 @@
 //   dzf[b,k] = e[b,k] * g[k] * c[k] / max(n[k],1) + G[b,k]    -> dh = dzf W
 //
 // CPU strategy. Every output element is produced by exactly one task with a fixed summation
-// order, so results are bitwise reproducible run to run and independent of the thread count:
-//   forward  : parallel over fixed chunks of kRowChunk rows; each chunk computes its logits with
-//              register-tiled dot products, the element-wise BCE terms, and per-chunk partial
-//              sums of loss and count; the partials are then added in chunk order.
-//   backward : (A) parallel over row chunks: dzp/dzf and dh = dzf W (register-tiled rank-1
-//              updates); (B) parallel over fixed 64-column blocks of D: dW[:, block] = dzp^T h,
-//              summing over b in ascending order; db is summed over b in ascending order.
+// order, so results are bitwise reproducible run to run and independent of the thread count
+// (they do depend on the ISA path, e.g. FMA or not):
+//   forward  : one parallel region over fixed chunks of kRowChunk rows; each chunk computes its
+//              logits with register-tiled dot products, the element-wise BCE terms (vectorised
+//              exp/log1p), and per-chunk partial sums of loss and count; the partials are then
+//              added in chunk order.
+//   backward : one parallel region of independent tasks: row chunks compute dzf and
+//              dh = dzf W (register-tiled rank-1 updates); fixed 64-column blocks of D compute
+//              dW[:, block] = dzp^T h summing over b in ascending order; one task sums db.
+// No temporary of the size of h is made for float32 inputs: inputs are read in place (any row
+// pitch), half inputs are widened once.
 // Inner loops use GCC/Clang vector extensions, compiled once per ISA (AVX-512, AVX2+FMA and the
 // baseline) through target attributes and picked at run time with torch's own CPU capability,
 // so the .so runs on any x86-64 and honours ATEN_CPU_CAPABILITY.
@@ -54,7 +58,10 @@ namespace {
 
 using at::Tensor;
 
-#if defined(__clang__) || (defined(__GNUC__) && __GNUC__ >= 12)  // __builtin_shufflevector
+// AAL_K8S_SCALAR_ONLY builds the plain-loop kernels (as for compilers without GCC vector
+// extensions or __builtin_shufflevector); it exists to compile-check that path.
+#if !defined(AAL_K8S_SCALAR_ONLY) && \
+    (defined(__clang__) || (defined(__GNUC__) && __GNUC__ >= 12))  // __builtin_shufflevector
 #define AAL_INLINE inline __attribute__((always_inline))
 #define AAL_HAVE_VECTOR_EXT 1
 #else
@@ -462,7 +469,7 @@ AAL_INLINE void forward_chunk_impl(const FwdArgs<T>& a, int64_t chunk) {
   forward_terms<T, Cfg::VB>(a, chunk, r0, r1);
 }
 
-// dh[r0:r1, d : d + NB*L] from a packed W strip wp = W[:, d : d + NB*L] (pitch NB*L).
+// dh[r0:r1, d : d + NB*L] from the W strip wp = W[:, d : d + NB*L] (pitch ldwp).
 template <typename T, int VB, int R, int NB>
 AAL_INLINE void dh_block(const BwdArgs<T>& a, int64_t r0, int64_t r1, const T* wp, int64_t ldwp,
                          int64_t d) {

@@ -12,6 +12,7 @@ from __future__ import annotations
 import os
 import shutil
 import subprocess
+import sys
 import warnings
 from pathlib import Path
 
@@ -382,6 +383,38 @@ def test_results_are_bitwise_reproducible_and_independent_of_the_thread_count():
     for key in first:
         assert torch.equal(first[key], second[key]), key
         assert torch.equal(first[key], single[key]), key
+
+
+_ISA_CHECK = """
+import sys, torch
+sys.path.insert(0, "tests")
+import test_ops as t
+assert torch.backends.cpu.get_cpu_capability() == sys.argv[1].upper(), \\
+    torch.backends.cpu.get_cpu_capability()
+for B, K, D, mask in [(7, 1, 13, False), (70, 40, 200, True), (33, 3, 512, True)]:
+    inp = t.make_inputs(B, K, D, mask=mask, seed=B + K)
+    got, want = t.run(t.fused, inp), t.run(t.reference, inp)
+    for key in ("loss", "logits", "dh", "dW", "db"):
+        t.assert_close_scaled(got[key], want[key], 2e-6, key, atol=1e-7)
+    inp = t.make_inputs(B, K, D, dtype=torch.float64, mask=mask, seed=B + K)
+    got, want = t.run(t.fused, inp), t.run(t.reference, inp)
+    for key in ("loss", "logits", "dh", "dW", "db"):
+        t.assert_close_scaled(got[key], want[key], 1e-13, key)
+print("ok")
+"""
+
+
+@needs_ext
+@pytest.mark.parametrize("capability", ["default", "avx2"])
+def test_each_cpu_isa_path_matches_the_reference(capability):
+    """The kernels are compiled per ISA and chosen like torch's own (ATEN_CPU_CAPABILITY); the
+    machine's best path runs in every other test, the lower ones here in a subprocess."""
+    if capability == "avx2" and torch.backends.cpu.get_cpu_capability() not in ("AVX2", "AVX512"):
+        pytest.skip("this CPU has no AVX2")
+    env = dict(os.environ, ATEN_CPU_CAPABILITY=capability)
+    res = subprocess.run([sys.executable, "-c", _ISA_CHECK, capability], cwd=REPO, env=env,
+                         capture_output=True, text=True, timeout=600)
+    assert res.returncode == 0 and res.stdout.strip().endswith("ok"), res.stdout + res.stderr
 
 
 @needs_ext
