@@ -43,13 +43,13 @@ def head_coefficients(
     )
 
 
-def _compute_dtype(dtype: torch.dtype) -> torch.dtype:
-    """fp32 accumulation for half/bfloat16/float32 inputs; float64 stays float64 (for gradcheck)."""
-    return torch.promote_types(dtype, torch.float32)
+def _acc_dtype(t: torch.Tensor) -> torch.dtype:
+    """fp32 accumulation for half/bf16/fp32 inputs, fp64 for fp64 (so gradcheck is exact)."""
+    return torch.promote_types(t.dtype, torch.float32)
 
 
 def _masked_mean_bce(z: torch.Tensor, y: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
-    """Per-column mean BCE-with-logits in z's (compute) dtype; columns with no valid row give 0."""
+    """Per-column mean BCE-with-logits in z's dtype; columns with no valid row give 0."""
     per = F.binary_cross_entropy_with_logits(z, y.to(z.dtype), reduction="none")
     if mask is None:
         n = torch.full((z.shape[1],), float(z.shape[0]), device=z.device, dtype=z.dtype)
@@ -63,9 +63,8 @@ class _ReferenceHeads(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, h, weight, bias, labels, mask, loss_w, feat_c):
-        cd = _compute_dtype(h.dtype)
-        hf, wf = h.to(cd), weight.to(cd)
-        z = hf @ wf.t() + bias.to(cd)
+        acc = _acc_dtype(h)
+        z = h.to(acc) @ weight.to(acc).t() + bias.to(acc)
         loss = _masked_mean_bce(z, labels, mask)
         ctx.save_for_backward(h, weight, bias, labels, mask, loss_w, feat_c, z)
         ctx.has_mask = mask is not None
@@ -74,19 +73,19 @@ class _ReferenceHeads(torch.autograd.Function):
     @staticmethod
     def backward(ctx, g_loss, g_logits):
         h, weight, bias, labels, mask, loss_w, feat_c, z = ctx.saved_tensors
-        cd = z.dtype
-        hf, wf = h.to(cd), weight.to(cd)
-        m = mask.to(cd) if ctx.has_mask else torch.ones_like(z)
+        acc = z.dtype
+        hf, wf = h.to(acc), weight.to(acc)
+        m = mask.to(acc) if ctx.has_mask else torch.ones_like(z)
         n = m.sum(0).clamp_min(1.0)  # [K]
         if g_loss is None:
-            g_loss = torch.zeros(z.shape[1], device=z.device, dtype=cd)
+            g_loss = torch.zeros(z.shape[1], device=z.device, dtype=acc)
         # d loss[k] / d z[b, k] = mask * (sigmoid(z) - y) / n[k]
-        dz = (torch.sigmoid(z) - labels.to(cd)) * m / n
-        dz_param = dz * (g_loss.to(cd) * loss_w.to(cd))
-        dz_feat = dz * (g_loss.to(cd) * feat_c.to(cd))
+        dz = (torch.sigmoid(z) - labels.to(acc)) * m / n
+        dz_param = dz * (g_loss.to(acc) * loss_w.to(acc))
+        dz_feat = dz * (g_loss.to(acc) * feat_c.to(acc))
         if g_logits is not None:
-            dz_param = dz_param + g_logits.to(cd)
-            dz_feat = dz_feat + g_logits.to(cd)
+            dz_param = dz_param + g_logits.to(acc)
+            dz_feat = dz_feat + g_logits.to(acc)
         dh = dz_feat @ wf
         dW = dz_param.t() @ hf
         db = dz_param.sum(0)
@@ -94,11 +93,7 @@ class _ReferenceHeads(torch.autograd.Function):
 
 
 def reference_head_losses(h, weight, bias, labels, loss_w, feat_c, mask=None):
-    """Pure-PyTorch ground truth: returns ``(loss [K] fp32, logits [B, K] in h's dtype)``.
-
-    Accumulation is fp32 for half, bfloat16 and float32 inputs; float64 inputs are computed (and
-    their loss returned) in float64 so the maths itself can be gradchecked.
-    """
+    """Pure-PyTorch ground truth: ``(loss [K] fp32 (fp64 for fp64 h), logits [B, K] in h's dtype)``."""
     return _ReferenceHeads.apply(h, weight, bias, labels, mask, loss_w, feat_c)
 
 

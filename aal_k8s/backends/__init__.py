@@ -1,0 +1,76 @@
+"""Execution backends: one interface, a local-process and a Kubernetes implementation.
+
+A backend receives RunSpecs whose specs are already in the store and gets each executed by
+``aal-k8s worker``. Completion is always judged by the store (a committed run), never by the
+backend, so re-submitting skips finished work whatever executed it.
+"""
+
+from __future__ import annotations
+
+import abc
+from dataclasses import dataclass, field
+
+from aal_k8s.runspec import RunSpec
+
+STATES = ("complete", "running", "pending", "failed", "not_submitted")
+
+
+@dataclass
+class RunState:
+    run_id: str
+    state: str  # one of STATES
+    reason: str = ""  # why pending/failed, when known
+
+
+@dataclass
+class SubmitReport:
+    submitted: list[str] = field(default_factory=list)  # run ids handed to the backend now
+    skipped: list[str] = field(default_factory=list)  # already committed
+    failed: dict[str, str] = field(default_factory=dict)  # run id -> reason (local: finished runs)
+
+
+class Backend(abc.ABC):
+    name: str
+
+    @abc.abstractmethod
+    def submit(self, specs: list[RunSpec], experiment_store) -> SubmitReport:
+        """Hand every not-yet-committed run to the backend. The local backend runs them to the
+        end before returning; the Kubernetes backend returns once the Jobs exist."""
+
+    @abc.abstractmethod
+    def wait(self, specs: list[RunSpec], experiment_store) -> dict[str, RunState]:
+        """Block until every run is complete or failed; return their final states."""
+
+    @abc.abstractmethod
+    def states(self, specs: list[RunSpec], experiment_store) -> dict[str, RunState]:
+        """Current state of each run (store first: a committed run is complete)."""
+
+    def render(self, specs: list[RunSpec], experiment_store) -> str:
+        """What ``submit --dry-run`` prints: one line per run (k8s: the Job manifests)."""
+        lines = []
+        for s in specs:
+            done = " (complete)" if experiment_store.is_committed(s.run_id) else ""
+            lines.append(s.describe() + done)
+        return "".join(f"{ln}\n" for ln in lines)
+
+    def cancel(self, specs: list[RunSpec], experiment_store) -> list[str]:
+        """Stop queued/running runs; never touches committed results. Returns the cancelled ids."""
+        return []
+
+
+def get_backend(name: str, cfg) -> Backend:
+    if name == "local":
+        from aal_k8s.backends.local import LocalBackend
+
+        return LocalBackend(cfg)
+    if name == "k8s":
+        try:
+            from aal_k8s.backends.k8s import KubernetesBackend
+        except ImportError as e:
+            from aal_k8s.errors import AALError
+
+            raise AALError(f"executor.backend=k8s is not available: {e}") from None
+        return KubernetesBackend(cfg)
+    from aal_k8s.errors import AALError
+
+    raise AALError(f"executor.backend: unknown backend {name!r}")

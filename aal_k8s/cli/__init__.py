@@ -1,0 +1,56 @@
+"""The ``aal-k8s`` command line: one module per subcommand.
+
+    aal-k8s pipeline --dataset synthetic           # the whole protocol, end to end
+    aal-k8s submit --stage pairwise --dataset celeba --backend k8s
+    aal-k8s status --stage pairwise
+    aal-k8s reduce && aal-k8s final && aal-k8s report
+
+Errors caused by input (config, dataset, attribute, stage order) print one line and exit 2.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+
+from aal_k8s.errors import AALError
+
+SUBCOMMANDS = ["pipeline", "submit", "status", "reduce", "final", "report", "worker"]
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message):  # argparse's own errors: one line, exit 2
+        self.exit(2, f"aal-k8s: error: {message}\n")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = _Parser(prog="aal-k8s", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND", parser_class=_Parser)
+    for name in SUBCOMMANDS:
+        mod = importlib.import_module(f"aal_k8s.cli.{name}")
+        p = sub.add_parser(
+            name,
+            help=mod.HELP,
+            description=mod.__doc__,
+            epilog=getattr(mod, "EXAMPLES", None),
+            formatter_class=argparse.RawDescriptionHelpFormatter,
+        )
+        mod.add_arguments(p)
+        p.set_defaults(func=mod.run)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    try:
+        args = build_parser().parse_args(argv)
+    except SystemExit as e:  # --help, or an argparse error already printed on one line
+        return int(e.code or 0)
+    try:
+        return int(args.func(args) or 0)
+    except AALError as e:
+        print(f"aal-k8s: error: {e.message}", file=sys.stderr)
+        return e.exit_code
+    except KeyboardInterrupt:
+        print("aal-k8s: interrupted", file=sys.stderr)
+        return 130

@@ -1,0 +1,40 @@
+"""Arguments and helpers shared by the subcommands."""
+
+from __future__ import annotations
+
+import argparse
+
+from aal_k8s.config import Config, load_config
+from aal_k8s.store import ExperimentStore, open_store
+
+
+def add_config_args(p: argparse.ArgumentParser) -> None:
+    g = p.add_argument_group("experiment")
+    g.add_argument("--config", "-c", metavar="FILE", help="experiment config (YAML)")
+    g.add_argument("--dataset", "-d", metavar="NAME", help="synthetic | celeba | duke (default: synthetic)")
+    g.add_argument("--experiment", "-e", metavar="NAME", help="store prefix (default: the dataset name)")
+    g.add_argument("--store", metavar="URI", help="results store: a folder or s3://bucket/prefix (store.uri)")
+    g.add_argument("--backend", choices=("local", "k8s"), help="where runs execute (executor.backend)")
+    g.add_argument(
+        "--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+        help="override one config key, e.g. --set train.epochs=2 (repeatable)",
+    )  # fmt: skip
+
+
+def config_from_args(args) -> Config:
+    overrides = list(args.overrides)
+    if getattr(args, "store", None):
+        overrides.append(f"store.uri={args.store}")
+    if getattr(args, "experiment", None):
+        overrides.append(f"experiment={args.experiment}")
+    if getattr(args, "backend", None):
+        overrides.append(f"executor.backend={args.backend}")
+    return load_config(args.config, overrides, dataset=args.dataset)
+
+
+def experiment_store(cfg: Config) -> ExperimentStore:
+    return ExperimentStore(open_store(cfg.store.uri), cfg.experiment_name)
+
+
+def examples(*lines: str) -> str:
+    return "examples:\n" + "\n".join(f"  {ln}" for ln in lines)

@@ -1,0 +1,30 @@
+"""Plan and execute one stage through the configured backend (used by submit and pipeline)."""
+
+from __future__ import annotations
+
+import sys
+
+from aal_k8s.backends import Backend, SubmitReport
+from aal_k8s.config import Config
+from aal_k8s.planner import plan_stage
+from aal_k8s.reduce import load_partners
+from aal_k8s.runspec import RunSpec
+from aal_k8s.store import ExperimentStore
+
+
+def plan(cfg: Config, exp: ExperimentStore, stage: str, attributes: list[str] | None = None) -> list[RunSpec]:
+    partners = load_partners(exp) if stage == "adversarial" else None
+    return plan_stage(stage, cfg, partners, attributes)
+
+
+def execute_stage(backend: Backend, exp: ExperimentStore, stage: str, specs: list[RunSpec]) -> SubmitReport:
+    print(f"stage {stage}: {len(specs)} runs", file=sys.stderr)
+    report = backend.submit(specs, exp)
+    if report.skipped:
+        print(f"stage {stage}: {len(report.skipped)} already complete, skipped", file=sys.stderr)
+    return report
+
+
+def print_failures(report: SubmitReport, stage: str) -> None:
+    for run_id, why in sorted(report.failed.items()):
+        print(f"stage {stage}: run {run_id} failed: {why}", file=sys.stderr)

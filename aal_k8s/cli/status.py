@@ -1,0 +1,47 @@
+"""Per stage: how many runs are complete (in the store), running, pending, failed, not submitted.
+
+Failed runs are listed with their reasons. Completion is read from the store, so the counts are
+true whichever backend executed the runs.
+"""
+
+from __future__ import annotations
+
+from aal_k8s.backends import STATES, get_backend
+from aal_k8s.cli.common import add_config_args, config_from_args, examples, experiment_store
+from aal_k8s.cli.stages import plan
+from aal_k8s.errors import StageOrderError
+from aal_k8s.runspec import STAGES
+
+HELP = "show per-stage run counts and failures"
+EXAMPLES = examples("aal-k8s status --dataset synthetic", "aal-k8s status --stage pairwise --dataset celeba --backend k8s")
+
+
+def add_arguments(p) -> None:
+    p.add_argument("--stage", choices=STAGES, help="only this stage")
+    add_config_args(p)
+
+
+def run(args) -> int:
+    cfg = config_from_args(args)
+    exp = experiment_store(cfg)
+    backend = get_backend(cfg.executor.backend, cfg)
+    header = f"{'stage':<12}" + "".join(f"{s:>14}" for s in STATES)
+    print(f"experiment {exp.experiment} in {exp.store.uri} ({backend.name} backend)")
+    print(header)
+    failures = []
+    for stage in [args.stage] if args.stage else STAGES:
+        try:
+            specs = plan(cfg, exp, stage)
+        except StageOrderError:
+            print(f"{stage:<12}" + f"{'(waits for reduce)':>{14 * len(STATES)}}")
+            continue
+        states = backend.states(specs, exp)
+        counts = {s: 0 for s in STATES}
+        for st in states.values():
+            counts[st.state] += 1
+            if st.state in ("failed", "pending") and st.reason:
+                failures.append(f"  {stage} {st.run_id} {st.state}: {st.reason}")
+        print(f"{stage:<12}" + "".join(f"{counts[s]:>14}" for s in STATES))
+    if failures:
+        print("\n".join(["", "runs needing attention:", *failures]))
+    return 0

@@ -1,0 +1,44 @@
+"""Submit the runs of one stage that are not complete yet.
+
+With the local backend the runs execute now, in parallel processes; with the Kubernetes backend
+one Job per run is created and the command returns (watch with ``aal-k8s status`` or kubectl).
+``--dry-run`` prints what would be submitted and writes nothing.
+"""
+
+from __future__ import annotations
+
+from aal_k8s.backends import get_backend
+from aal_k8s.cli.common import add_config_args, config_from_args, examples, experiment_store
+from aal_k8s.cli.stages import execute_stage, plan, print_failures
+from aal_k8s.data import resolve_attributes
+from aal_k8s.runspec import STAGES
+
+HELP = "submit the runs of one stage"
+EXAMPLES = examples(
+    "aal-k8s submit --stage single --dataset synthetic",
+    "aal-k8s submit --stage pairwise --dataset celeba --backend k8s",
+    "aal-k8s submit --stage adversarial --attrs Big_Lips,Smiling --dry-run",
+)
+
+
+def add_arguments(p) -> None:
+    p.add_argument("--stage", required=True, choices=STAGES)
+    p.add_argument("--attrs", metavar="A,B,...", help="only these attributes (names or 1-based indices)")
+    p.add_argument("--dry-run", action="store_true", help="print the runs (k8s: the manifests) and exit")
+    add_config_args(p)
+
+
+def run(args) -> int:
+    cfg = config_from_args(args)
+    attrs = resolve_attributes(cfg.dataset.name, args.attrs.split(",")) if args.attrs else None
+    exp = experiment_store(cfg)
+    specs = plan(cfg, exp, args.stage, attrs)
+    backend = get_backend(cfg.executor.backend, cfg)
+    if args.dry_run:
+        print(backend.render(specs, exp), end="")
+        return 0
+    report = execute_stage(backend, exp, args.stage, specs)
+    print_failures(report, args.stage)
+    print(f"stage {args.stage}: {len(report.submitted)} submitted, {len(report.skipped)} already complete, "
+          f"{len(report.failed)} failed")
+    return 1 if report.failed else 0

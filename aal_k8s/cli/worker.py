@@ -1,0 +1,20 @@
+"""Execute one run (the entry point of every local process and Kubernetes pod)."""
+
+from __future__ import annotations
+
+from aal_k8s.cli.common import examples
+
+HELP = "execute one run and commit it to the store"
+EXAMPLES = examples("aal-k8s worker --store s3://bucket/aal --experiment celeba --run pair-a03-a07-1a2b3c4d")
+
+
+def add_arguments(p) -> None:
+    p.add_argument("--store", required=True, metavar="URI")
+    p.add_argument("--experiment", required=True, metavar="NAME")
+    p.add_argument("--run", required=True, metavar="RUN_ID")
+
+
+def run(args) -> int:
+    from aal_k8s.worker import execute
+
+    return execute(args.store, args.experiment, args.run)

@@ -1,0 +1,77 @@
+"""RunSpec: everything one training run needs, with a deterministic short run id.
+
+A run is fully described by its spec (the worker needs nothing else but the store), so the same
+spec always maps to the same id, and a re-submitted stage finds its finished runs by id.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+STAGES = ("single", "pairwise", "multi", "adversarial")
+MODES = ("single", "multi", "adversarial")
+_STAGE_TAG = {"single": "sin", "pairwise": "pair", "multi": "mul", "adversarial": "adv"}
+
+# Config keys that change how fast a run goes, not what it computes: kept out of the run id.
+_EXECUTION_ONLY = {"train": ("device", "threads", "eval_batch_size", "heads_impl")}
+
+
+@dataclass(frozen=True)
+class RunSpec:
+    experiment: str
+    stage: str  # one of STAGES
+    dataset: str
+    primary: tuple[str, ...]  # attributes whose heads are trained and selected on
+    auxiliary: tuple[str, ...] = ()  # adversarial heads behind gradient reversal
+    mode: str = "single"  # one of MODES
+    lam: float = 0.0  # gradient reversal weight (adversarial mode only)
+    seed: int = 0
+    attr_index: tuple[int, ...] = ()  # 1-based dataset indices of primary + auxiliary, for names
+    config: dict[str, Any] = field(default_factory=dict, compare=False, hash=False)
+    # ^ the resolved dataset/model/train config sections the worker trains with
+
+    @property
+    def heads(self) -> list[str]:
+        return list(self.primary) + list(self.auxiliary)
+
+    @property
+    def run_id(self) -> str:
+        ident = {k: v for k, v in asdict(self).items() if k not in ("experiment", "config")}
+        ident["config"] = {
+            section: {
+                k: v for k, v in self.config.get(section, {}).items() if k not in _EXECUTION_ONLY.get(section, ())
+            }
+            for section in sorted(self.config)
+        }
+        digest = hashlib.sha256(json.dumps(ident, sort_keys=True).encode()).hexdigest()[:8]
+        idx = self.attr_index
+        n_p = len(self.primary)
+        if self.stage == "multi" or len(idx) > 4:
+            names = [f"k{len(idx)}"]
+        else:
+            names = [f"a{i:02d}" for i in idx[:n_p]] + [f"x{i:02d}" for i in idx[n_p:]]
+        tag = _STAGE_TAG.get(self.stage, self.stage[:6])
+        return "-".join([tag, *names, digest])
+
+    def to_json(self) -> str:
+        return json.dumps(asdict(self), sort_keys=True, indent=1)
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "RunSpec":
+        d = dict(d)
+        for k in ("primary", "auxiliary", "attr_index"):
+            d[k] = tuple(d.get(k, ()))
+        return cls(**d)
+
+    @classmethod
+    def from_json(cls, text: str) -> "RunSpec":
+        return cls.from_dict(json.loads(text))
+
+    def describe(self) -> str:
+        s = f"{self.run_id}: {self.stage} {'+'.join(self.primary)}"
+        if self.auxiliary:
+            s += f" vs {'+'.join(self.auxiliary)} (lambda={self.lam:g})"
+        return s

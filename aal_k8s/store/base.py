@@ -1,0 +1,70 @@
+"""The blob-store interface every backend implements: flat keys, whole-object writes."""
+
+from __future__ import annotations
+
+import abc
+import os
+import tempfile
+
+
+class Store(abc.ABC):
+    """Keys are '/'-separated relative paths. Writes of one key are atomic: a reader sees the old
+    object, the new one, or none, never a partial one."""
+
+    uri: str
+
+    @abc.abstractmethod
+    def put_bytes(self, key: str, data: bytes) -> None: ...
+
+    @abc.abstractmethod
+    def get_bytes(self, key: str) -> bytes:
+        """The object's bytes; ``StoreError`` naming the key if it does not exist."""
+
+    @abc.abstractmethod
+    def exists(self, key: str) -> bool: ...
+
+    @abc.abstractmethod
+    def list(self, prefix: str) -> list[str]:
+        """Every key below ``prefix`` (recursive), sorted."""
+
+    @abc.abstractmethod
+    def delete(self, key: str) -> None: ...
+
+    def put_file(self, key: str, path: str | os.PathLike) -> None:
+        with open(path, "rb") as f:
+            self.put_bytes(key, f.read())
+
+    def get_file(self, key: str, path: str | os.PathLike) -> None:
+        """Download to ``path`` atomically (temp file in the same folder, then rename)."""
+        data = self.get_bytes(key)
+        folder = os.path.dirname(os.path.abspath(path))
+        os.makedirs(folder, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(dir=folder, prefix=".part-")
+        try:
+            with os.fdopen(fd, "wb") as f:
+                f.write(data)
+            os.replace(tmp, path)
+        except BaseException:
+            if os.path.exists(tmp):
+                os.unlink(tmp)
+            raise
+
+    def url(self, key: str) -> str:
+        """Where ``key`` lives, for messages."""
+        return f"{self.uri.rstrip('/')}/{key}"
+
+
+def atomic_write(path: str, data: bytes) -> None:
+    folder = os.path.dirname(os.path.abspath(path))
+    os.makedirs(folder, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=folder, prefix=".part-")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise

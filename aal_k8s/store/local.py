@@ -1,0 +1,50 @@
+"""A store in a local folder (the embedded default): one file per key, atomic renames."""
+
+from __future__ import annotations
+
+import os
+
+from aal_k8s.errors import StoreError
+from aal_k8s.store.base import Store, atomic_write
+
+
+class LocalStore(Store):
+    def __init__(self, root: str):
+        self.root = os.path.abspath(root)
+        self.uri = self.root
+
+    def _path(self, key: str) -> str:
+        norm = os.path.normpath(key)
+        if norm.startswith("..") or os.path.isabs(norm):
+            raise StoreError(f"store key {key!r} escapes the store root {self.root}")
+        return os.path.join(self.root, norm)
+
+    def put_bytes(self, key: str, data: bytes) -> None:
+        atomic_write(self._path(key), data)
+
+    def get_bytes(self, key: str) -> bytes:
+        try:
+            with open(self._path(key), "rb") as f:
+                return f.read()
+        except FileNotFoundError:
+            raise StoreError(f"{self.url(key)}: not found") from None
+
+    def exists(self, key: str) -> bool:
+        return os.path.isfile(self._path(key))
+
+    def list(self, prefix: str) -> list[str]:
+        base = self._path(prefix) if prefix else self.root
+        out = []
+        for folder, _, files in os.walk(base):
+            for name in files:
+                if name.startswith(".part-"):
+                    continue
+                rel = os.path.relpath(os.path.join(folder, name), self.root)
+                out.append(rel.replace(os.sep, "/"))
+        return sorted(out)
+
+    def delete(self, key: str) -> None:
+        try:
+            os.unlink(self._path(key))
+        except FileNotFoundError:
+            pass

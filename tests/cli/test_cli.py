@@ -1,0 +1,80 @@
+"""The command line: bad input is one line and exit 2 with nothing written; finished runs are skipped."""
+
+import json
+import os
+
+import pytest
+
+from aal_k8s.cli import main
+
+
+def _files(root) -> list[str]:
+    return sorted(os.path.relpath(os.path.join(d, f), root) for d, _, fs in os.walk(root) for f in fs)
+
+
+BAD = [
+    (["submit", "--stage", "single", "--attrs", "square,Smiling"], "unknown attribute(s) 'Smiling'"),
+    (["submit", "--stage", "single", "--set", "train.epoch=3"], "train.epoch: unknown key"),
+    (["submit", "--stage", "single", "--set", "train.epochs=-1"], "train.epochs: must be > 0"),
+    (["submit", "--stage", "adversarial"], "needs the negative partners"),
+    (["submit", "--stage", "triple"], "invalid choice: 'triple'"),
+    (["final"], "no reduce output: run `aal-k8s reduce` first"),
+    (["report"], "no reduce output"),
+    (["pipeline", "--dataset", "mnist"], "dataset.name: 'mnist' is not one of"),
+]
+
+
+@pytest.mark.parametrize("argv, fragment", BAD, ids=[" ".join(a) for a, _ in BAD])
+def test_bad_input_is_one_line_exit_2_and_writes_nothing(argv, fragment, tmp_path, capsys):
+    store = tmp_path / "store"
+    code = main([*argv, "--store", str(store)])
+    err = capsys.readouterr().err
+    assert code == 2
+    assert fragment in err
+    assert len(err.strip().splitlines()) == 1 and "Traceback" not in err
+    assert not store.exists()
+
+
+def test_malformed_yaml_is_one_line_exit_2(tmp_path, capsys):
+    cfg = tmp_path / "exp.yaml"
+    cfg.write_text("train: [\n")
+    assert main(["submit", "--stage", "single", "--config", str(cfg), "--store", str(tmp_path / "s")]) == 2
+    err = capsys.readouterr().err
+    assert "exp.yaml" in err and "not valid YAML" in err and len(err.strip().splitlines()) == 1
+
+
+def test_argparse_errors_are_one_line_too(capsys):
+    assert main(["submit", "--stage", "triple"]) == 2
+    err = capsys.readouterr().err
+    assert len(err.strip().splitlines()) == 1 and "invalid choice" in err
+
+
+def test_submit_twice_trains_once(tiny_overrides, tmp_path, capsys):
+    argv = ["submit", "--stage", "single", "--attrs", "square", "--dataset", "synthetic"]
+    argv += [x for o in tiny_overrides for x in ("--set", o)]
+    assert main(argv) == 0
+    out = capsys.readouterr().out
+    assert "1 submitted, 0 already complete, 0 failed" in out
+    store = tmp_path / "store"
+    before = {f: os.path.getmtime(store / f) for f in _files(store)}
+    assert main(argv) == 0
+    assert "0 submitted, 1 already complete" in capsys.readouterr().out
+    assert {f: os.path.getmtime(store / f) for f in _files(store)} == before
+    [metrics] = [f for f in before if f.endswith("metrics.json")]
+    record = json.loads((store / metrics).read_text())
+    assert record["heads"] == ["square"] and "best.safetensors" in record["artifacts"]
+
+
+def test_dry_run_lists_runs_and_writes_nothing(tmp_path, capsys):
+    store = tmp_path / "store"
+    assert main(["submit", "--stage", "pairwise", "--dry-run", "--store", str(store)]) == 0
+    lines = capsys.readouterr().out.strip().splitlines()
+    assert len(lines) == 15 and all(ln.startswith("pair-") for ln in lines)
+    assert not store.exists()
+
+
+def test_status_counts_runs_per_stage(tiny_overrides, capsys):
+    argv = ["status", "--dataset", "synthetic"] + [x for o in tiny_overrides for x in ("--set", o)]
+    assert main(argv) == 0
+    out = capsys.readouterr().out
+    assert "single" in out and "(waits for reduce)" in out

@@ -1,0 +1,97 @@
+"""Reduce on hand-made committed metrics (no training)."""
+
+import pytest
+
+from aal_k8s.config import load_config
+from aal_k8s.planner import plan_stage
+from aal_k8s.reduce import choose_lambda, matrix_csv, most_negative_partner, reduce_experiment
+from aal_k8s.store import ExperimentStore, LocalStore
+
+ATTRS = ["square", "ring", "h_stripes", "cross", "red_tint", "blue_tint"]
+SINGLE = {"square": 0.80, "ring": 0.80, "h_stripes": 0.90, "cross": 0.90, "red_tint": 0.99, "blue_tint": 0.99}
+
+
+def _commit(exp, spec, val: dict, test: dict | None = None):
+    exp.commit_run(spec, {}, {"val_acc": val, "test_acc": test or val, "heads": spec.heads})
+
+
+def _pair_acc(a, b):
+    """Hand-made pairwise matrix: square hurt most by red_tint, ring by blue_tint (tied with cross)."""
+    table = {("square", "red_tint"): 0.70, ("square", "ring"): 0.78, ("ring", "blue_tint"): 0.75, ("ring", "cross"): 0.75}
+    return table.get((a, b), SINGLE[a] + 0.01)
+
+
+@pytest.fixture
+def filled(tmp_path):
+    cfg = load_config(dataset="synthetic", overrides=[f"store.uri={tmp_path}"])
+    exp = ExperimentStore(LocalStore(str(tmp_path)), cfg.experiment_name)
+    for spec in plan_stage("single", cfg):
+        _commit(exp, spec, {spec.primary[0]: SINGLE[spec.primary[0]]})
+    for spec in plan_stage("pairwise", cfg):
+        a, b = spec.primary
+        _commit(exp, spec, {a: _pair_acc(a, b), b: _pair_acc(b, a)})
+    return cfg, exp
+
+
+def test_partner_is_the_most_negative_and_none_when_nothing_drops(filled):
+    cfg, exp = filled
+    out = reduce_experiment(exp, cfg)
+    assert out.partners["square"] == "red_tint"
+    assert out.partners["h_stripes"] is None  # every pair is above single-task
+    assert out.pair_val["square"]["red_tint"] == 0.70 and out.pair_val["red_tint"]["square"] == 1.0
+
+
+def test_ties_go_to_the_lower_attribute_index(filled):
+    cfg, exp = filled
+    assert reduce_experiment(exp, cfg).partners["ring"] == "cross"  # cross (4) before blue_tint (6)
+
+
+def test_matrix_csv_has_single_task_on_the_diagonal(filled):
+    cfg, exp = filled
+    rows = matrix_csv(reduce_experiment(exp, cfg)).splitlines()
+    assert rows[0] == "attribute," + ",".join(ATTRS)
+    cells = rows[1].split(",")
+    assert cells[0] == "square" and float(cells[1]) == 0.80 and float(cells[5]) == 0.70
+
+
+def test_partners_wait_for_every_single_and_pairwise_run(tmp_path):
+    cfg = load_config(dataset="synthetic", overrides=[f"store.uri={tmp_path}"])
+    exp = ExperimentStore(LocalStore(str(tmp_path)), cfg.experiment_name)
+    for spec in plan_stage("single", cfg):
+        _commit(exp, spec, {spec.primary[0]: 0.8})
+    out = reduce_experiment(exp, cfg)
+    assert out.partners == {} and len(out.missing["pairwise"]) == 15
+
+
+def test_lambda_chosen_on_val_and_final_choice(filled):
+    cfg, exp = filled
+    partners = reduce_experiment(exp, cfg).partners
+    vals = {0.01: 0.79, 0.1: 0.83, 0.3: 0.83, 0.5: 0.81, 1.0: 0.60}  # 0.1 and 0.3 tie: first wins
+    for spec in plan_stage("adversarial", cfg, partners):
+        a = spec.primary[0]
+        v = vals[spec.lam] if a == "square" else 0.70  # ring: adversarial worse than single
+        _commit(exp, spec, {a: v, spec.auxiliary[0]: 0.5}, {a: v - 0.01, spec.auxiliary[0]: 0.5})
+    out = reduce_experiment(exp, cfg)
+    assert out.chosen_lambda["square"] == 0.1
+    sq = out.final["square"]
+    assert (sq.source, sq.partner, sq.lam, sq.val) == ("adversarial", "red_tint", 0.1, 0.83)
+    assert out.final["ring"].source == "single"  # best_on_val never keeps a worse model
+    assert out.final["h_stripes"].source == "single"  # no partner, no adversarial run
+    paper = load_config(dataset="synthetic", overrides=[f"store.uri={exp.store.root}", "adversarial.final_selection=adversarial"])
+    assert reduce_experiment(exp, paper).final["ring"].source == "adversarial"
+
+
+def test_uncommitted_runs_are_invisible_and_listed_missing(filled):
+    cfg, exp = filled
+    spec = plan_stage("pairwise", cfg)[0]
+    exp.store.delete(exp.run_key(spec.run_id, "metrics.json"))
+    exp.store.put_bytes(exp.run_key(spec.run_id, "best.safetensors"), b"partial")
+    out = reduce_experiment(exp, cfg)
+    assert spec.run_id in out.missing["pairwise"] and out.partners == {}
+
+
+def test_helpers_on_plain_values():
+    assert most_negative_partner("a", 0.5, {"b": 0.5, "c": 0.6}, ["a", "b", "c"]) is None
+    assert most_negative_partner("a", 0.5, {"b": 0.4, "c": 0.3}, ["a", "b", "c"]) == "c"
+    assert choose_lambda({}) is None
+    assert choose_lambda({0.5: {"val": 0.7}, 0.1: {"val": 0.7}}) == 0.5  # grid order, not value order
