@@ -617,3 +617,37 @@ def test_a_reduce_overhead_fullgraph_compiled_training_step_matches_eager():
         final.append([p.detach().clone() for p in (*trunk.parameters(), W, b)])
     for got, want in zip(final[1], final[0]):
         assert_close_scaled(got, want, 1e-5, "parameters after 5 steps")
+
+
+# ---------------------------------------------------------------------------------------------
+# the trainer
+
+
+@needs_ext
+def test_adversarial_training_gives_the_same_results_with_the_fused_op_and_the_reference(
+    tiny_overrides,
+):
+    from aal_k8s.config import load_config
+    from aal_k8s.data import load_dataset
+    from aal_k8s.planner import plan_stage
+    from aal_k8s.trainer import train_run
+
+    runs = {}
+    for impl in ("reference", "fused"):
+        cfg = load_config(overrides=[*tiny_overrides, f"train.heads_impl={impl}"],
+                          dataset="synthetic")
+        spec = plan_stage("adversarial", cfg, {"square": "red_tint"})[0]
+        assert spec.mode == "adversarial" and spec.lam > 0
+        runs[impl] = train_run(spec, load_dataset(cfg.dataset))
+    ref, fus = runs["reference"], runs["fused"]
+    # fp32 with different summation orders, amplified by six Adam steps: the weights agree to
+    # ~5e-5 of their scale here. Dropping the reversal (c -> |c|) moves them by 1e-2 or more.
+    for r_epoch, f_epoch in zip(ref.history, fus.history):
+        for head, value in r_epoch["train_loss"].items():
+            assert abs(f_epoch["train_loss"][head] - value) <= 1e-5 * max(1.0, abs(value)), head
+    for key, want in ref.state_dict.items():
+        assert_close_scaled(fus.state_dict[key], want, 5e-4, key)
+    assert fus.best_epoch == ref.best_epoch
+    for head in ref.val_acc:  # 64 validation/test images: allow one flipped borderline image
+        assert abs(fus.val_acc[head] - ref.val_acc[head]) <= 1 / 64 + 1e-9, head
+        assert abs(fus.test_acc[head] - ref.test_acc[head]) <= 1 / 64 + 1e-9, head
