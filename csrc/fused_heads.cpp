@@ -80,6 +80,16 @@ using at::Tensor;
 // Columns of D per backward phase-B task. Fixed for the same reason as kRowChunk.
 constexpr int64_t kColBlock = 64;
 
+// Multiply-adds below which a thread is not worth waking (a parallel region costs a few
+// microseconds, and far more when the cores are shared). Only the grouping of tasks onto threads
+// depends on it, never the results.
+constexpr int64_t kMinParallelWork = int64_t{1} << 18;
+
+// parallel_for grain (tasks per thread at least) for tasks of about `work_per_task` multiply-adds.
+inline int64_t grain_for(int64_t work_per_task) {
+  return std::max<int64_t>(1, kMinParallelWork / std::max<int64_t>(work_per_task, 1));
+}
+
 // ---------------------------------------------------------------------------------------------
 // Micro-kernels. Written once over a vector width in bytes (VB) and tile shape; the tile shape is
 // chosen per ISA so the accumulators fit in registers (32 zmm for AVX-512, 16 ymm/xmm otherwise).
@@ -740,7 +750,8 @@ void forward_cpu_typed(const Tensor& hc, const Tensor& wc, const Tensor& bc, con
                resid.data_ptr<T>(),
                scratch.get(),
                part};
-  at::parallel_for(0, n_chunks, 1, [&](int64_t c0, int64_t c1) {
+  at::parallel_for(0, n_chunks, grain_for(kRowChunk * K * std::max<int64_t>(D, 8)),
+                   [&](int64_t c0, int64_t c1) {
     for (int64_t c = c0; c < c1; ++c) forward_chunk(a, c);
   });
   T* lp = loss.data_ptr<T>();
@@ -833,7 +844,10 @@ void backward_cpu_typed(const std::optional<Tensor>& grad_loss, const Tensor& co
   // independent, so the phases need no barrier between them.
   const int64_t n_chunks = (B + kRowChunk - 1) / kRowChunk;
   const int64_t n_blocks = (D + kColBlock - 1) / kColBlock;
-  at::parallel_for(0, n_chunks + n_blocks + 1, 1, [&](int64_t t0, int64_t t1) {
+  // Task sizes: a row chunk is kRowChunk*K*D multiply-adds, a column block B*K*kColBlock; the
+  // first serves as the estimate (they are equal at B = D/2).
+  at::parallel_for(0, n_chunks + n_blocks + 1, grain_for(kRowChunk * K * std::max<int64_t>(D, 8)),
+                   [&](int64_t t0, int64_t t1) {
     for (int64_t t = t0; t < t1; ++t) {
       if (t < n_chunks) {
         backward_rows(a, t);
