@@ -104,7 +104,18 @@ def _extensions():
     return exts, {"build_ext": cx.BuildExtension.with_options(use_ninja=True)}
 
 
+def _wheel_options() -> dict:
+    """Tag wheels abi3 (the modules use only the limited C API) when a bdist_wheel exists."""
+    import importlib.util
+
+    has_bdist_wheel = (
+        importlib.util.find_spec("setuptools.command.bdist_wheel") is not None
+        or importlib.util.find_spec("wheel") is not None
+    )
+    return {"bdist_wheel": {"py_limited_api": "cp310"}} if has_bdist_wheel else {}
+
+
 ext_modules, cmdclass = _extensions()
-options = {"bdist_wheel": {"py_limited_api": "cp310"}} if ext_modules else {}
+options = _wheel_options() if ext_modules else {}
 
 setup(ext_modules=ext_modules, cmdclass=cmdclass, options=options)
