@@ -24,8 +24,8 @@
 //   backward : one parallel region of independent tasks: row chunks compute dzf and
 //              dh = dzf W (register-tiled rank-1 updates); fixed 64-column blocks of D compute
 //              dW[:, block] = dzp^T h summing over b in ascending order; one task sums db.
-// No temporary of the size of h is made for float32 inputs: inputs are read in place (any row
-// pitch), half inputs are widened once.
+// No temporary of the size of h is made: h is read in place (any row pitch; float16/bfloat16
+// rows are widened block by block inside the tasks) and dh is written in h's dtype.
 // Inner loops use GCC/Clang vector extensions, compiled once per ISA (AVX-512, AVX2+FMA and the
 // baseline) through target attributes and picked at run time with torch's own CPU capability,
 // so the .so runs on any x86-64 and honours ATEN_CPU_CAPABILITY.
@@ -238,9 +238,66 @@ AAL_INLINE void outer_cols_tile(const T* __restrict h, int64_t ldh, const T* __r
 // ---------------------------------------------------------------------------------------------
 // Task bodies: one forward row chunk, one backward row chunk, one backward column block.
 
+// Features are read in their own dtype: float/double in place, and float16/bfloat16 widened to
+// float block by block inside the tasks (no [B, D] float copy). dh is written back the same way.
+enum class HKind { kNative, kBFloat16, kHalf };
+
+// The h block [r0, r0 + rows) x [c0, c0 + cols) as T with pitch ldd (float16/bfloat16 widened).
+template <typename T>
+AAL_INLINE void load_block(const void* src, HKind kind, int64_t ld, int64_t r0, int64_t rows,
+                           int64_t c0, int64_t cols, T* __restrict dst, int64_t ldd) {
+  for (int64_t r = 0; r < rows; ++r) {
+    const int64_t off = (r0 + r) * ld + c0;
+    T* __restrict o = dst + r * ldd;
+    if (kind == HKind::kBFloat16) {
+      const c10::BFloat16* __restrict x = static_cast<const c10::BFloat16*>(src) + off;
+      for (int64_t c = 0; c < cols; ++c) o[c] = static_cast<T>(static_cast<float>(x[c]));
+    } else if (kind == HKind::kHalf) {
+      const c10::Half* __restrict x = static_cast<const c10::Half*>(src) + off;
+      for (int64_t c = 0; c < cols; ++c) o[c] = static_cast<T>(static_cast<float>(x[c]));
+    } else {
+      std::memcpy(o, static_cast<const T*>(src) + off, cols * sizeof(T));
+    }
+  }
+}
+
+// Rows [r0, r0 + rows) of a [*, D] T block (pitch lds) into dst of the given kind (pitch D).
+template <typename T>
+AAL_INLINE void store_rows(const T* __restrict src, int64_t lds, int64_t r0, int64_t rows,
+                           int64_t D, void* dst, HKind kind) {
+  for (int64_t r = 0; r < rows; ++r) {
+    const T* __restrict x = src + r * lds;
+    const int64_t off = (r0 + r) * D;
+    if (kind == HKind::kBFloat16) {
+      c10::BFloat16* __restrict o = static_cast<c10::BFloat16*>(dst) + off;
+      for (int64_t c = 0; c < D; ++c) o[c] = c10::BFloat16(static_cast<float>(x[c]));
+    } else if (kind == HKind::kHalf) {
+      c10::Half* __restrict o = static_cast<c10::Half*>(dst) + off;
+      for (int64_t c = 0; c < D; ++c) o[c] = c10::Half(static_cast<float>(x[c]));
+    } else {
+      std::memcpy(static_cast<T*>(dst) + off, x, D * sizeof(T));
+    }
+  }
+}
+
+// The chunk's rows of h as T: in place for T inputs, else widened into buf.
+template <typename T>
+AAL_INLINE const T* chunk_rows(const void* h, HKind kind, int64_t ldh, int64_t r0, int64_t rows,
+                               int64_t D, std::unique_ptr<T[]>& buf, int64_t& ld) {
+  if (kind == HKind::kNative) {
+    ld = ldh;
+    return static_cast<const T*>(h) + r0 * ldh;
+  }
+  buf.reset(new T[static_cast<size_t>(std::max<int64_t>(rows * D, 1))]);
+  load_block(h, kind, ldh, r0, rows, 0, D, buf.get(), D);
+  ld = D;
+  return buf.get();
+}
+
 template <typename T>
 struct FwdArgs {
-  const T* h;
+  const void* h;  // [B, D] with row pitch ldh, of kind hkind
+  HKind hkind;
   int64_t ldh;
   const T* w;
   int64_t ldw;
@@ -256,7 +313,8 @@ struct FwdArgs {
 
 template <typename T>
 struct BwdArgs {
-  const T* h;
+  const void* h;  // [B, D] with row pitch ldh, of kind hkind
+  HKind hkind;
   int64_t ldh;
   const T* w;
   int64_t ldw;
@@ -266,7 +324,7 @@ struct BwdArgs {
   const T* sf;     // [K] g*c/n: scale of the residual for the features
   int64_t B, K, D;
   T* dzf;  // [B, K] scratch, each row chunk written and read by one task
-  T* dh;   // [B, D] out, contiguous
+  void* dh;  // [B, D] out, contiguous, of kind hkind
   T* dW;   // [K, D] out, contiguous
   T* db;   // [K] out
 };
@@ -455,69 +513,73 @@ struct Tiles {
 
 #if AAL_HAVE_VECTOR_EXT
 template <typename T, int VB, int R, int C>
-AAL_INLINE void dot_row_tile_all_heads(const FwdArgs<T>& a, int64_t r) {
-  const T* h = a.h + r * a.ldh;
+AAL_INLINE void dot_row_tile_all_heads(const FwdArgs<T>& a, const T* h, int64_t ldh, int64_t r) {
   int64_t k = 0;
   for (; k + C <= a.K; k += C)
-    dot_tile<T, VB, R, C>(h, a.ldh, a.w + k * a.ldw, a.ldw, a.bias + k, a.D,
-                             a.z + r * a.K + k, a.K);
+    dot_tile<T, VB, R, C>(h, ldh, a.w + k * a.ldw, a.ldw, a.bias + k, a.D, a.z + r * a.K + k, a.K);
   if constexpr (C > 2)
     for (; k + 2 <= a.K; k += 2)
-      dot_tile<T, VB, R, 2>(h, a.ldh, a.w + k * a.ldw, a.ldw, a.bias + k, a.D,
-                             a.z + r * a.K + k, a.K);
+      dot_tile<T, VB, R, 2>(h, ldh, a.w + k * a.ldw, a.ldw, a.bias + k, a.D, a.z + r * a.K + k,
+                            a.K);
   for (; k < a.K; ++k)
-    dot_tile<T, VB, R, 1>(h, a.ldh, a.w + k * a.ldw, a.ldw, a.bias + k, a.D,
-                             a.z + r * a.K + k, a.K);
+    dot_tile<T, VB, R, 1>(h, ldh, a.w + k * a.ldw, a.ldw, a.bias + k, a.D, a.z + r * a.K + k, a.K);
 }
 
 template <typename T, typename Cfg>
 AAL_INLINE void forward_chunk_impl(const FwdArgs<T>& a, int64_t chunk) {
   const int64_t r0 = chunk * kRowChunk, r1 = std::min(a.B, r0 + kRowChunk);
+  std::unique_ptr<T[]> buf;
+  int64_t ldh;
+  const T* h = chunk_rows(a.h, a.hkind, a.ldh, r0, r1 - r0, a.D, buf, ldh);
   int64_t r = r0;
-  for (; r + Cfg::FR <= r1; r += Cfg::FR) dot_row_tile_all_heads<T, Cfg::VB, Cfg::FR, Cfg::FC>(a, r);
-  for (; r < r1; ++r) dot_row_tile_all_heads<T, Cfg::VB, 1, Cfg::FC>(a, r);
+  for (; r + Cfg::FR <= r1; r += Cfg::FR)
+    dot_row_tile_all_heads<T, Cfg::VB, Cfg::FR, Cfg::FC>(a, h + (r - r0) * ldh, ldh, r);
+  for (; r < r1; ++r) dot_row_tile_all_heads<T, Cfg::VB, 1, Cfg::FC>(a, h + (r - r0) * ldh, ldh, r);
   forward_terms<T, Cfg::VB>(a, chunk, r0, r1);
 }
 
 // dh[r0:r1, d : d + NB*L] from the W strip wp = W[:, d : d + NB*L] (pitch ldwp).
+// out[0 : rows, d : d + NB*L] (pitch ldo) for rows r0.. from the W strip wp = W[:, d : d + NB*L]
+// (pitch ldwp).
 template <typename T, int VB, int R, int NB>
-AAL_INLINE void dh_block(const BwdArgs<T>& a, int64_t r0, int64_t r1, const T* wp, int64_t ldwp,
-                         int64_t d) {
-  int64_t r = r0;
-  for (; r + R <= r1; r += R)
-    axpy_rows_tile<T, VB, R, NB>(a.dzf + r * a.K, a.K, wp, ldwp, 0, a.dh + r * a.D + d, a.D);
-  for (; r < r1; ++r)
-    axpy_rows_tile<T, VB, 1, NB>(a.dzf + r * a.K, a.K, wp, ldwp, 0, a.dh + r * a.D + d, a.D);
-}
-
-// Copies a [rows, cols] block with source pitch ld into a buffer with pitch ldd. Rows of h are
-// D elements apart, and for the usual power-of-two D that stride maps a strip of rows onto a
-// handful of L1 sets, where they evict each other while the strip is being reused.
-template <typename T>
-AAL_INLINE void pack_block(const T* __restrict src, int64_t ld, int64_t rows, int64_t cols,
-                           int64_t ldd, T* __restrict dst) {
-  for (int64_t r = 0; r < rows; ++r) std::memcpy(dst + r * ldd, src + r * ld, cols * sizeof(T));
+AAL_INLINE void dh_block(const BwdArgs<T>& a, int64_t r0, int64_t rows, const T* wp,
+                         int64_t ldwp, T* out, int64_t ldo, int64_t d) {
+  const T* dz = a.dzf + r0 * a.K;
+  int64_t r = 0;
+  for (; r + R <= rows; r += R)
+    axpy_rows_tile<T, VB, R, NB>(dz + r * a.K, a.K, wp, ldwp, 0, out + r * ldo + d, ldo);
+  for (; r < rows; ++r)
+    axpy_rows_tile<T, VB, 1, NB>(dz + r * a.K, a.K, wp, ldwp, 0, out + r * ldo + d, ldo);
 }
 
 template <typename T, typename Cfg>
 AAL_INLINE void backward_rows_impl(const BwdArgs<T>& a, int64_t chunk) {
   constexpr int VB = Cfg::VB, R = Cfg::AR, NB = Cfg::ANB, L = Simd<T, VB>::L;
   constexpr int64_t W_COLS = NB * L;
-  const int64_t r0 = chunk * kRowChunk, r1 = std::min(a.B, r0 + kRowChunk);
+  const int64_t r0 = chunk * kRowChunk, r1 = std::min(a.B, r0 + kRowChunk), rows = r1 - r0;
   head_coeffs(a, a.sf, r0, r1, a.dzf + r0 * a.K);
+  // dh rows go straight to the output for T outputs, through a chunk buffer for 16-bit ones.
+  std::unique_ptr<T[]> buf;
+  T* out;
+  if (a.hkind == HKind::kNative) {
+    out = static_cast<T*>(a.dh) + r0 * a.D;
+  } else {
+    buf.reset(new T[static_cast<size_t>(std::max<int64_t>(rows * a.D, 1))]);
+    out = buf.get();
+  }
   // Column blocks outer, so the W[:, block] strip (K x NB*L) is reused from L1 by all row tiles.
   int64_t d = 0;
-  for (; d + W_COLS <= a.D; d += W_COLS) {
-    dh_block<T, VB, R, NB>(a, r0, r1, a.w + d, a.ldw, d);
-  }
-  for (; d + L <= a.D; d += L) dh_block<T, VB, R, 1>(a, r0, r1, a.w + d, a.ldw, d);
+  for (; d + W_COLS <= a.D; d += W_COLS)
+    dh_block<T, VB, R, NB>(a, r0, rows, a.w + d, a.ldw, out, a.D, d);
+  for (; d + L <= a.D; d += L) dh_block<T, VB, R, 1>(a, r0, rows, a.w + d, a.ldw, out, a.D, d);
   for (; d < a.D; ++d) {
-    for (int64_t b = r0; b < r1; ++b) {
+    for (int64_t r = 0; r < rows; ++r) {
       T s = T(0);
-      for (int64_t k = 0; k < a.K; ++k) s += a.dzf[b * a.K + k] * a.w[k * a.ldw + d];
-      a.dh[b * a.D + d] = s;
+      for (int64_t k = 0; k < a.K; ++k) s += a.dzf[(r0 + r) * a.K + k] * a.w[k * a.ldw + d];
+      out[r * a.D + d] = s;
     }
   }
+  if (a.hkind != HKind::kNative) store_rows(out, a.D, r0, rows, a.D, a.dh, a.hkind);
 }
 
 // dW[k0 : k0 + C, d0 : d1] over `rows` batch rows, from block-local dzp (pitch K) and the h
@@ -550,8 +612,8 @@ AAL_INLINE void backward_cols_impl(const BwdArgs<T>& a, int64_t block) {
       for (int64_t d = d0; d < d1; ++d) a.dW[k * a.D + d] = T(0);
     return;
   }
-  // Batch blocks outer; the h[b0:b1, d0:d1] block is packed (see pack_block) and, with the
-  // block's dzp, stays in L1 across all head tiles. Each column task recomputes dzp for its
+  // Batch blocks outer; the h[b0:b1, d0:d1] block and the block's dzp stay in L1 across all
+  // head tiles. Each column task recomputes dzp for its
   // rows (2 flops per element, against 2*64 per element in the tiles) so no task waits on another.
   constexpr int64_t kBatchBlock = 2 * kRowChunk;
   const int64_t nb = std::min(a.B, kBatchBlock);
@@ -562,13 +624,19 @@ AAL_INLINE void backward_cols_impl(const BwdArgs<T>& a, int64_t block) {
     const int64_t b1 = std::min(a.B, b0 + kBatchBlock), rows = b1 - b0;
     const bool accumulate = b0 > 0;
     head_coeffs(a, a.sp, b0, b1, dzp);
-    // Packing only pays when several head tiles reuse the block.
-    const T* hb = a.h + b0 * a.ldh + d0;
-    int64_t ldhb = a.ldh;
-    if (a.K > Cfg::OC) {
-      pack_block(hb, a.ldh, rows, d1 - d0, kColBlock, hp);
+    // Packing (and widening 16-bit h) into a dense block: rows of h are D elements apart, and
+    // for the usual power-of-two D that stride maps a strip of rows onto a handful of L1 sets,
+    // where they evict each other while the head tiles reuse them. For a single head tile
+    // float inputs are read in place.
+    const T* hb;
+    int64_t ldhb;
+    if (a.K > Cfg::OC || a.hkind != HKind::kNative) {
+      load_block(a.h, a.hkind, a.ldh, b0, rows, d0, d1 - d0, hp, kColBlock);
       hb = hp;
       ldhb = kColBlock;
+    } else {
+      hb = static_cast<const T*>(a.h) + b0 * a.ldh + d0;
+      ldhb = a.ldh;
     }
     int64_t k = 0;
     for (; k + Cfg::OC <= a.K; k += Cfg::OC)
@@ -618,9 +686,12 @@ AAL_DEFINE_ENTRY_POINTS(avx512, AAL_TARGET_AVX512, Avx512Tiles)
 template <typename T>
 void forward_chunk_base(const FwdArgs<T>& a, int64_t chunk) {
   const int64_t r0 = chunk * kRowChunk, r1 = std::min(a.B, r0 + kRowChunk);
+  std::unique_ptr<T[]> buf;
+  int64_t ldh;
+  const T* h = chunk_rows(a.h, a.hkind, a.ldh, r0, r1 - r0, a.D, buf, ldh);
   for (int64_t b = r0; b < r1; ++b)
     for (int64_t k = 0; k < a.K; ++k)
-      a.z[b * a.K + k] = dot_scalar(a.h + b * a.ldh, a.w + k * a.ldw, a.D) + a.bias[k];
+      a.z[b * a.K + k] = dot_scalar(h + (b - r0) * ldh, a.w + k * a.ldw, a.D) + a.bias[k];
   forward_terms<T, 16>(a, chunk, r0, r1);
 }
 
@@ -628,39 +699,42 @@ template <typename T>
 void backward_rows_base(const BwdArgs<T>& a, int64_t chunk) {
   const int64_t r0 = chunk * kRowChunk, r1 = std::min(a.B, r0 + kRowChunk);
   head_coeffs(a, a.sf, r0, r1, a.dzf + r0 * a.K);
+  std::unique_ptr<T[]> buf(new T[static_cast<size_t>(std::max<int64_t>(a.D, 1))]);
   for (int64_t b = r0; b < r1; ++b) {
-    T* out = a.dh + b * a.D;
+    T* out = a.hkind == HKind::kNative ? static_cast<T*>(a.dh) + b * a.D : buf.get();
     for (int64_t d = 0; d < a.D; ++d) out[d] = T(0);
     for (int64_t k = 0; k < a.K; ++k) {
       const T s = a.dzf[b * a.K + k];
       const T* wr = a.w + k * a.ldw;
       for (int64_t d = 0; d < a.D; ++d) out[d] += s * wr[d];
     }
+    if (a.hkind != HKind::kNative) store_rows(out, a.D, b, 1, a.D, a.dh, a.hkind);
   }
 }
 
 template <typename T>
 void backward_cols_base(const BwdArgs<T>& a, int64_t block) {
   const int64_t d0 = block * kColBlock, d1 = std::min(a.D, d0 + kColBlock);
+  T hr[kColBlock];
   for (int64_t k = 0; k < a.K; ++k) {
     T* out = a.dW + k * a.D;
     for (int64_t d = d0; d < d1; ++d) out[d] = T(0);
     for (int64_t b = 0; b < a.B; ++b) {
       const T s = a.resid[b * a.K + k] * a.sp[k] + (a.gl ? a.gl[b * a.K + k] : T(0));
-      const T* hr = a.h + b * a.ldh;
-      for (int64_t d = d0; d < d1; ++d) out[d] += s * hr[d];
+      load_block(a.h, a.hkind, a.ldh, b, 1, d0, d1 - d0, hr, kColBlock);
+      for (int64_t d = d0; d < d1; ++d) out[d] += s * hr[d - d0];
     }
   }
 }
 #endif  // AAL_HAVE_VECTOR_EXT
 
+#if AAL_X86_DISPATCH
 enum class Isa { kBase, kAvx2, kAvx512 };
 
 // Follow torch's own choice (which honours ATEN_CPU_CAPABILITY), double-checked against the
 // CPU's feature bits in case torch was built to allow a capability this machine lacks.
 Isa cpu_isa() {
   static const Isa isa = [] {
-#if AAL_X86_DISPATCH
     // "DEFAULT" / "AVX2" / "AVX512" (the string API is the one libtorch exports).
     const std::string cap = at::get_cpu_capability();
     __builtin_cpu_init();
@@ -670,11 +744,11 @@ Isa cpu_isa() {
                         __builtin_cpu_supports("avx512bw");
     if (cap.find("AVX512") != std::string::npos && avx512) return Isa::kAvx512;
     if (cap.find("AVX") != std::string::npos && avx2) return Isa::kAvx2;
-#endif
     return Isa::kBase;
   }();
   return isa;
 }
+#endif
 
 template <typename T>
 void forward_chunk(const FwdArgs<T>& a, int64_t i) {
@@ -723,6 +797,10 @@ Tensor as_acc_contig(const Tensor& t, at::ScalarType acc) {
   return t.to(acc).contiguous();
 }
 
+HKind h_kind(at::ScalarType st) {
+  return st == at::kBFloat16 ? HKind::kBFloat16 : st == at::kHalf ? HKind::kHalf : HKind::kNative;
+}
+
 // ---------------------------------------------------------------------------------------------
 // CPU operator implementations.
 
@@ -736,7 +814,8 @@ void forward_cpu_typed(const Tensor& hc, const Tensor& wc, const Tensor& bc, con
   // Default-initialised (not zeroed): every element is written before it is read.
   std::unique_ptr<T[]> scratch(new T[static_cast<size_t>(B * K + n_chunks * 2 * K)]);
   T* part = scratch.get() + B * K;
-  FwdArgs<T> a{hc.data_ptr<T>(),
+  FwdArgs<T> a{hc.data_ptr(),
+               h_kind(hc.scalar_type()),
                row_pitch(hc),
                wc.data_ptr<T>(),
                row_pitch(wc),
@@ -778,9 +857,9 @@ std::tuple<Tensor, Tensor, Tensor, Tensor> fused_heads_cpu(const Tensor& h, cons
   const auto acc_opts = h.options().dtype(acc);
   const int64_t B = h.size(0), K = weight.size(0);
 
-  // Half inputs are widened once up front: the kernels then run their float path, which is the
-  // fp32 accumulation the contract asks for.
-  const Tensor hc = as_acc_rows(h, acc);
+  // h stays in its dtype (16-bit rows are widened inside the tasks); the small per-head
+  // tensors are converted to the accumulation type.
+  const Tensor hc = rows_contiguous(h);
   const Tensor wc = as_acc_rows(weight, acc);
   const Tensor bc = as_acc_contig(bias, acc);
   const Tensor yc = as_acc_contig(labels, acc);
@@ -825,7 +904,8 @@ void backward_cpu_typed(const std::optional<Tensor>& grad_loss, const Tensor& co
       sf[k] = gk * fc[k] / nk;
     }
   }
-  BwdArgs<T> a{hc.data_ptr<T>(),
+  BwdArgs<T> a{hc.data_ptr(),
+               h_kind(hc.scalar_type()),
                row_pitch(hc),
                wc.data_ptr<T>(),
                row_pitch(wc),
@@ -837,7 +917,7 @@ void backward_cpu_typed(const std::optional<Tensor>& grad_loss, const Tensor& co
                K,
                D,
                sf + K,
-               dh.data_ptr<T>(),
+               dh.data_ptr(),
                dW.data_ptr<T>(),
                db.data_ptr<T>()};
   // One parallel region: row chunks (dh), column blocks (dW), then db. The tasks are
@@ -875,13 +955,13 @@ std::tuple<Tensor, Tensor, Tensor> fused_heads_backward_cpu(
   const Tensor nc = count.contiguous();
   const Tensor lw = as_acc_contig(loss_w, acc);
   const Tensor fc = as_acc_contig(feat_c, acc);
-  const Tensor hc = as_acc_rows(h, acc);
+  const Tensor hc = rows_contiguous(h);
   const Tensor wc = as_acc_rows(weight, acc);
   const Tensor rc = residual.contiguous();
   std::optional<Tensor> glc;
   if (grad_logits) glc = as_acc_contig(*grad_logits, acc);
 
-  Tensor dh = at::empty({B, D}, acc_opts);
+  Tensor dh = at::empty({B, D}, h.options());  // written in h's dtype by the row tasks
   Tensor dW = at::empty({K, D}, acc_opts);
   Tensor db = at::empty({K}, acc_opts);
   if (acc == at::kDouble) {
@@ -889,9 +969,8 @@ std::tuple<Tensor, Tensor, Tensor> fused_heads_backward_cpu(
   } else {
     backward_cpu_typed<float>(gc, nc, lw, fc, hc, wc, rc, glc, dh, dW, db);
   }
-  const auto st = h.scalar_type();
+  const auto st = weight.scalar_type();
   if (st != acc) {
-    dh = dh.to(st);
     dW = dW.to(st);
     db = db.to(st);
   }
