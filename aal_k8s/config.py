@@ -32,7 +32,7 @@ class SyntheticConfig:
     n_test: int = 2000  # test images (attributes independent)
     image_size: int = 32  # square RGB images
     label_noise: float = 0.15  # fraction of flipped train labels on each planted attribute a
-    agreement: float = 0.9  # P(b's train label == a's train label) for each planted pair (a, b)
+    agreement: float = 0.95  # P(b's train label == a's train label) for each planted pair (a, b)
 
 
 @dataclass

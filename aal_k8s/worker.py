@@ -32,8 +32,9 @@ def _threads(cfg_threads: int) -> int:
     return int(env) if env and env.isdigit() and int(env) > 0 else (os.cpu_count() or 1)
 
 
-def execute(store_uri: str, experiment: str, run_id: str, log=sys.stderr) -> int:
+def execute(store_uri: str, experiment: str, run_id: str, log=None) -> int:
     """Run ``run_id`` to its commit; returns the process exit code."""
+    log = log if log is not None else sys.stderr  # resolved per call: a captured stream may be gone
     from aal_k8s.store import ExperimentStore, open_store, store_options_from_env
 
     try:
