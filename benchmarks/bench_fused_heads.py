@@ -239,7 +239,8 @@ def _cpu_name() -> str:
 def device_label(device: str) -> str:
     if device == "cuda":
         return f"CUDA: {torch.cuda.get_device_name()}"
-    return f"CPU: {_cpu_name()}, {torch.get_num_threads()} threads"
+    n = torch.get_num_threads()
+    return f"CPU: {_cpu_name()}, {n} thread{'' if n == 1 else 's'}"
 
 
 def record(rows: list[Row], which, path: Path) -> None:
