@@ -32,7 +32,15 @@ class SyntheticConfig:
     n_test: int = 2000  # test images (attributes independent)
     image_size: int = 32  # square RGB images
     label_noise: float = 0.15  # fraction of flipped train labels on each planted attribute a
-    agreement: float = 0.9  # P(b's train label == a's train label) for each planted pair (a, b)
+    agreement: float = 0.95  # P(b's train label == a's train label) for each planted pair (a, b)
+
+
+@dataclass
+class AugmentConfig:
+    # Train batches of real datasets only (the synthetic data is never augmented); see
+    # aal_k8s.data.pipeline. Validation and test images are resized whole, never cropped or flipped.
+    crop: float = 0.9  # random crop whose sides are this fraction of the image's, then resized (1 = none)
+    flip: bool = True  # random horizontal flip
 
 
 @dataclass
@@ -41,6 +49,13 @@ class DatasetConfig:
     root: str | None = None  # folder with the dataset's official layout (real datasets only)
     seed: int = 0  # seeds the synthetic generator and any split the loader carves
     synthetic: SyntheticConfig = field(default_factory=SyntheticConfig)
+    # -- real datasets (docs/datasets.md) ---------------------------------------------------------
+    pack: str = "auto"  # auto: the store's packs/<name>/ if prepared, else decode from root | none | a pack's folder or URI
+    cache_dir: str = ""  # local folder packs are downloaded to; "" = $AAL_K8S_CACHE or ~/.cache/aal-k8s
+    val_fraction: float = 0.1  # duke: share of train identities held out as validation (seeded by seed)
+    strict_counts: bool = True  # require the official image counts; false accepts a subset
+    workers: int = 4  # decode processes (DataLoader workers) when training from unpacked image files
+    augment: AugmentConfig = field(default_factory=AugmentConfig)
 
 
 @dataclass
@@ -63,6 +78,8 @@ class TrainConfig:
     heads_impl: str = "auto"  # auto | fused | reference (see aal_k8s.heads)
     device: str = "auto"  # auto (cuda if available) | cpu | cuda
     threads: int = 0  # torch intra-op threads per run; 0 = cores / parallel runs
+    precision: str = "auto"  # auto (bf16 autocast on CUDA, fp32 on CPU) | bf16 | fp32
+    compile: bool = False  # torch.compile the model (first epoch pays the compile time)
 
 
 @dataclass
@@ -74,12 +91,99 @@ class AdversarialConfig:
 @dataclass
 class StoreConfig:
     uri: str = "aal-runs"  # local folder, file:///path, or s3://bucket/prefix
+    # -- S3-compatible stores (AWS, MinIO, Ceph RGW, GCS interop); ignored by local folders.
+    # Credentials are never config: they come from the environment (AWS_ACCESS_KEY_ID/...),
+    # a mounted Secret, a shared credentials file or the instance/pod role (see docs/store.md).
+    endpoint_url: str = ""  # "" = AWS_ENDPOINT_URL_S3 / AWS_ENDPOINT_URL env, else AWS itself
+    region: str = ""  # "" = AWS_REGION / AWS_DEFAULT_REGION env, else us-east-1
+    addressing_style: str = "auto"  # auto | path (MinIO, Ceph, most on-prem) | virtual
+    retry_mode: str = "standard"  # standard | adaptive (client-side rate limiting on throttling)
+    max_attempts: int = 5  # attempts per request, the first included: 5xx/throttling/resets retried
+    connect_timeout: float = 10.0  # seconds to open a connection
+    read_timeout: float = 60.0  # seconds without a byte before a read fails (and is retried)
+    multipart_threshold_mb: int = 64  # objects from this size on go up/down in parts (S3 min: 5)
+    multipart_chunksize_mb: int = 16  # part size of multipart transfers (S3 min: 5)
+    transfer_concurrency: int = 4  # parallel part transfers of one large object
+    # -- checkpoints (any store)
+    checkpoint_keep: int = 2  # newest checkpoints kept per run attempt (>= 1; older ones deleted)
+
+
+def validate_store(st: StoreConfig) -> list[str]:
+    """Impossible ``store.*`` values (choices are checked with the other CHOICES)."""
+    problems: list[str] = []
+    if isinstance(st.uri, str):
+        if not st.uri:
+            problems.append("store.uri: must not be empty")
+        elif st.uri.startswith("s3://") and not st.uri[5:].split("/", 1)[0]:
+            problems.append(f"store.uri: {st.uri!r} names no bucket (use s3://bucket/prefix)")
+    ep = st.endpoint_url
+    if isinstance(ep, str) and ep and not ep.startswith(("http://", "https://")):
+        problems.append("store.endpoint_url: must start with http:// or https://")
+    if isinstance(ep, str) and "@" in ep.split("//", 1)[-1].split("/", 1)[0]:
+        problems.append("store.endpoint_url: must not contain credentials (user:password@)")
+    if isinstance(st.max_attempts, int) and not 1 <= st.max_attempts <= 20:
+        problems.append(f"store.max_attempts: must be within [1, 20], got {st.max_attempts}")
+    for key in ("connect_timeout", "read_timeout"):
+        value = getattr(st, key)
+        if isinstance(value, float) and not value > 0:
+            problems.append(f"store.{key}: must be > 0, got {value}")
+    for key in ("multipart_threshold_mb", "multipart_chunksize_mb"):
+        value = getattr(st, key)
+        if isinstance(value, int) and value < 5:
+            problems.append(f"store.{key}: must be >= 5 (the S3 minimum part size), got {value}")
+    if isinstance(st.transfer_concurrency, int) and st.transfer_concurrency < 1:
+        problems.append(f"store.transfer_concurrency: must be >= 1, got {st.transfer_concurrency}")
+    if isinstance(st.checkpoint_keep, int) and st.checkpoint_keep < 1:
+        problems.append(f"store.checkpoint_keep: must be >= 1, got {st.checkpoint_keep}")
+    return problems
 
 
 @dataclass
 class ExecutorConfig:
     backend: str = "local"  # local (processes on this machine) | k8s
     parallel: int = 0  # concurrent local runs; 0 = number of CPU cores (1 per GPU when on CUDA)
+
+
+def _gpu_toleration() -> list[dict]:
+    return [{"key": "nvidia.com/gpu", "operator": "Exists", "effect": "NoSchedule"}]
+
+
+@dataclass
+class K8sConfig:
+    """The Kubernetes backend: one batch/v1 Job per run (see aal_k8s.backends.k8s, docs/kubernetes.md)."""
+
+    namespace: str = "aal-k8s"  # namespace of the Jobs (k8s/namespace.yaml creates it)
+    context: str = ""  # kubeconfig context; "" = the current one (unused inside a cluster)
+    image: str = "ghcr.io/your-org/aal-k8s:0.1.0"  # the worker image built from Dockerfile: push it, set this
+    image_pull_policy: str = "IfNotPresent"  # Always | IfNotPresent | Never
+    image_pull_secrets: list[str] = field(default_factory=list)  # docker-registry Secrets (private registry)
+    gpus: int = 1  # GPUs per run; 0 = CPU-only pods
+    gpu_resource: str = "nvidia.com/gpu"  # extended resource name of the GPU device plugin
+    cpu_request: str | int | float = "8"  # CPU cores reserved per run; also the worker's torch thread count
+    cpu_limit: str | int | float = "8"  # "" = no CPU limit; equal to the request (with memory too) = Guaranteed QoS
+    memory_request: str | int | float = "48Gi"  # memory reserved per run
+    memory_limit: str | int | float = "48Gi"  # "" = no limit; above it the pod is OOM-killed (exit 137, retried)
+    shm_size: str | int | float = "8Gi"  # size of /dev/shm (a memory-backed emptyDir; DataLoader workers need it)
+    node_selector: dict[str, str] = field(default_factory=dict)  # e.g. {nvidia.com/gpu.product: NVIDIA-A100-SXM4-80GB}
+    tolerations: list[dict] = field(default_factory=_gpu_toleration)  # Kubernetes Toleration objects
+    priority_class: str = ""  # PriorityClass of the worker pods; "" = the cluster default
+    service_account: str = ""  # ServiceAccount of the worker pods; "" = the namespace default (token not mounted)
+    queue_name: str = ""  # Kueue LocalQueue; set = Jobs carry kueue.x-k8s.io/queue-name and start suspended
+    backoff_limit: int = 2  # pod retries after crashes (exit 1, OOM); disruptions do not count, exit 2 fails at once
+    active_deadline_seconds: int | None = 86400  # wall-clock limit of one Job (all attempts); null = none
+    ttl_seconds_after_finished: int | None = 604800  # delete finished Jobs after 7 days; null = keep them
+    store_secret: str = "aal-k8s-store"  # Secret whose keys become the worker's env (envFrom); "" = none
+    data_volume_claim: str = ""  # PVC holding dataset files, mounted read-only at data_mount_path; "" = none
+    data_mount_path: str = "/data"  # where data_volume_claim is mounted (point dataset.root below it)
+    cache_host_path: str = ""  # node folder for dataset packs, shared by the node's pods (AAL_K8S_CACHE); see docs
+    cache_volume_claim: str = ""  # or a PVC for that cache (ReadWriteMany: one download per cluster)
+    cache_mount_path: str = "/var/cache/aal-k8s"  # where the cache is mounted in the pods
+    env: dict[str, str] = field(default_factory=dict)  # extra plain env for the worker; secrets go in store_secret
+    api_max_attempts: int = 6  # tries of one API call on 429 / 5xx / connection errors (other 4xx: never retried)
+    api_backoff_seconds: float = 1.0  # first retry delay, doubled after each failure
+    api_backoff_max_seconds: float = 60.0  # cap of one retry delay, Retry-After included
+    api_timeout_seconds: float = 60.0  # client-side timeout of one API request
+    watch_timeout_seconds: int = 300  # server-side timeout of one watch request; the watch then resumes
 
 
 @dataclass
@@ -91,6 +195,7 @@ class Config:
     adversarial: AdversarialConfig = field(default_factory=AdversarialConfig)
     store: StoreConfig = field(default_factory=StoreConfig)
     executor: ExecutorConfig = field(default_factory=ExecutorConfig)
+    k8s: K8sConfig = field(default_factory=K8sConfig)
 
     @property
     def experiment_name(self) -> str:
@@ -115,8 +220,11 @@ CHOICES = {
     "model.backbone": ("resnet18", "small_cnn"),
     "train.heads_impl": ("auto", "fused", "reference"),
     "train.device": ("auto", "cpu", "cuda"),
+    "train.precision": ("auto", "bf16", "fp32"),
     "adversarial.final_selection": ("best_on_val", "adversarial"),
     "executor.backend": ("local", "k8s"),
+    "store.addressing_style": ("auto", "path", "virtual"),
+    "store.retry_mode": ("standard", "adaptive"),
 }
 
 
@@ -127,12 +235,26 @@ def _type_name(tp) -> str:
 def _coerce(value: Any, tp, key: str, problems: list[str]) -> Any:
     """Check ``value`` against the annotation ``tp``; return it (ints widen to float)."""
     origin = typing.get_origin(tp)
+    if origin is dict or tp is dict:
+        if not isinstance(value, dict):
+            problems.append(f"{key}: expected a mapping, got {value!r}")
+            return value
+        k_tp, v_tp = typing.get_args(tp) or (str, None)
+        return {
+            _coerce(k, k_tp, f"{key} (key)", problems): v if v_tp is None else _coerce(v, v_tp, f"{key}.{k}", problems)
+            for k, v in value.items()
+        }
     if origin in (typing.Union, types.UnionType):
         args = typing.get_args(tp)
         if value is None and type(None) in args:
             return None
         inner = [a for a in args if a is not type(None)]
-        return _coerce(value, inner[0], key, problems)
+        for candidate in inner[:-1]:  # the first type that takes the value as it is
+            trial: list[str] = []
+            out = _coerce(value, candidate, key, trial)
+            if not trial:
+                return out
+        return _coerce(value, inner[-1], key, problems)
     if origin is list:
         (item_tp,) = typing.get_args(tp)
         if not isinstance(value, list):
@@ -252,12 +374,32 @@ def validate(cfg: Config) -> list[str]:
     for key, value in (("label_noise", s.label_noise), ("agreement", s.agreement)):
         if isinstance(value, float) and not 0.0 <= value <= 1.0:
             problems.append(f"dataset.synthetic.{key}: must be within [0, 1], got {value}")
+    problems += _validate_real_dataset(cfg.dataset)
     name = cfg.experiment_name
     if isinstance(name, str) and (not name or not all(c.isalnum() or c in "-_." for c in name)):
         problems.append(f"experiment: {name!r} may only hold letters, digits, '-', '_' and '.'")
+    problems += validate_store(cfg.store)
     pre = cfg.model.pretrained
     if pre not in ("imagenet", "none") and isinstance(pre, str) and not os.path.isfile(pre):
         problems.append(f"model.pretrained: {pre!r} is neither imagenet, none nor an existing file")
+    problems += validate_k8s(cfg.k8s)
+    return problems
+
+
+def _validate_real_dataset(d: DatasetConfig) -> list[str]:
+    """Values of the real-dataset keys. ``dataset.root`` is checked when the data is loaded, not
+    here: planning (``--dry-run``) must work on a machine without the data."""
+    problems = []
+    if isinstance(d.val_fraction, float) and not 0.0 < d.val_fraction < 1.0:
+        problems.append(f"dataset.val_fraction: must be within (0, 1), got {d.val_fraction}")
+    if isinstance(d.workers, int) and d.workers < 0:
+        problems.append(f"dataset.workers: must be >= 0, got {d.workers}")
+    if isinstance(d.augment.crop, float) and not 0.0 < d.augment.crop <= 1.0:
+        problems.append(f"dataset.augment.crop: must be within (0, 1], got {d.augment.crop}")
+    if isinstance(d.pack, str) and not d.pack.strip():
+        problems.append("dataset.pack: must be auto, none, or a pack's folder or URI")
+    if isinstance(d.root, str) and not d.root.strip():
+        problems.append("dataset.root: must be a folder path (or left unset)")
     return problems
 
 
@@ -317,3 +459,156 @@ def config_from_dict(data: dict) -> Config:
     if problems:
         raise ConfigError(problems)
     return cfg
+
+
+# -- the k8s section ---------------------------------------------------------------------------
+# Kubernetes' own formats, checked here so a bad value fails before any Job is rendered.
+_DNS_LABEL = r"[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?"
+_DNS_SUBDOMAIN = rf"{_DNS_LABEL}(\.{_DNS_LABEL})*"
+_LABEL_NAME = r"[A-Za-z0-9]([-A-Za-z0-9_.]{0,61}[A-Za-z0-9])?"
+_LABEL_VALUE = rf"({_LABEL_NAME})?"
+_QUANTITY = r"([0-9]+(\.[0-9]*)?|\.[0-9]+)(Ki|Mi|Gi|Ti|Pi|Ei|m|k|M|G|T|P|E|[eE][-+]?[0-9]+)?"
+_ENV_NAME = r"[A-Za-z_][A-Za-z0-9_]*"
+_SUFFIX = {"Ki": 2**10, "Mi": 2**20, "Gi": 2**30, "Ti": 2**40, "Pi": 2**50, "Ei": 2**60,
+           "m": 1e-3, "": 1, "k": 1e3, "M": 1e6, "G": 1e9, "T": 1e12, "P": 1e15, "E": 1e18}  # fmt: skip
+#: Env names the manifest sets itself.
+K8S_RESERVED_ENV = (
+    "AAL_K8S_THREADS", "OMP_NUM_THREADS", "PYTHONUNBUFFERED", "POD_NAME", "AAL_K8S_STORE_OPTIONS", "AAL_K8S_CACHE",
+)  # fmt: skip
+#: Substrings of env names that hold credentials: those belong in the Secret (k8s.store_secret).
+_SECRET_ENV_HINTS = ("SECRET", "PASSWORD", "TOKEN", "ACCESS_KEY", "PRIVATE", "CREDENTIAL")
+
+
+def _full(pattern: str, value) -> bool:
+    import re
+
+    return isinstance(value, str) and re.fullmatch(pattern, value) is not None
+
+
+def parse_quantity(q: str | int | float) -> float:
+    """A Kubernetes resource quantity ("500m", "8", "48Gi", "1e3") as a number."""
+    import re
+
+    q = str(q)
+    m = re.fullmatch(_QUANTITY, q)
+    if m is None:
+        raise ValueError(f"not a Kubernetes quantity: {q!r}")
+    suffix = m.group(3) or ""
+    number = float(m.group(1))
+    if suffix[:1] in ("e", "E"):
+        return number * 10 ** int(suffix[1:])
+    return number * _SUFFIX[suffix]
+
+
+def _qualified_name(key) -> bool:
+    """A label / resource key: optional DNS-subdomain prefix and '/', then a name of <= 63 chars."""
+    if not isinstance(key, str):
+        return False
+    prefix, _, name = key.rpartition("/")
+    return (not prefix or (len(prefix) <= 253 and _full(_DNS_SUBDOMAIN, prefix))) and _full(_LABEL_NAME, name)
+
+
+def validate_k8s(k) -> list[str]:
+    """Every impossible value in the ``k8s`` section, each naming its key."""
+    p: list[str] = []
+    if not (_full(_DNS_LABEL, k.namespace) and len(k.namespace) <= 63):
+        p.append(f"k8s.namespace: {k.namespace!r} is not a DNS-1123 label (lowercase letters, digits, '-')")
+    if not isinstance(k.image, str) or not k.image.strip() or any(c.isspace() for c in k.image):
+        p.append(f"k8s.image: {k.image!r} is not an image reference")
+    if k.image_pull_policy not in ("Always", "IfNotPresent", "Never"):
+        p.append(f"k8s.image_pull_policy: {k.image_pull_policy!r} is not one of Always, IfNotPresent, Never")
+    names = {
+        "priority_class": k.priority_class, "service_account": k.service_account, "queue_name": k.queue_name,
+        "store_secret": k.store_secret, "data_volume_claim": k.data_volume_claim,
+        "cache_volume_claim": k.cache_volume_claim,
+    }  # fmt: skip
+    names.update({f"image_pull_secrets[{i}]": n for i, n in enumerate(k.image_pull_secrets)})
+    for key, value in names.items():
+        if value and not (_full(_DNS_SUBDOMAIN, value) and len(value) <= 253):
+            p.append(f"k8s.{key}: {value!r} is not a DNS-1123 name (lowercase letters, digits, '-', '.')")
+    if isinstance(k.gpus, int) and k.gpus < 0:
+        p.append(f"k8s.gpus: must be >= 0, got {k.gpus}")
+    if not _qualified_name(k.gpu_resource) or "/" not in str(k.gpu_resource):
+        p.append(f"k8s.gpu_resource: {k.gpu_resource!r} is not an extended resource name like nvidia.com/gpu")
+    amounts = {}
+    for key in ("cpu_request", "cpu_limit", "memory_request", "memory_limit", "shm_size"):
+        value = getattr(k, key)
+        if isinstance(value, bool) or value == "" and key in ("cpu_limit", "memory_limit"):
+            continue
+        try:
+            amounts[key] = parse_quantity(str(value))
+        except ValueError:
+            p.append(f"k8s.{key}: {value!r} is not a Kubernetes quantity (e.g. 8, 500m, 48Gi)")
+            continue
+        if not amounts[key] > 0:
+            p.append(f"k8s.{key}: must be > 0, got {value!r}")
+    for what in ("cpu", "memory"):
+        req, lim = amounts.get(f"{what}_request"), amounts.get(f"{what}_limit")
+        if req is not None and lim is not None and lim < req:
+            p.append(f"k8s.{what}_limit: {getattr(k, what + '_limit')!r} is below k8s.{what}_request "
+                     f"{getattr(k, what + '_request')!r}")  # fmt: skip
+    for key, value in k.node_selector.items():
+        if isinstance(value, str) and (not _qualified_name(key) or not _full(_LABEL_VALUE, value)):
+            p.append(f"k8s.node_selector: {key!r}: {value!r} is not a valid label")
+    allowed = {"key", "operator", "value", "effect", "tolerationSeconds"}
+    for i, t in enumerate(k.tolerations):
+        where = f"k8s.tolerations[{i}]"
+        if not isinstance(t, dict):
+            continue  # the type check reported it
+        unknown = sorted(set(t) - allowed)
+        if unknown:
+            p.append(f"{where}: unknown field(s) {unknown} (known: {', '.join(sorted(allowed))})")
+        op = t.get("operator", "Equal")
+        if op not in ("Exists", "Equal"):
+            p.append(f"{where}.operator: {op!r} is not one of Exists, Equal")
+        if op == "Exists" and t.get("value"):
+            p.append(f"{where}.value: must be empty when operator is Exists")
+        if "key" in t and t["key"] and not _qualified_name(t["key"]):
+            p.append(f"{where}.key: {t['key']!r} is not a valid label key")
+        if "value" in t and not _full(_LABEL_VALUE, t["value"]):
+            p.append(f"{where}.value: {t['value']!r} is not a valid label value")
+        if t.get("effect", "") not in ("", "NoSchedule", "PreferNoSchedule", "NoExecute"):
+            p.append(f"{where}.effect: {t['effect']!r} is not one of NoSchedule, PreferNoSchedule, NoExecute")
+        secs = t.get("tolerationSeconds")
+        if secs is not None and (isinstance(secs, bool) or not isinstance(secs, int) or secs < 0):
+            p.append(f"{where}.tolerationSeconds: must be an integer >= 0, got {secs!r}")
+    for key in ("backoff_limit",):
+        if isinstance(getattr(k, key), int) and getattr(k, key) < 0:
+            p.append(f"k8s.{key}: must be >= 0, got {getattr(k, key)}")
+    for key in ("active_deadline_seconds", "watch_timeout_seconds", "api_max_attempts"):
+        value = getattr(k, key)
+        if isinstance(value, int) and value < 1:
+            p.append(f"k8s.{key}: must be >= 1, got {value}")
+    if isinstance(k.ttl_seconds_after_finished, int) and k.ttl_seconds_after_finished < 0:
+        p.append(f"k8s.ttl_seconds_after_finished: must be >= 0, got {k.ttl_seconds_after_finished}")
+    for key in ("api_backoff_seconds", "api_backoff_max_seconds", "api_timeout_seconds"):
+        value = getattr(k, key)
+        if isinstance(value, float) and not value > 0:
+            p.append(f"k8s.{key}: must be > 0, got {value}")
+    if isinstance(k.data_mount_path, str) and (
+        not k.data_mount_path.startswith("/") or k.data_mount_path.rstrip("/") in ("", "/tmp", "/dev/shm")
+    ):
+        p.append(f"k8s.data_mount_path: {k.data_mount_path!r} must be an absolute path other than /, /tmp, /dev/shm")
+    mounts = {"data_mount_path": k.data_mount_path, "cache_mount_path": k.cache_mount_path}
+    for key, path in mounts.items():
+        if key != "data_mount_path" and isinstance(path, str) and (
+            not path.startswith("/") or path.rstrip("/") in ("", "/tmp", "/dev/shm")
+        ):
+            p.append(f"k8s.{key}: {path!r} must be an absolute path other than /, /tmp, /dev/shm")
+    if k.data_volume_claim and (k.cache_host_path or k.cache_volume_claim) and k.data_mount_path == k.cache_mount_path:
+        p.append(f"k8s.cache_mount_path: {k.cache_mount_path!r} is also k8s.data_mount_path")
+    if k.cache_host_path and k.cache_volume_claim:
+        p.append("k8s.cache_host_path, k8s.cache_volume_claim: set one of them, not both")
+    if isinstance(k.cache_host_path, str) and k.cache_host_path and not k.cache_host_path.startswith("/"):
+        p.append(f"k8s.cache_host_path: {k.cache_host_path!r} must be an absolute path on the node")
+    for name in k.env:
+        if not _full(_ENV_NAME, name):
+            p.append(f"k8s.env: {name!r} is not a valid environment variable name")
+        elif name in K8S_RESERVED_ENV:
+            p.append(f"k8s.env: {name} is set by the backend itself")
+        elif any(h in name.upper() for h in _SECRET_ENV_HINTS):
+            p.append(
+                f"k8s.env: {name} looks like a credential; put it in the Secret named by k8s.store_secret "
+                "(manifests never carry secret values)"
+            )
+    return p

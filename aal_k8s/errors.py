@@ -38,3 +38,10 @@ class StoreError(AALError):
 
 class StageOrderError(AALError):
     """A stage was asked for before the results it depends on exist."""
+
+
+class StoreUnavailableError(StoreError):
+    """The store could not be reached or kept failing (5xx, timeouts, resets) after every retry.
+    Worth retrying later, so a worker exits 1 (the cluster retries) rather than 2."""
+
+    exit_code = 1

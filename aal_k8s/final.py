@@ -8,6 +8,7 @@ accuracy, what the model expects as input, and the file's sha256. No pickles: sa
 
 from __future__ import annotations
 
+import json
 import time
 
 from safetensors.torch import load as load_safetensors
@@ -53,7 +54,9 @@ def build_final(exp: ExperimentStore, cfg: Config, out: ReduceOutput) -> dict:
         run = cache[c.run_id]
         data = save_safetensors(
             classifier_state(run["state"], run["heads"], a),
-            metadata={"attribute": a, "run_id": c.run_id},
+            # one metadata entry: safetensors keeps metadata in a hash map, so with several
+            # entries the header (and the file's sha256) would change from one save to the next
+            metadata={"aal_k8s": json.dumps({"attribute": a, "run_id": c.run_id}, sort_keys=True)},
         )
         key = f"final/models/{a}.safetensors"
         exp.store.put_bytes(exp.key(key), data)
@@ -80,9 +83,17 @@ def build_final(exp: ExperimentStore, cfg: Config, out: ReduceOutput) -> dict:
         "input": {
             "image_size": cfg.dataset.synthetic.image_size if cfg.dataset.name == "synthetic" else cfg.model.image_size,
             "channels": "RGB",
+            "resize": "bilinear",  # the image is resized to image_size x image_size
+            "layout": "NCHW",
             "scale": "pixels / 255",
             "mean": list(mean),
             "std": list(std),
+        },
+        "format": "safetensors",  # backbone.* tensors + head.weight [1, D] + head.bias [1]
+        "output": {
+            "logit": "head.weight @ backbone(x) + head.bias",
+            "probability": "sigmoid(logit)",
+            "threshold": 0.5,
         },
         "final_selection": cfg.adversarial.final_selection,
         "created_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),

@@ -16,7 +16,10 @@ MODES = ("single", "multi", "adversarial")
 _STAGE_TAG = {"single": "sin", "pairwise": "pair", "multi": "mul", "adversarial": "adv"}
 
 # Config keys that change how fast a run goes, not what it computes: kept out of the run id.
-_EXECUTION_ONLY = {"train": ("device", "threads", "eval_batch_size", "heads_impl")}
+_EXECUTION_ONLY = {
+    "train": ("device", "threads", "eval_batch_size", "heads_impl", "compile"),
+    "dataset": ("root", "pack", "cache_dir", "workers"),  # where the same images are read from
+}
 
 
 @dataclass(frozen=True)

@@ -10,6 +10,12 @@ Modes (paper section 3 and appendix A.3):
 
 The best epoch is the one with the highest mean validation accuracy over the primary heads
 (earliest on ties); val and test accuracy of every head are reported at that epoch.
+
+Checkpoints: ``on_checkpoint`` receives the whole training state after every epoch (model,
+optimizer, lr schedule, RNG states including the shuffle generator, best-so-far, history, timings;
+tensors and primitives only, so it loads with ``torch.load(weights_only=True)``); passing such a
+state back as ``resume_state`` continues after that epoch, and on CPU the resumed run ends with
+bitwise the same weights and metrics as an uninterrupted one.
 """
 
 from __future__ import annotations
@@ -22,7 +28,8 @@ from typing import Callable
 import torch
 
 from aal_k8s.config import config_from_dict
-from aal_k8s.data import LoadedDataset, Split
+from aal_k8s.data import LoadedDataset
+from aal_k8s.data.pipeline import pipeline_for_run
 from aal_k8s.heads import head_coefficients, head_losses
 from aal_k8s.model import AttributeNet
 from aal_k8s.runspec import RunSpec
@@ -65,41 +72,65 @@ def lr_at(epoch: int, base_lr: float, decay_epoch: int, factor: float) -> float:
     return base_lr / factor if epoch >= decay_epoch else base_lr
 
 
-class Preprocess:
-    """uint8 NCHW -> normalised float on ``device``; train batches get a random horizontal flip."""
-
-    def __init__(self, mean, std, device: torch.device, flip: bool):
-        self.mean = torch.tensor(mean, device=device).view(1, -1, 1, 1)
-        self.std = torch.tensor(std, device=device).view(1, -1, 1, 1)
-        self.device = device
-        self.flip = flip
-
-    def __call__(self, images: torch.Tensor, train: bool, gen: torch.Generator | None = None) -> torch.Tensor:
-        x = images.to(self.device, non_blocking=True).float().div_(255.0)
-        if train and self.flip:
-            flip = torch.rand(x.shape[0], generator=gen) < 0.5
-            x[flip.to(x.device)] = x[flip.to(x.device)].flip(-1)
-        return ((x - self.mean) / self.std).contiguous(memory_format=torch.channels_last)
-
-
 @torch.no_grad()
-def evaluate(model: AttributeNet, split: Split, cols: list[int], prep: Preprocess, batch_size: int) -> list[float]:
-    """Accuracy of each head (threshold 0.5 on the sigmoid) over the whole split."""
+def evaluate(model: AttributeNet, batches, n_heads: int, device: torch.device, bf16: bool = False, forward=None) -> list[float]:
+    """Accuracy of each head (threshold 0.5 on the sigmoid) over ``batches`` (x, y) of a split;
+    counts stay on the device until the end (one host synchronisation per evaluation)."""
     model.eval()
-    correct = torch.zeros(len(cols), dtype=torch.long, device=prep.device)
-    labels = split.labels[:, cols]
-    for start in range(0, len(split), batch_size):
-        x = prep(split.images[start : start + batch_size], train=False)
-        y = labels[start : start + batch_size].to(prep.device)
-        correct += ((model(x) > 0) == (y > 0.5)).sum(0)
-    return (correct.double() / max(1, len(split))).tolist()
+    forward = forward or model
+    correct = torch.zeros(n_heads, dtype=torch.long, device=device)
+    n = 0
+    for x, y in batches:
+        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16):
+            logits = forward(x)
+        correct += ((logits > 0) == (y > 0.5)).sum(0)
+        n += y.shape[0]
+    return (correct.double() / max(1, n)).tolist()
 
 
 EpochHook = Callable[[int, dict], None]
+CheckpointHook = Callable[[dict], None]
+CHECKPOINT_FORMAT = 1
 
 
-def train_run(spec: RunSpec, data: LoadedDataset, on_epoch_end: EpochHook | None = None) -> RunResult:
-    """Train ``spec`` on ``data`` and return the best epoch's metrics and weights."""
+def _cpu(tree):
+    """Tensors of a (nested) state dict on the CPU (no copy when they already are)."""
+    if isinstance(tree, torch.Tensor):
+        return tree.detach().cpu()
+    if isinstance(tree, dict):
+        return {k: _cpu(v) for k, v in tree.items()}
+    if isinstance(tree, (list, tuple)):
+        return type(tree)(_cpu(v) for v in tree)
+    return tree
+
+
+def _restore(state: dict, spec: RunSpec, model, opt, gen: torch.Generator) -> int:
+    """Load a checkpoint made by ``train_run`` into model/optimizer/RNGs; returns its epoch."""
+    if state.get("format") != CHECKPOINT_FORMAT or state.get("run_id") != spec.run_id:
+        raise ValueError(f"checkpoint is for run {state.get('run_id')!r} format {state.get('format')!r}, "
+                         f"not run {spec.run_id!r} format {CHECKPOINT_FORMAT}")  # fmt: skip
+    model.load_state_dict(state["model"])
+    opt.load_state_dict(state["optimizer"])
+    rng = state["rng"]
+    torch.set_rng_state(rng["torch_cpu"])
+    if rng.get("torch_cuda") and torch.cuda.is_available() and len(rng["torch_cuda"]) == torch.cuda.device_count():
+        torch.cuda.set_rng_state_all(rng["torch_cuda"])
+    gen.set_state(rng["shuffle"])
+    return int(state["epoch"])
+
+
+def train_run(
+    spec: RunSpec,
+    data: LoadedDataset,
+    on_epoch_end: EpochHook | None = None,
+    resume_state: dict | None = None,
+    on_checkpoint: CheckpointHook | None = None,
+) -> RunResult:
+    """Train ``spec`` on ``data`` and return the best epoch's metrics and weights.
+
+    ``resume_state``: a state given to ``on_checkpoint`` earlier; training continues after its
+    epoch. ``on_checkpoint(state)`` is called after every epoch and must serialise the state
+    before returning (its tensors are the live ones)."""
     cfg = config_from_dict(spec.config)
     t, m = cfg.train, cfg.model
     device = pick_device(t.device)
@@ -112,31 +143,44 @@ def train_run(spec: RunSpec, data: LoadedDataset, on_epoch_end: EpochHook | None
     n_p = len(spec.primary)
     # channels_last: 1.6x faster convolutions on CPU (oneDNN) and the layout tensor cores want
     model = AttributeNet(m.backbone, m.pretrained, spec.heads).to(device, memory_format=torch.channels_last)
-    opt = torch.optim.Adam(model.parameters(), lr=t.lr, weight_decay=t.weight_decay)
+    # fused Adam on CUDA: one kernel for all parameters (CPU keeps the default, bitwise as before)
+    fused = True if device.type == "cuda" else None
+    opt = torch.optim.Adam(model.parameters(), lr=t.lr, weight_decay=t.weight_decay, fused=fused)
     lam = spec.lam if spec.mode == "adversarial" else 0.0
     loss_w, feat_c = head_coefficients(n_p, len(spec.auxiliary), lam, device=device)
-    prep = Preprocess(data.mean, data.std, device, flip=spec.dataset != "synthetic")
-    train, val = data.splits["train"], data.splits["val"]
-    train_labels = train.labels[:, cols]
+    # input pipeline (aal_k8s.data.pipeline): splits resident on the device when decoded, batches
+    # augmented there; bf16 autocast on CUDA by default (train.precision)
+    pipe = pipeline_for_run(data, cols, cfg, device, spec.seed)
+    bf16 = pipe.bf16
+    if device.type == "cuda":
+        torch.backends.cudnn.benchmark = True
+    features = torch.compile(model.features) if t.compile else model.features
+    forward = torch.compile(model.forward) if t.compile else model
 
     history: list[dict] = []
     best_score, best_epoch, best_state = -1.0, 0, None
     timings = {"train": 0.0, "eval": 0.0}
-    start = time.perf_counter()
-    for epoch in range(1, t.epochs + 1):
+    first = 1
+    if resume_state is not None:
+        first = _restore(resume_state, spec, model, opt, gen) + 1
+        history = list(resume_state["history"])
+        best = resume_state["best"]
+        best_score, best_epoch = float(best["score"]), int(best["epoch"])
+        best_state = {k: v.to(device) for k, v in best["state"].items()}
+        timings = {k: float(v) for k, v in resume_state["timings"].items()}
+    start = time.perf_counter() - timings.pop("total", 0.0)
+    for epoch in range(first, t.epochs + 1):
         lr = lr_at(epoch, t.lr, t.lr_decay_epoch, t.lr_decay_factor)
         for group in opt.param_groups:
             group["lr"] = lr
         model.train()
         t0 = time.perf_counter()
-        order = torch.randperm(len(train), generator=gen)
         loss_sum = torch.zeros(len(cols), device=device)
         steps = 0
-        for s in range(0, len(order), t.batch_size):
-            idx = order[s : s + t.batch_size]
-            x = prep(train.images[idx], train=True, gen=gen)
-            y = train_labels[idx].to(device, non_blocking=True)
-            h = model.features(x)
+        for x, y in pipe.train_batches(t.batch_size, gen, epoch):
+            with torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16):
+                h = features(x)
+            # the heads take bf16 or fp32 features and accumulate in fp32 (outside autocast)
             loss, _ = head_losses(h, model.head_weight, model.head_bias, y, loss_w, feat_c, impl=t.heads_impl)
             opt.zero_grad(set_to_none=True)
             loss.sum().backward()
@@ -144,7 +188,7 @@ def train_run(spec: RunSpec, data: LoadedDataset, on_epoch_end: EpochHook | None
             loss_sum += loss.detach()
             steps += 1
         t1 = time.perf_counter()
-        val_acc = evaluate(model, val, cols, prep, t.eval_batch_size)
+        val_acc = evaluate(model, pipe.eval_batches("val", t.eval_batch_size), len(cols), device, bf16, forward)
         t2 = time.perf_counter()
         timings["train"] += t1 - t0
         timings["eval"] += t2 - t1
@@ -160,15 +204,41 @@ def train_run(spec: RunSpec, data: LoadedDataset, on_epoch_end: EpochHook | None
         if score > best_score:
             best_score, best_epoch = score, epoch
             best_state = copy.deepcopy(model.state_dict())
+        if on_checkpoint is not None:
+            on_checkpoint(
+                {
+                    "format": CHECKPOINT_FORMAT,
+                    "run_id": spec.run_id,
+                    "epoch": epoch,
+                    "model": _cpu(model.state_dict()),
+                    "optimizer": _cpu(opt.state_dict()),
+                    "scheduler": {
+                        "kind": "step",
+                        "lr": lr,
+                        "base_lr": t.lr,
+                        "decay_epoch": t.lr_decay_epoch,
+                        "factor": t.lr_decay_factor,
+                    },
+                    "grl": {"mode": spec.mode, "lambda": lam, "n_primary": n_p, "n_auxiliary": len(spec.auxiliary)},
+                    "rng": {
+                        "torch_cpu": torch.get_rng_state(),
+                        "torch_cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_initialized() else [],
+                        "shuffle": gen.get_state(),
+                    },
+                    "best": {"score": best_score, "epoch": best_epoch, "state": _cpu(best_state)},
+                    "history": history,
+                    "timings": {**timings, "total": time.perf_counter() - start},
+                }
+            )
         if on_epoch_end is not None:
             on_epoch_end(epoch, entry)
 
     model.load_state_dict(best_state)
     t3 = time.perf_counter()
-    test_acc = evaluate(model, data.splits["test"], cols, prep, t.eval_batch_size)
+    test_acc = evaluate(model, pipe.eval_batches("test", t.eval_batch_size), len(cols), device, bf16, forward)
     timings["eval"] += time.perf_counter() - t3
     timings["total"] = time.perf_counter() - start
-    return RunResult(
+    result = RunResult(
         run_id=spec.run_id,
         heads=spec.heads,
         best_epoch=best_epoch,
@@ -180,6 +250,10 @@ def train_run(spec: RunSpec, data: LoadedDataset, on_epoch_end: EpochHook | None
             "torch": torch.__version__,
             "device": str(device),
             "threads": str(torch.get_num_threads()),
+            "input": pipe.describe(),
         },
         state_dict={k: v.detach().cpu().contiguous() for k, v in best_state.items()},
     )
+    if first > 1:
+        result.environment["resumed_after_epoch"] = str(first - 1)
+    return result

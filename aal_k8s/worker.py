@@ -4,7 +4,14 @@ local process and in a Kubernetes pod::
     aal-k8s worker --store s3://bucket/aal --experiment celeba --run pair-a03-a07-1a2b3c4d
 
 Exit codes: 0 committed (or already committed), 2 bad input (config, dataset, attribute: the
-cluster must not retry it), 1 anything else (worth a retry).
+cluster must not retry it), 1 anything else (worth a retry, e.g. the store was unreachable).
+
+Crash safety: the worker checkpoints every epoch into the store under its own attempt id and, when
+started again, resumes from the newest complete checkpoint of the run (any attempt's). When two
+workers run the same run at once, both train, exactly one commits (see
+``aal_k8s.store.layout``), and the other notices and exits 0. Store options (endpoint, retries,
+``checkpoint_keep``...) come from ``AAL_K8S_STORE_OPTIONS``; credentials from the usual AWS_*
+variables, a mounted Secret or the pod's role, and are never printed.
 """
 
 from __future__ import annotations
@@ -25,11 +32,17 @@ def _threads(cfg_threads: int) -> int:
     return int(env) if env and env.isdigit() and int(env) > 0 else (os.cpu_count() or 1)
 
 
-def execute(store_uri: str, experiment: str, run_id: str, log=sys.stderr) -> int:
+def execute(store_uri: str, experiment: str, run_id: str, log=None) -> int:
     """Run ``run_id`` to its commit; returns the process exit code."""
-    from aal_k8s.store import ExperimentStore, open_store
+    log = log if log is not None else sys.stderr  # resolved per call: a captured stream may be gone
+    from aal_k8s.store import ExperimentStore, open_store, store_options_from_env
 
-    exp = ExperimentStore(open_store(store_uri), experiment)
+    try:
+        options = store_options_from_env(store_uri)
+        exp = ExperimentStore(open_store(store_uri, options), experiment)
+    except AALError as e:
+        print(f"run {run_id}: failed: {e.message}", file=log)
+        return e.exit_code
     try:
         if exp.is_committed(run_id):
             print(f"run {run_id}: already committed, nothing to do", file=log)
@@ -37,10 +50,14 @@ def execute(store_uri: str, experiment: str, run_id: str, log=sys.stderr) -> int
         spec = exp.read_spec(run_id)
         if spec.run_id != run_id:
             raise AALError(f"run {run_id}: stored spec hashes to {spec.run_id}; the spec was altered")
-        return _train_and_commit(exp, spec, log)
+        return _train_and_commit(exp, spec, log, options.checkpoint_keep)
+    except _CommittedElsewhere as e:
+        print(f"run {run_id}: committed meanwhile by attempt {e.attempt}; stopping this attempt", file=log)
+        return 0
     except AALError as e:
-        _record(exp, run_id, e.message, EXIT_USAGE, log)
-        return EXIT_USAGE
+        code = e.exit_code if e.exit_code in (EXIT_USAGE, EXIT_CRASH) else EXIT_USAGE
+        _record(exp, run_id, e.message, code, log)
+        return code
     except Exception as e:
         tb = traceback.format_exc()
         print(tb, file=log)
@@ -56,7 +73,36 @@ def _record(exp, run_id: str, message: str, code: int, log) -> None:
         print(f"run {run_id}: could not record the failure: {e}", file=log)
 
 
-def _train_and_commit(exp, spec, log) -> int:
+class _CommittedElsewhere(Exception):
+    def __init__(self, attempt: str):
+        super().__init__(attempt)
+        self.attempt = attempt
+
+
+def _load_checkpoint(exp, spec, log):
+    """The newest complete checkpoint's training state, or None (start from scratch)."""
+    import io
+
+    import torch
+
+    found = exp.latest_checkpoint(spec.run_id, log=log)
+    if found is None:
+        return None
+    epoch, blob, url = found
+    try:
+        state = torch.load(io.BytesIO(blob), map_location="cpu", weights_only=True)
+        if not isinstance(state, dict) or state.get("run_id") != spec.run_id:
+            raise ValueError("it belongs to another run")
+    except Exception as e:
+        print(f"run {spec.run_id}: cannot use checkpoint {url} ({type(e).__name__}: {e}); starting over", file=log)
+        return None
+    print(f"run {spec.run_id}: resuming after epoch {epoch} from {url}", file=log)
+    return state
+
+
+def _train_and_commit(exp, spec, log, checkpoint_keep: int = 2) -> int:
+    import io
+
     import torch
     from safetensors.torch import save as save_safetensors
 
@@ -67,7 +113,7 @@ def _train_and_commit(exp, spec, log) -> int:
     cfg = config_from_dict(spec.config)
     torch.set_num_threads(_threads(cfg.train.threads))
     print(f"run {spec.describe()}", file=log)
-    data = load_dataset(cfg.dataset)
+    data = load_dataset(cfg.dataset, store=exp.store)  # a prepared pack in the store is used
     missing = [a for a in spec.heads if a not in data.attributes]
     if missing:
         raise AALError(f"run {spec.run_id}: dataset {spec.dataset!r} has no attribute(s) {missing}")
@@ -76,8 +122,22 @@ def _train_and_commit(exp, spec, log) -> int:
         acc = " ".join(f"{k}={v:.4f}" for k, v in entry["val_acc"].items())
         print(f"run {spec.run_id}: epoch {epoch} lr={entry['lr']:g} val {acc} ({entry['seconds']:.1f}s)", file=log)
 
-    result = train_run(spec, data, on_epoch_end=progress)
+    def checkpoint(state: dict) -> None:
+        buf = io.BytesIO()
+        torch.save(state, buf)
+        exp.write_checkpoint(spec.run_id, state["epoch"], buf.getvalue(), keep=checkpoint_keep)
+        record = exp.read_metrics(spec.run_id)
+        if record is not None:  # a duplicate attempt finished first: no point going on
+            exp.discard_attempt(spec.run_id)  # this attempt's files; the winner's stay
+            raise _CommittedElsewhere(record.get("attempt", "?"))
+
+    resume = _load_checkpoint(exp, spec, log)
+    result = train_run(spec, data, on_epoch_end=progress, resume_state=resume, on_checkpoint=checkpoint)
     weights = save_safetensors(result.state_dict, metadata={"run_id": spec.run_id})
-    exp.commit_run(spec, {"best.safetensors": weights}, result.metrics())
-    print(f"run {spec.run_id}: committed (best epoch {result.best_epoch})", file=log)
+    record = exp.commit_run(spec, {"best.safetensors": weights}, result.metrics())
+    if record.get("attempt") != exp.attempt:
+        print(f"run {spec.run_id}: attempt {record.get('attempt')} committed it first; "
+              f"this attempt ({exp.attempt}) discarded its files", file=log)  # fmt: skip
+        return 0
+    print(f"run {spec.run_id}: committed by attempt {exp.attempt} (best epoch {result.best_epoch})", file=log)
     return 0

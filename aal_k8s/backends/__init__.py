@@ -57,6 +57,13 @@ class Backend(abc.ABC):
         """Stop queued/running runs; never touches committed results. Returns the cancelled ids."""
         return []
 
+    def logs(self, run_id: str, experiment_store, follow: bool = False, out=None) -> None:
+        """Write the run's log to ``out`` (stdout): local, the worker output kept in the store;
+        k8s, the log of the run's newest pod (``follow``: stream it)."""
+        from aal_k8s.errors import AALError
+
+        raise AALError(f"the {self.name} backend keeps no logs")
+
 
 def get_backend(name: str, cfg) -> Backend:
     if name == "local":

@@ -14,6 +14,7 @@ import threading
 from concurrent.futures import ThreadPoolExecutor, as_completed
 
 from aal_k8s.backends import Backend, RunState, SubmitReport
+from aal_k8s.errors import StoreError
 from aal_k8s.runspec import RunSpec
 
 LOG_NAME = "local.log"
@@ -47,7 +48,10 @@ class LocalBackend(Backend):
         return par, threads
 
     def _run_one(self, spec: RunSpec, exp, threads: int) -> tuple[str, int, str]:
+        from aal_k8s.store import store_options_env
+
         env = dict(os.environ, AAL_K8S_THREADS=str(threads), OMP_NUM_THREADS=str(threads))
+        env.update(store_options_env(self.cfg.store))  # endpoint, retries, checkpoint_keep (no secrets)
         cmd = [
             sys.executable, "-m", "aal_k8s", "worker",
             "--store", exp.store.uri, "--experiment", exp.experiment, "--run", spec.run_id,
@@ -100,6 +104,12 @@ class LocalBackend(Backend):
         with self._lock:
             for p in self._procs:
                 p.kill()
+
+    def logs(self, run_id: str, exp, follow: bool = False, out=None) -> None:
+        key = exp.run_key(run_id, LOG_NAME)
+        if not exp.store.exists(key):
+            raise StoreError(f"run {run_id}: no log at {exp.store.url(key)} (not run by the local backend yet)")
+        (out or sys.stdout).write(exp.store.get_bytes(key).decode(errors="replace"))
 
     def wait(self, specs: list[RunSpec], exp) -> dict[str, RunState]:
         return self.states(specs, exp)  # submit already ran everything to the end

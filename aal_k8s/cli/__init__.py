@@ -4,6 +4,7 @@
     aal-k8s submit --stage pairwise --dataset celeba --backend k8s
     aal-k8s status --stage pairwise
     aal-k8s reduce && aal-k8s final && aal-k8s report
+    aal-k8s prepare --dataset celeba --source /data/celeba --store s3://bucket/aal
 
 Errors caused by input (config, dataset, attribute, stage order) print one line and exit 2.
 """
@@ -16,12 +17,18 @@ import sys
 
 from aal_k8s.errors import AALError
 
-SUBCOMMANDS = ["pipeline", "submit", "status", "reduce", "final", "report", "worker"]
+SUBCOMMANDS = ["pipeline", "submit", "status", "reduce", "final", "report", "worker", "prepare"]
+
+SUBCOMMANDS += ["logs", "cancel"]  # a run's log, cancelling a stage (both backends; see docs/kubernetes.md)
 
 
 class _Parser(argparse.ArgumentParser):
     def error(self, message):  # argparse's own errors: one line, exit 2
         self.exit(2, f"aal-k8s: error: {message}\n")
+
+
+# the final model set outside the store: fetch it verified, predict with it
+SUBCOMMANDS += ["download", "predict"]
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -33,7 +33,7 @@ def config_from_args(args) -> Config:
 
 
 def experiment_store(cfg: Config) -> ExperimentStore:
-    return ExperimentStore(open_store(cfg.store.uri), cfg.experiment_name)
+    return ExperimentStore(open_store(cfg.store.uri, cfg.store), cfg.experiment_name)
 
 
 def examples(*lines: str) -> str:

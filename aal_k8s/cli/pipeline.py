@@ -11,6 +11,7 @@ import sys
 from aal_k8s.backends import get_backend
 from aal_k8s.cli.common import add_config_args, config_from_args, examples, experiment_store
 from aal_k8s.cli.stages import execute_stage, plan, print_failures
+from aal_k8s.data.common import check_source
 from aal_k8s.final import build_final
 from aal_k8s.reduce import reduce_experiment, write_reduce
 from aal_k8s.report import render_markdown
@@ -33,11 +34,14 @@ def run(args) -> int:
     cfg = config_from_args(args)
     exp = experiment_store(cfg)
     backend = get_backend(cfg.executor.backend, cfg)
+    check_source(cfg.dataset, exp.store, local=cfg.executor.backend == "local")
 
     def stage(name: str) -> bool:
         specs = plan(cfg, exp, name)
         report = execute_stage(backend, exp, name, specs)
-        backend.wait(specs, exp)
+        for run_id, st in backend.wait(specs, exp).items():  # k8s: runs fail after submit returned
+            if st.state == "failed":
+                report.failed.setdefault(run_id, st.reason or "failed")
         print_failures(report, name)
         return not report.failed
 

@@ -1,7 +1,8 @@
 """Per stage: how many runs are complete (in the store), running, pending, failed, not submitted.
 
-Failed runs are listed with their reasons. Completion is read from the store, so the counts are
-true whichever backend executed the runs.
+Pending runs are grouped by reason (k8s: Unschedulable / FailedScheduling, image pulls, Kueue
+admission...); failed runs are listed with their reasons. Completion is read from the store, so
+the counts are true whichever backend executed the runs.
 """
 
 from __future__ import annotations
@@ -28,7 +29,7 @@ def run(args) -> int:
     header = f"{'stage':<12}" + "".join(f"{s:>14}" for s in STATES)
     print(f"experiment {exp.experiment} in {exp.store.uri} ({backend.name} backend)")
     print(header)
-    failures = []
+    failures, waiting = [], {}
     for stage in [args.stage] if args.stage else STAGES:
         try:
             specs = plan(cfg, exp, stage)
@@ -39,9 +40,17 @@ def run(args) -> int:
         counts = {s: 0 for s in STATES}
         for st in states.values():
             counts[st.state] += 1
-            if st.state in ("failed", "pending") and st.reason:
-                failures.append(f"  {stage} {st.run_id} {st.state}: {st.reason}")
+            if st.state == "failed":
+                failures.append(f"  {stage} {st.run_id}: {st.reason or 'no reason recorded'}")
+            elif st.state == "pending" and st.reason:
+                waiting.setdefault((stage, st.reason), []).append(st.run_id)
         print(f"{stage:<12}" + "".join(f"{counts[s]:>14}" for s in STATES))
+    if waiting:  # grouped by reason: Unschedulable / FailedScheduling apart from image pulls, queues...
+        print("\npending, by reason:")
+        order = lambda kv: (STAGES.index(kv[0][0]), -len(kv[1]), kv[0][1])  # noqa: E731 - stage, most runs first
+        for (stage, reason), ids in sorted(waiting.items(), key=order):
+            more = f", +{len(ids) - 3} more" if len(ids) > 3 else ""
+            print(f"  {stage} {len(ids)} runs: {reason} [{', '.join(sorted(ids)[:3])}{more}]")
     if failures:
-        print("\n".join(["", "runs needing attention:", *failures]))
+        print("\n".join(["", "failed runs:", *failures]))
     return 0

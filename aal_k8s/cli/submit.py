@@ -11,6 +11,7 @@ from aal_k8s.backends import get_backend
 from aal_k8s.cli.common import add_config_args, config_from_args, examples, experiment_store
 from aal_k8s.cli.stages import execute_stage, plan, print_failures
 from aal_k8s.data import resolve_attributes
+from aal_k8s.data.common import check_source
 from aal_k8s.runspec import STAGES
 
 HELP = "submit the runs of one stage"
@@ -37,6 +38,7 @@ def run(args) -> int:
     if args.dry_run:
         print(backend.render(specs, exp), end="")
         return 0
+    check_source(cfg.dataset, exp.store, local=cfg.executor.backend == "local")
     report = execute_stage(backend, exp, args.stage, specs)
     print_failures(report, args.stage)
     print(f"stage {args.stage}: {len(report.submitted)} submitted, {len(report.skipped)} already complete, "

@@ -15,6 +15,9 @@ def add_arguments(p) -> None:
 
 
 def run(args) -> int:
+    import sys
+
     from aal_k8s.worker import execute
 
-    return execute(args.store, args.experiment, args.run)
+    # sys.stderr as it is now (execute's default was bound when aal_k8s.worker was first imported)
+    return execute(args.store, args.experiment, args.run, log=sys.stderr)

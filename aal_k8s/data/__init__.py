@@ -2,7 +2,9 @@
 
 Every dataset module exposes ``ATTRIBUTES`` (names in the dataset's official order, so planning
 works without the data), ``MEAN``/``STD`` (input normalisation) and
-``load(cfg: DatasetConfig) -> LoadedDataset``.
+``load(cfg: DatasetConfig, store=None) -> LoadedDataset`` (``store``: where a prepared pack may
+live, see ``aal_k8s.data.pack``). A split holds either decoded uint8 images (synthetic data, packs)
+or image files decoded on the fly (an unpacked dataset folder, see ``aal_k8s.data.pipeline``).
 """
 
 from __future__ import annotations
@@ -16,13 +18,17 @@ from aal_k8s.errors import DatasetError
 
 DATASETS = {
     "synthetic": "aal_k8s.data.synthetic",
+    "celeba": "aal_k8s.data.celeba",
+    "duke": "aal_k8s.data.duke",
 }
 
 
 @dataclass
 class Split:
-    images: torch.Tensor  # uint8 [N, 3, H, W]
+    images: torch.Tensor | None  # uint8 [N, 3, H, W]; None when the split is a list of files
     labels: torch.Tensor  # float32 [N, M] in {0, 1}
+    files: list[str] | None = None  # unpacked data: image paths, decoded to ``size`` when read
+    size: tuple[int, int] | None = None  # (height, width) every image of the split has once decoded
 
     def __len__(self) -> int:
         return int(self.labels.shape[0])
@@ -35,6 +41,8 @@ class LoadedDataset:
     splits: dict[str, Split]  # "train", "val", "test"
     mean: tuple[float, float, float]  # per-channel normalisation on [0, 1] pixels
     std: tuple[float, float, float]
+    transform: bool = True  # train batches may be cropped/flipped/resized (False: fed as they are)
+    source: str = ""  # where the images came from, for logs (a pack, a folder, "generated")
 
 
 def _module(name: str):
@@ -54,9 +62,10 @@ def normalisation(name: str) -> tuple[tuple[float, ...], tuple[float, ...]]:
     return tuple(mod.MEAN), tuple(mod.STD)
 
 
-def load_dataset(cfg) -> LoadedDataset:
-    """Load (or generate) all splits of ``cfg.name`` (a ``DatasetConfig``)."""
-    return _module(cfg.name).load(cfg)
+def load_dataset(cfg, store=None) -> LoadedDataset:
+    """Load (or generate) all splits of ``cfg.name`` (a ``DatasetConfig``); ``store`` is the run's
+    store, searched for a prepared pack (``packs/<name>/``) when ``cfg.pack`` is ``auto``."""
+    return _module(cfg.name).load(cfg, store=store)
 
 
 def resolve_attributes(dataset: str, names: list[str]) -> list[str]:
@@ -68,6 +77,8 @@ def resolve_attributes(dataset: str, names: list[str]) -> list[str]:
             out.append(known[int(n) - 1])
         elif n in known:
             out.append(n)
+        elif n.replace(" ", "_") in known:  # Duke names as printed in the paper ("Carrying backpack")
+            out.append(n.replace(" ", "_"))
         else:
             bad.append(n)
     if bad:

@@ -14,7 +14,7 @@ Planted negative-transfer pairs (attribute a <- harmful partner b), see ``PLANTE
     square <- red_tint,   ring <- blue_tint
 
 Why they hurt: in the *train* split only, a's labels carry ``label_noise`` (15%) flips, and b's
-label agrees with a's (noisy) label ``agreement`` (90%) of the time. b is a global tint, far easier
+label agrees with a's (noisy) label ``agreement`` (95%) of the time. b is a global tint, far easier
 to see than a's small local shape, and in train it predicts a's label better than a's own visible
 feature does. In val and test every attribute is drawn independently and labels are clean.
 A network whose shared representation encodes b (it must, when b has its own head: multi-task)
@@ -40,9 +40,9 @@ STD = (0.17, 0.16, 0.17)
 #: (attribute a, partner b): b is correlated with a in train only and visually much easier.
 PLANTED = [("square", "red_tint"), ("ring", "blue_tint")]
 
-_TINT = 0.12  # added to one colour channel for the tint attributes
+_TINT = 0.06  # added to one colour channel for the tint attributes
 _NOISE = 0.10  # per-pixel Gaussian noise
-_SHAPE_CONTRAST = 0.35  # brightness of shapes above the background
+_SHAPE_CONTRAST = 0.5  # brightness of shapes above the background
 
 
 def _labels(rng: np.random.Generator, n: int, train: bool, noise: float, agree: float) -> tuple:
@@ -83,7 +83,7 @@ def _render(rng: np.random.Generator, truth: np.ndarray, size: int) -> np.ndarra
     cy, cx = q + jitter(r + 1, q - r - 1), q + jitter(r + 1, q - r - 1)
     for i in np.flatnonzero(truth[:, 1]):
         d = np.sqrt((yy - cy[i]) ** 2 + (xx - cx[i]) ** 2)
-        img[i, :, (d > r - 0.8) & (d < r + 0.8)] += contrast[i]
+        img[i, :, (d > r - 1.3) & (d < r + 1.0)] += contrast[i]  # a band ~2 px wide
     # 3 stripes in the top-right quadrant: horizontal when set, vertical otherwise
     period = max(2, s // 10)
     phase = jitter(0, 2 * period)
@@ -114,7 +114,7 @@ def generate(cfg, split: str) -> Split:
     return Split(torch.from_numpy(images), torch.from_numpy(labels.astype(np.float32)))
 
 
-def load(cfg) -> LoadedDataset:
+def load(cfg, store=None) -> LoadedDataset:
     splits = {name: generate(cfg, name) for name in ("train", "val", "test")}
     return LoadedDataset(
         name="synthetic",
@@ -122,4 +122,6 @@ def load(cfg) -> LoadedDataset:
         splits=splits,
         mean=MEAN,
         std=STD,
+        transform=False,  # no augmentation or resizing: the features are placed pixel-exactly
+        source="generated",
     )

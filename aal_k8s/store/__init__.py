@@ -1,27 +1,82 @@
 """Blob stores (local folder, S3-compatible) and the experiment layout with its commit protocol.
 
-``open_store(uri)`` picks the implementation from the URI; ``ExperimentStore`` knows where each
-artifact of an experiment lives (see ``aal_k8s.store.layout``).
+``open_store(uri, options)`` picks the implementation from the URI; ``ExperimentStore`` knows
+where each artifact of an experiment lives (see ``aal_k8s.store.layout``).
+
+Store options (the ``store`` config section minus ``uri``) reach worker processes through the
+``AAL_K8S_STORE_OPTIONS`` environment variable (JSON, no credentials in it): the CLI passes
+``cfg.store`` directly; a worker, which only gets the URI on its command line, calls
+``open_store(uri)`` and the options come from that variable (defaults when unset). Backends set it
+with ``store_options_env(cfg.store)``.
 """
 
 from __future__ import annotations
 
-from aal_k8s.errors import StoreError
+import dataclasses
+import json
+import os
+
+from aal_k8s.config import StoreConfig
+from aal_k8s.errors import ConfigError, StoreError
 from aal_k8s.store.base import Store
-from aal_k8s.store.layout import ExperimentStore, sha256_hex
+from aal_k8s.store.layout import ExperimentStore, attempt_id, sha256_hex
 from aal_k8s.store.local import LocalStore
 
-__all__ = ["Store", "LocalStore", "ExperimentStore", "open_store", "sha256_hex"]
+__all__ = [
+    "STORE_OPTIONS_ENV",
+    "ExperimentStore",
+    "LocalStore",
+    "Store",
+    "attempt_id",
+    "open_store",
+    "sha256_hex",
+    "store_options_env",
+    "store_options_from_env",
+]  # fmt: skip
+
+STORE_OPTIONS_ENV = "AAL_K8S_STORE_OPTIONS"
 
 
-def open_store(uri: str) -> Store:
-    """``s3://bucket/prefix`` -> S3 store; ``file:///path`` or a plain path -> local folder."""
+def store_options_env(options: StoreConfig) -> dict[str, str]:
+    """``{AAL_K8S_STORE_OPTIONS: json}`` for a worker's environment (the store section minus uri)."""
+    body = {k: v for k, v in dataclasses.asdict(options).items() if k != "uri"}
+    return {STORE_OPTIONS_ENV: json.dumps(body, sort_keys=True)}
+
+
+def store_options_from_env(uri: str = "") -> StoreConfig:
+    """The store options a backend passed in ``AAL_K8S_STORE_OPTIONS``; defaults when unset."""
+    from aal_k8s.config import _merge, validate_store
+
+    raw = os.environ.get(STORE_OPTIONS_ENV, "").strip()
+    opts = StoreConfig(uri=uri or StoreConfig.uri)
+    if not raw:
+        return opts
+    try:
+        data = json.loads(raw)
+    except json.JSONDecodeError:
+        raise ConfigError([f"{STORE_OPTIONS_ENV}: not valid JSON"]) from None
+    problems: list[str] = []
+    if isinstance(data, dict):
+        data.pop("uri", None)
+    _merge(opts, data, "store", problems)
+    problems += validate_store(opts) if not problems else []
+    if problems:
+        raise ConfigError([f"{STORE_OPTIONS_ENV}: {p}" for p in problems])
+    return opts
+
+
+def open_store(uri: str, options: StoreConfig | None = None) -> Store:
+    """``s3://bucket/prefix`` -> S3 store; ``file:///path`` or a plain path -> local folder.
+
+    ``options`` is the ``store`` config section; None reads it from ``AAL_K8S_STORE_OPTIONS``."""
+    if options is None:
+        options = store_options_from_env(uri)
     if uri.startswith("s3://"):
         try:
             from aal_k8s.store.s3 import S3Store
         except ImportError as e:  # pragma: no cover - boto3 is a dependency
             raise StoreError(f"store {uri}: S3 support is unavailable ({e})") from None
-        return S3Store(uri)
+        return S3Store(uri, options)
     if "://" in uri and not uri.startswith("file://"):
         raise StoreError(f"store {uri!r}: unsupported scheme (use a path, file:// or s3://)")
     return LocalStore(uri.removeprefix("file://"))

@@ -30,6 +30,16 @@ class Store(abc.ABC):
     @abc.abstractmethod
     def delete(self, key: str) -> None: ...
 
+    def put_if_absent(self, key: str, data: bytes) -> bool:
+        """Create ``key`` only if it does not exist yet; True when this call created it.
+
+        Implementations make this atomic (local: hard link of a complete temp file; S3: a
+        conditional PUT with ``If-None-Match: *``). This default is best effort only."""
+        if self.exists(key):
+            return False
+        self.put_bytes(key, data)
+        return True
+
     def put_file(self, key: str, path: str | os.PathLike) -> None:
         with open(path, "rb") as f:
             self.put_bytes(key, f.read())

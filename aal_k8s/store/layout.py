@@ -2,48 +2,103 @@
 
 Layout under ``<store>/<experiment>/``::
 
-    runs/<run_id>/spec.json             the RunSpec (written at submit time)
-    runs/<run_id>/best.safetensors      weights of the best epoch
-    runs/<run_id>/failure.json          the last failed attempt (ignored once committed)
-    runs/<run_id>/metrics.json          the commit record, written LAST
-    reduce/summary.json                 reduce output (matrix, partners, lambda, final choice)
-    reduce/pairwise_matrix.csv          row = attribute, column = partner, diagonal = single-task
-    reduce/final.csv                    one row per attribute: the chosen classifier
-    final/manifest.json                 the final model set (one classifier per attribute)
-    final/models/<attribute>.safetensors
+    runs/<run_id>/spec.json                  the RunSpec (written at submit time)
+    runs/<run_id>/attempts/<attempt>/best.safetensors
+                                             weights of the best epoch, written by one attempt
+    runs/<run_id>/attempts/<attempt>/checkpoints/epoch-0003.pt     a checkpoint (torch.save of
+    runs/<run_id>/attempts/<attempt>/checkpoints/epoch-0003.json   tensors/primitives) and its
+                                             record (size, sha256), written after it
+    runs/<run_id>/failure.json               the last failed attempt (ignored once committed)
+    runs/<run_id>/local.log                  worker output (local backend)
+    runs/<run_id>/metrics.json               the commit record, written LAST, create-only
+    reduce/summary.json                      reduce output (matrix, partners, lambda, final choice)
+    reduce/pairwise_matrix.csv               row = attribute, column = partner, diagonal = single
+    reduce/final.csv                         one row per attribute: the chosen classifier
+    final/models/<attribute>.safetensors     the final model set, one classifier per attribute
+    final/manifest.json                      its manifest (written after the models)
     report/report.md
 
-A run is complete exactly when ``metrics.json`` exists. It lists every artifact with its size and
-sha256, so readers see only committed runs and verify what they read.
+Commit protocol. Every process executing a run is an *attempt* with its own id (``attempt_id``:
+pod name or host, pid, random suffix), and writes only below ``attempts/<attempt>/``, so two pods of
+one run (Kubernetes may start a Job's pod twice) never overwrite each other's files. Once its
+artifacts are uploaded, an attempt creates ``metrics.json`` with a create-only write
+(``Store.put_if_absent``: a hard link locally, ``If-None-Match: *`` on S3). Exactly one attempt
+succeeds; the record names that attempt and lists every artifact with its key, size and sha256,
+and carries a sha256 of itself. A run is complete exactly when ``metrics.json`` exists; readers
+see only committed runs, and verify size and sha256 of every artifact (and of the record) they
+read. A losing attempt deletes its own files and leaves the winner's alone.
+
+Checkpoints are written every epoch under the attempt; the newest ``checkpoint_keep`` of each
+attempt are kept (older ones are deleted only after a newer one is complete). A restarted worker
+(a new attempt) resumes from the newest checkpoint of any attempt whose record and sha256 check
+out; a half-written one has no record, or fails its sha256, and is skipped. Checkpoints are deleted
+once the run is committed.
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
+import os
+import re
+import socket
 import time
+import uuid
 
-from aal_k8s.errors import StoreError
+from aal_k8s.errors import StoreError, StoreUnavailableError
 from aal_k8s.runspec import RunSpec
 from aal_k8s.store.base import Store
 
 COMMIT_FILE = "metrics.json"
+ATTEMPTS = "attempts"
+CHECKPOINTS = "checkpoints"
+_CKPT_RECORD = re.compile(r"attempts/([^/]+)/checkpoints/epoch-(\d+)\.json$")
 
 
 def sha256_hex(data: bytes) -> str:
     return hashlib.sha256(data).hexdigest()
 
 
+def attempt_id() -> str:
+    """A fresh id for this process's attempt at a run: ``AAL_K8S_ATTEMPT``, the pod name
+    (``POD_NAME``, from the downward API) or the host name, then the pid and a random suffix, so
+    two processes never share one (not even a pod's restarted container)."""
+    base = os.environ.get("AAL_K8S_ATTEMPT") or os.environ.get("POD_NAME")
+    if not base:
+        base = f"{os.environ.get('HOSTNAME') or socket.gethostname() or 'host'}-{os.getpid()}"
+    base = re.sub(r"[^A-Za-z0-9._-]+", "-", base).strip("-.")[:80] or "attempt"
+    return f"{base}-{uuid.uuid4().hex[:8]}"
+
+
+def _self_sha(record: dict) -> str:
+    body = {k: v for k, v in record.items() if k != "record_sha256"}
+    return sha256_hex(json.dumps(body, sort_keys=True).encode())
+
+
 class ExperimentStore:
-    def __init__(self, store: Store, experiment: str):
+    def __init__(self, store: Store, experiment: str, attempt: str | None = None):
         self.store = store
         self.experiment = experiment
+        self._attempt = attempt
+
+    @property
+    def attempt(self) -> str:
+        """This process's attempt id (made on first use)."""
+        if self._attempt is None:
+            self._attempt = attempt_id()
+        return self._attempt
 
     def key(self, *parts: str) -> str:
         return "/".join((self.experiment, *parts))
 
     def run_key(self, run_id: str, name: str) -> str:
         return self.key("runs", run_id, name)
+
+    def attempt_key(self, run_id: str, name: str, attempt: str | None = None) -> str:
+        return self.key("runs", run_id, ATTEMPTS, attempt or self.attempt, name)
+
+    def _relative(self, key: str) -> str:
+        return key.removeprefix(self.experiment + "/")
 
     # -- specs and commits -------------------------------------------------------------------
     def write_spec(self, spec: RunSpec) -> None:
@@ -53,35 +108,78 @@ class ExperimentStore:
         key = self.run_key(run_id, "spec.json")
         if not self.store.exists(key):
             raise StoreError(f"run {run_id}: no spec at {self.store.url(key)} (was the run submitted?)")
-        return RunSpec.from_json(self.store.get_bytes(key).decode())
+        try:
+            return RunSpec.from_json(self.store.get_bytes(key).decode())
+        except (ValueError, TypeError):
+            raise StoreError(f"{self.store.url(key)}: not a valid run spec") from None
 
     def is_committed(self, run_id: str) -> bool:
         return self.store.exists(self.run_key(run_id, COMMIT_FILE))
 
     def commit_run(self, spec: RunSpec, artifacts: dict[str, bytes], metrics: dict) -> dict:
-        """Write every artifact, then the commit record listing them with size and sha256."""
+        """Upload ``artifacts`` under this attempt, then create the commit record (create-only).
+
+        Returns the run's commit record: this attempt's if it won, else the winner's (compare
+        ``record["attempt"]`` with ``self.attempt``). The loser's files are deleted."""
+        run_id = spec.run_id
+        existing = self.read_metrics(run_id)
+        if existing is not None:
+            self.discard_attempt(run_id)
+            return existing
         listed = {}
         for name, data in artifacts.items():
-            self.store.put_bytes(self.run_key(spec.run_id, name), data)
-            listed[name] = {"size": len(data), "sha256": sha256_hex(data)}
+            key = self.attempt_key(run_id, name)
+            self.store.put_bytes(key, data)
+            listed[name] = {"key": self._relative(key), "size": len(data), "sha256": sha256_hex(data)}
         record = {
             **metrics,
             "spec": json.loads(spec.to_json()),
             "artifacts": listed,
+            "attempt": self.attempt,
             "committed_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
         }
-        self.store.put_bytes(self.run_key(spec.run_id, COMMIT_FILE), json.dumps(record, indent=1).encode())
-        return record
+        record["record_sha256"] = _self_sha(record)
+        body = json.dumps(record, indent=1).encode()
+        if self.store.put_if_absent(self.run_key(run_id, COMMIT_FILE), body):
+            won = record
+        else:
+            # Lost, or our own write landed and its response was lost (the retry then sees 412);
+            # and on stores without conditional writes this read-back is the arbiter.
+            won = self.read_metrics(run_id)
+            if won is None:
+                raise StoreError(f"{self.store.url(self.run_key(run_id, COMMIT_FILE))}: commit failed")
+        if won.get("attempt") == self.attempt and won.get("record_sha256") == record["record_sha256"]:
+            self.delete_checkpoints(run_id)
+        else:
+            self.discard_attempt(run_id)
+        return won
+
+    def discard_attempt(self, run_id: str) -> None:
+        """Delete this attempt's files (after another attempt committed the run)."""
+        for key in self.store.list(self.key("runs", run_id, ATTEMPTS, self.attempt)):
+            self.store.delete(key)
 
     def read_metrics(self, run_id: str) -> dict | None:
-        """The commit record of ``run_id``, or None when the run is not committed."""
+        """The commit record of ``run_id`` (its own sha256 verified), or None when not committed."""
         key = self.run_key(run_id, COMMIT_FILE)
         if not self.store.exists(key):
             return None
         try:
-            return json.loads(self.store.get_bytes(key))
-        except json.JSONDecodeError:
-            raise StoreError(f"{self.store.url(key)}: commit record is not valid JSON") from None
+            record = json.loads(self.store.get_bytes(key))
+        except (json.JSONDecodeError, UnicodeDecodeError):
+            raise StoreError(
+                f"{self.store.url(key)}: commit record is not valid JSON (truncated or corrupted)"
+            ) from None
+        if not isinstance(record, dict):
+            raise StoreError(f"{self.store.url(key)}: commit record is not a JSON object")
+        if "record_sha256" in record and record["record_sha256"] != _self_sha(record):
+            raise StoreError(f"{self.store.url(key)}: checksum mismatch (the commit record was altered)")
+        return record
+
+    def artifact_key(self, run_id: str, name: str, record: dict | None = None) -> str:
+        record = record if record is not None else self.read_metrics(run_id)
+        meta = (record or {}).get("artifacts", {}).get(name) or {}
+        return self.key(meta["key"]) if "key" in meta else self.run_key(run_id, name)
 
     def read_artifact(self, run_id: str, name: str) -> bytes:
         """An artifact of a committed run, verified against the size and sha256 in its record."""
@@ -91,17 +189,81 @@ class ExperimentStore:
         meta = record.get("artifacts", {}).get(name)
         if meta is None:
             raise StoreError(f"run {run_id} has no artifact {name!r}")
-        key = self.run_key(run_id, name)
-        return self.read_verified(key, meta["sha256"], meta["size"])
+        return self.read_verified(self.artifact_key(run_id, name, record), meta["sha256"], meta["size"])
 
     def read_verified(self, key: str, sha256: str, size: int) -> bytes:
         data = self.store.get_bytes(key)
-        if len(data) != size or sha256_hex(data) != sha256:
-            raise StoreError(
-                f"{self.store.url(key)}: checksum mismatch (expected {size} bytes sha256 {sha256[:12]}..., "
-                f"got {len(data)} bytes sha256 {sha256_hex(data)[:12]}...)"
-            )
+        check_bytes(self.store.url(key), data, sha256, size)
         return data
+
+    def download_verified(self, key: str, sha256: str, size: int, path: str) -> None:
+        """Fetch ``key`` to ``path`` (temp file + rename); the temp file is checked before the
+        rename, so ``path`` only ever holds verified bytes."""
+        folder = os.path.dirname(os.path.abspath(path))
+        tmp = os.path.join(folder, f".part-{os.path.basename(path)}-{uuid.uuid4().hex[:8]}")
+        try:
+            self.store.get_file(key, tmp)
+            check_file(self.store.url(key), tmp, sha256, size)
+            os.replace(tmp, path)
+        finally:
+            if os.path.exists(tmp):
+                os.unlink(tmp)
+
+    # -- checkpoints ---------------------------------------------------------------------------
+    def checkpoint_key(self, run_id: str, epoch: int, attempt: str | None = None, ext: str = "pt") -> str:
+        return self.attempt_key(run_id, f"{CHECKPOINTS}/epoch-{epoch:04d}.{ext}", attempt)
+
+    def write_checkpoint(self, run_id: str, epoch: int, data: bytes, keep: int = 2) -> str:
+        """Write the checkpoint, then its record; then delete this attempt's older ones beyond
+        ``keep`` (never the one just written). Returns the checkpoint's key."""
+        key = self.checkpoint_key(run_id, epoch)
+        self.store.put_bytes(key, data)
+        rec = {
+            "epoch": epoch,
+            "key": self._relative(key),
+            "size": len(data),
+            "sha256": sha256_hex(data),
+            "attempt": self.attempt,
+            "written_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+        }
+        self.store.put_bytes(self.checkpoint_key(run_id, epoch, ext="json"), json.dumps(rec, indent=1).encode())
+        mine = sorted(
+            int(m.group(2))
+            for k in self.store.list(self.key("runs", run_id, ATTEMPTS, self.attempt, CHECKPOINTS))
+            if (m := _CKPT_RECORD.search(k))
+        )
+        for old in mine[: -max(1, keep)]:
+            if old == epoch:
+                continue
+            self.store.delete(self.checkpoint_key(run_id, old, ext="json"))  # record first
+            self.store.delete(self.checkpoint_key(run_id, old))
+        return key
+
+    def latest_checkpoint(self, run_id: str, log=None) -> tuple[int, bytes, str] | None:
+        """``(epoch, bytes, url)`` of the newest checkpoint of any attempt that verifies; None if
+        there is none. Checkpoints without a record or failing their sha256 are skipped."""
+        found = []
+        for k in self.store.list(self.key("runs", run_id, ATTEMPTS)):
+            m = _CKPT_RECORD.search(k)
+            if m:
+                found.append((int(m.group(2)), k))
+        for epoch, rec_key in sorted(found, reverse=True):
+            try:
+                rec = json.loads(self.store.get_bytes(rec_key))
+                data = self.read_verified(self.key(rec["key"]), rec["sha256"], rec["size"])
+                return epoch, data, self.store.url(self.key(rec["key"]))
+            except StoreUnavailableError:
+                raise  # the store is down: do not silently fall back to an older checkpoint
+            except (StoreError, ValueError, KeyError, TypeError) as e:
+                if log is not None:
+                    print(f"run {run_id}: skipping checkpoint {self.store.url(rec_key)}: {e}", file=log)
+        return None
+
+    def delete_checkpoints(self, run_id: str) -> None:
+        """Every attempt's checkpoints (once the run is committed they are no longer needed)."""
+        for k in self.store.list(self.key("runs", run_id, ATTEMPTS)):
+            if f"/{CHECKPOINTS}/" in k:
+                self.store.delete(k)
 
     # -- failures ------------------------------------------------------------------------------
     def record_failure(self, run_id: str, message: str, exit_code: int) -> None:
@@ -109,6 +271,7 @@ class ExperimentStore:
             "run_id": run_id,
             "message": message,
             "exit_code": exit_code,
+            "attempt": self.attempt,
             "at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
         }
         self.store.put_bytes(self.run_key(run_id, "failure.json"), json.dumps(body, indent=1).encode())
@@ -117,7 +280,10 @@ class ExperimentStore:
         key = self.run_key(run_id, "failure.json")
         if self.is_committed(run_id) or not self.store.exists(key):
             return None
-        return json.loads(self.store.get_bytes(key))
+        try:
+            return json.loads(self.store.get_bytes(key))
+        except (json.JSONDecodeError, UnicodeDecodeError):
+            return {"message": f"unreadable failure record {self.store.url(key)}"}
 
     # -- experiment-level JSON documents ------------------------------------------------------
     def put_json(self, *parts: str, obj) -> None:
@@ -127,7 +293,39 @@ class ExperimentStore:
         key = self.key(*parts)
         if not self.store.exists(key):
             return None
-        return json.loads(self.store.get_bytes(key))
+        try:
+            return json.loads(self.store.get_bytes(key))
+        except (json.JSONDecodeError, UnicodeDecodeError):
+            raise StoreError(f"{self.store.url(key)}: not valid JSON (truncated or corrupted)") from None
 
     def put_text(self, *parts: str, text: str) -> None:
         self.store.put_bytes(self.key(*parts), text.encode())
+
+
+def check_bytes(where: str, data: bytes, sha256: str, size: int) -> None:
+    """StoreError naming ``where`` unless ``data`` has the expected size and sha256."""
+    got = sha256_hex(data)
+    if len(data) != size or got != sha256:
+        raise StoreError(
+            f"{where}: checksum mismatch (expected {size} bytes sha256 {sha256[:12]}..., "
+            f"got {len(data)} bytes sha256 {got[:12]}...)"
+        )
+
+
+def file_sha256(path: str) -> tuple[int, str]:
+    h = hashlib.sha256()
+    size = 0
+    with open(path, "rb") as f:
+        while chunk := f.read(1 << 20):
+            h.update(chunk)
+            size += len(chunk)
+    return size, h.hexdigest()
+
+
+def check_file(where: str, path: str, sha256: str, size: int) -> None:
+    got_size, got = file_sha256(path)
+    if got_size != size or got != sha256:
+        raise StoreError(
+            f"{where}: checksum mismatch (expected {size} bytes sha256 {sha256[:12]}..., "
+            f"got {got_size} bytes sha256 {got[:12]}...)"
+        )

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import tempfile
 
 from aal_k8s.errors import StoreError
 from aal_k8s.store.base import Store, atomic_write
@@ -21,6 +22,35 @@ class LocalStore(Store):
 
     def put_bytes(self, key: str, data: bytes) -> None:
         atomic_write(self._path(key), data)
+
+    def put_if_absent(self, key: str, data: bytes) -> bool:
+        """Write a complete temp file, then ``os.link`` it to the key: the link fails when the key
+        exists, so of concurrent writers exactly one wins and nobody sees a partial file."""
+        path = self._path(key)
+        folder = os.path.dirname(path)
+        os.makedirs(folder, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(dir=folder, prefix=".part-")
+        try:
+            with os.fdopen(fd, "wb") as f:
+                f.write(data)
+                f.flush()
+                os.fsync(f.fileno())
+            try:
+                os.link(tmp, path)
+            except FileExistsError:
+                return False
+            except OSError:  # no hard links here (some FUSE/SMB mounts): exclusive create instead
+                try:
+                    fd2 = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
+                except FileExistsError:
+                    return False
+                with os.fdopen(fd2, "wb") as f:
+                    f.write(data)
+                    f.flush()
+                    os.fsync(f.fileno())
+            return True
+        finally:
+            os.unlink(tmp)
 
     def get_bytes(self, key: str) -> bytes:
         try:

@@ -47,8 +47,10 @@ def test_a_corrupted_artifact_fails_its_checksum_naming_the_key(tmp_path):
     exp = ExperimentStore(LocalStore(str(tmp_path)), "e")
     spec = _spec()
     exp.commit_run(spec, {"best.safetensors": b"weights"}, {})
-    exp.store.put_bytes(exp.run_key(spec.run_id, "best.safetensors"), b"weightz")
-    with pytest.raises(StoreError, match=f"runs/{spec.run_id}/best.safetensors: checksum mismatch"):
+    key = exp.artifact_key(spec.run_id, "best.safetensors")
+    assert key == exp.key("runs", spec.run_id, "attempts", exp.attempt, "best.safetensors")
+    exp.store.put_bytes(key, b"weightz")
+    with pytest.raises(StoreError, match=f"{key}: checksum mismatch"):
         exp.read_artifact(spec.run_id, "best.safetensors")
 
 

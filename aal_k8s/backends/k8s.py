@@ -1,0 +1,681 @@
+"""Kubernetes backend: one batch/v1 Job per run, through the official ``kubernetes`` client.
+
+* ``submit`` writes each run's spec to the store, then creates its Job (``k8s_manifests``). Runs
+  committed in the store get no Job. The Job name is a function of (experiment, run id), so a
+  second submit creates nothing: an existing Job, or 409 AlreadyExists (also when it answers a
+  create retried after a 5xx), counts as submitted.
+* ``states`` reads the store first (committed = complete), then Jobs, pods and Warning events:
+  running; pending with the scheduler's reason (Unschedulable / FailedScheduling, image pulls,
+  Kueue admission); failed with the Job's reason, the container's exit and the worker's message.
+* ``wait`` lists the Jobs once, then watches them from that resourceVersion; 410 Gone re-lists
+  (nothing finished in between is lost: the list shows it), a dropped connection re-watches.
+* ``cancel`` deletes Jobs with background propagation; the store is never touched.
+* Every API call retries 429, 5xx and connection errors with exponential backoff bounded by
+  ``k8s.api_backoff_max_seconds`` (Retry-After wins when the server sends it), at most
+  ``k8s.api_max_attempts`` tries; other 4xx fail at once. Errors name ``namespace/job-name``.
+
+The client and its config (kubeconfig, or the in-cluster ServiceAccount) load on first use, so
+``submit --dry-run`` needs neither. Tests inject the API objects, ``sleep`` and the clocks.
+"""
+
+from __future__ import annotations
+
+import email.utils
+import json
+import sys
+import time
+from dataclasses import dataclass
+from typing import Any, Callable
+from urllib.parse import urlsplit
+
+from aal_k8s.backends import Backend, RunState, SubmitReport
+from aal_k8s.backends.k8s_manifests import (
+    KUEUE_QUEUE_LABEL,
+    RUN_LABEL,
+    WORKER_CONTAINER,
+    job_manifest,
+    job_name,
+    selector,
+    to_yaml,
+)
+from aal_k8s.errors import AALError
+from aal_k8s.runspec import RunSpec
+from aal_k8s.store.layout import COMMIT_FILE
+
+#: Reasons a pod/Job waits, as the scheduler and kubelet name them.
+UNSCHEDULABLE = "Unschedulable"
+FAILED_SCHEDULING = "FailedScheduling"
+PROGRESS_EVERY_S = 30.0
+SLEEP = time.sleep  # the default of KubernetesBackend(sleep=...); tests replace it
+
+
+class KubernetesError(AALError):
+    """A Kubernetes API call failed; the message names ``namespace/name`` and the API's answer."""
+
+    def __init__(self, message: str, status: int | None = None):
+        super().__init__(message)
+        self.status = status
+
+
+class _Gone(Exception):
+    """The watch's resourceVersion is too old (410 Gone): re-list."""
+
+
+@dataclass
+class Apis:
+    """What the backend talks to: the client's BatchV1Api and CoreV1Api (or fakes of them),
+    a factory of ``kubernetes.watch.Watch``-like objects, and model -> plain dict."""
+
+    batch: Any
+    core: Any
+    watch: Callable[[], Any]
+    to_dict: Callable[[Any], Any] = lambda obj: obj
+
+
+def load_apis(k) -> Apis:
+    """The in-cluster ServiceAccount config inside a pod, else the kubeconfig (``k8s.context``)."""
+    try:
+        from kubernetes import client, config, watch
+    except ImportError as e:  # pragma: no cover - kubernetes is a dependency
+        raise AALError(f"the k8s backend needs the kubernetes package: {e}") from None
+    try:
+        if k.context:
+            config.load_kube_config(context=k.context)
+        else:
+            try:
+                config.load_incluster_config()
+            except config.ConfigException:
+                config.load_kube_config()
+    except (config.ConfigException, OSError, ValueError, TypeError) as e:
+        raise KubernetesError(
+            f"no Kubernetes API access ({_one_line(str(e))}): set KUBECONFIG or a kubectl context "
+            "(k8s.context), or run inside the cluster with a ServiceAccount"
+        ) from None
+    api = client.ApiClient()
+    return Apis(client.BatchV1Api(api), client.CoreV1Api(api), watch.Watch, api.sanitize_for_serialization)
+
+
+# -- errors and retries ------------------------------------------------------------------------
+def _one_line(text: str, limit: int = 400) -> str:
+    text = " ".join(str(text).split())
+    return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
+def api_status(e: BaseException) -> int | None:
+    """The HTTP status of a client ``ApiException`` (duck-typed: importing the client is slow)."""
+    status = getattr(e, "status", None)
+    if isinstance(status, int) and not isinstance(status, bool) and hasattr(e, "reason") and status > 0:
+        return status
+    return None
+
+
+def _connection_errors() -> tuple[type[BaseException], ...]:
+    import urllib3
+
+    return (urllib3.exceptions.HTTPError, OSError)
+
+
+def describe(e: BaseException) -> str:
+    """One line: ``403 Forbidden: jobs.batch is forbidden: ...`` or the connection error."""
+    status = api_status(e)
+    if status is None:
+        inner = getattr(e, "reason", None)  # urllib3's MaxRetryError wraps the real cause
+        if isinstance(inner, BaseException):
+            e = inner
+        return _one_line(f"{type(e).__name__}: {e}")
+    msg = ""
+    body = getattr(e, "body", None)
+    if body:
+        try:
+            msg = json.loads(body).get("message", "")
+        except (ValueError, AttributeError, TypeError):
+            msg = body.decode(errors="replace") if isinstance(body, bytes) else str(body)
+    head = f"{status} {getattr(e, 'reason', '') or ''}".strip()
+    return _one_line(f"{head}: {msg}" if msg else head)
+
+
+def retry_after(e: BaseException, now: float) -> float | None:
+    """Seconds from the Retry-After header (delta-seconds or an HTTP date), if any."""
+    headers = getattr(e, "headers", None) or {}
+    try:
+        value = headers.get("Retry-After") or headers.get("retry-after")
+    except AttributeError:
+        return None
+    if value is None:
+        return None
+    value = str(value).strip()
+    try:
+        return max(0.0, float(value))
+    except ValueError:
+        pass
+    try:
+        when = email.utils.parsedate_to_datetime(value)
+    except (TypeError, ValueError):
+        return None
+    return max(0.0, when.timestamp() - now)
+
+
+def _retryable(status: int | None) -> bool:
+    return status is None or status == 429 or status >= 500
+
+
+# -- reading Job / pod status (plain dicts, as the API sends them) ----------------------------
+def _meta(obj: dict) -> dict:
+    return obj.get("metadata") or {}
+
+
+def _true_conditions(obj: dict) -> dict[str, dict]:
+    conds = (obj.get("status") or {}).get("conditions") or []
+    return {c.get("type"): c for c in conds if str(c.get("status")) == "True"}
+
+
+def job_outcome(job: dict) -> str | None:
+    """ "complete" / "failed" once the Job controller says so, else None."""
+    conds = _true_conditions(job)
+    if "Complete" in conds:
+        return "complete"
+    if "Failed" in conds:
+        return "failed"
+    return None
+
+
+def _created(obj: dict) -> str:
+    return str(_meta(obj).get("creationTimestamp") or "")
+
+
+def _terminated(pod: dict) -> dict | None:
+    for cs in (pod.get("status") or {}).get("containerStatuses") or []:
+        if cs.get("name") == WORKER_CONTAINER:
+            return (cs.get("state") or {}).get("terminated") or (cs.get("lastState") or {}).get("terminated")
+    return None
+
+
+def _termination_text(pod: dict) -> str:
+    t = _terminated(pod)
+    if not t:
+        return ""
+    text = f"exit {t.get('exitCode')}"
+    if t.get("reason"):
+        text += f" ({t['reason']})"
+    # terminationMessagePolicy FallbackToLogsOnError: the log's tail; its last line names the error
+    last = next((ln.strip() for ln in reversed(str(t.get("message") or "").splitlines()) if ln.strip()), "")
+    return text + (f": {_one_line(last, 200)}" if last else "")
+
+
+def _waiting(pod: dict) -> dict | None:
+    for cs in (pod.get("status") or {}).get("containerStatuses") or []:
+        waiting = (cs.get("state") or {}).get("waiting")
+        if waiting and waiting.get("reason"):
+            return waiting
+    return None
+
+
+def _with_message(reason: str, message: str | None) -> str:
+    return _one_line(f"{reason}: {message}" if message else reason)
+
+
+class KubernetesBackend(Backend):
+    name = "k8s"
+
+    def __init__(
+        self,
+        cfg,
+        apis: Apis | None = None,
+        sleep: Callable[[float], None] | None = None,
+        clock: Callable[[], float] | None = None,
+        wall: Callable[[], float] | None = None,
+        log=None,
+    ):
+        self.cfg = cfg
+        self.k = cfg.k8s
+        self.ns = cfg.k8s.namespace
+        self._apis = apis
+        self.sleep = sleep or SLEEP
+        self.clock = clock or time.monotonic
+        self.wall = wall or time.time
+        self._log = log
+
+    # -- plumbing ----------------------------------------------------------------------------
+    @property
+    def apis(self) -> Apis:
+        if self._apis is None:
+            self._apis = load_apis(self.k)
+        return self._apis
+
+    def log(self, message: str) -> None:
+        print(f"k8s: {message}", file=self._log or sys.stderr, flush=True)
+
+    def _backoff(self, attempt: int) -> float:
+        return min(self.k.api_backoff_seconds * 2 ** (attempt - 1), self.k.api_backoff_max_seconds)
+
+    def call(self, what: str, fn: Callable, *args, **kwargs):
+        """``fn(*args, **kwargs)`` with the retry policy; ``what`` ("ns/name: verb") names errors."""
+        kwargs.setdefault("_request_timeout", self.k.api_timeout_seconds)
+        attempt = 1
+        while True:
+            try:
+                return fn(*args, **kwargs)
+            except Exception as e:
+                status = api_status(e)
+                if status is None and not isinstance(e, _connection_errors()):
+                    raise
+                if not _retryable(status):
+                    raise KubernetesError(f"{what}: {describe(e)}", status) from None
+                if attempt >= self.k.api_max_attempts:
+                    raise KubernetesError(f"{what}: {describe(e)} (gave up after {attempt} attempts)", status) from None
+                hinted = retry_after(e, self.wall())
+                delay = min(hinted, self.k.api_backoff_max_seconds) if hinted is not None else self._backoff(attempt)
+                self.log(f"{what}: {describe(e)}; retry {attempt}/{self.k.api_max_attempts - 1} in {delay:g}s")
+                self.sleep(delay)
+                attempt += 1
+
+    def _plain(self, obj):
+        return obj if isinstance(obj, (dict, list)) or obj is None else self.apis.to_dict(obj)
+
+    def _check_store(self) -> None:
+        uri = self.cfg.store.uri
+        parts = urlsplit(uri)
+        if parts.username or parts.password or "@" in parts.netloc:
+            raise AALError(
+                "store.uri must not carry credentials (they would land in every Job manifest): "
+                f"put them in the Secret {self.k.store_secret or '(k8s.store_secret)'} instead"
+            )
+        if "your-org" in self.k.image:
+            self.log(f"warning: k8s.image is still the placeholder {self.k.image!r}: pods will not find it")
+        if not uri.startswith("s3://"):
+            self.log(
+                f"warning: store.uri {uri!r} is not an s3:// store; worker pods can reach it only if "
+                "that path is mounted in them (see docs/kubernetes.md)"
+            )
+
+    def _stages(self, specs: list[RunSpec]) -> list[str]:
+        return sorted({s.stage for s in specs})
+
+    def _what(self, kind: str, experiment: str, stages=None, run_id: str | None = None) -> str:
+        """``aal-k8s/jobs of experiment celeba, stage pairwise`` (for messages)."""
+        text = f"{self.ns}/{kind} of experiment {experiment}"
+        if stages:
+            text += f", stage {'/'.join(sorted(set(stages)))}"
+        return text + (f", run {run_id}" if run_id else "")
+
+    def _list_jobs(self, experiment: str, stages) -> tuple[dict[str, dict], str | None]:
+        sel = selector(experiment, stages)
+        what = f"{self._what('jobs', experiment, stages)}: list"
+        got = self._plain(self.call(what, self.apis.batch.list_namespaced_job, self.ns, label_selector=sel))
+        jobs = {_meta(j).get("name"): j for j in got.get("items") or []}
+        return jobs, _meta(got).get("resourceVersion")
+
+    def _list_pods(self, experiment: str, stages, run_id: str | None = None) -> list[dict]:
+        sel = selector(experiment, stages, run_id)
+        what = f"{self._what('pods', experiment, stages, run_id)}: list"
+        got = self._plain(self.call(what, self.apis.core.list_namespaced_pod, self.ns, label_selector=sel))
+        return list(got.get("items") or [])
+
+    def _warning_events(self) -> dict[tuple[str, str], dict]:
+        """The latest Warning event per (kind, name) in the namespace."""
+        got = self._plain(
+            self.call(
+                f"{self.ns}/events: list",
+                self.apis.core.list_namespaced_event,
+                self.ns,
+                field_selector="type=Warning",
+            )
+        )
+        latest: dict[tuple[str, str], dict] = {}
+        for ev in got.get("items") or []:
+            obj = ev.get("involvedObject") or {}
+            key = (obj.get("kind"), obj.get("name"))
+            when = str(ev.get("lastTimestamp") or ev.get("eventTime") or _created(ev))
+            if key not in latest or when >= latest[key][0]:
+                latest[key] = (when, ev)
+        return {k: v for k, (_, v) in latest.items()}
+
+    def _committed(self, exp, specs: list[RunSpec]) -> set[str]:
+        """Run ids committed in the store: one listing, not one request per run."""
+        wanted = {s.run_id for s in specs}
+        root = exp.key("runs") + "/"
+        try:
+            keys = exp.store.list(exp.key("runs"))
+        except Exception:  # a store without listing: ask run by run
+            return {r for r in wanted if exp.is_committed(r)}
+        done = {k[len(root) :].split("/")[0] for k in keys if k.startswith(root) and k.endswith("/" + COMMIT_FILE)}
+        return wanted & done
+
+    # -- render / submit ---------------------------------------------------------------------
+    def render(self, specs: list[RunSpec], exp) -> str:
+        self._check_store()
+        try:
+            committed = self._committed(exp, specs)
+        except Exception as e:  # a dry run must work without store credentials too
+            self.log(f"warning: cannot read the store ({_one_line(str(e), 200)}): rendering every run")
+            committed = set()
+        todo = [s for s in specs if s.run_id not in committed]
+        stages = ", ".join(self._stages(specs)) or "-"
+        header = (
+            f"aal-k8s: {len(todo)} Jobs for stage {stages} of experiment {exp.experiment} "
+            f"({len(committed)} runs already complete in {self.cfg.store.uri} are left out).\n"
+            f"Apply with: kubectl apply -f -   (namespace {self.ns})"
+        )
+        return to_yaml([job_manifest(s, self.cfg) for s in todo], header)
+
+    def submit(self, specs: list[RunSpec], exp) -> SubmitReport:
+        self._check_store()
+        report = SubmitReport()
+        committed = self._committed(exp, specs)
+        report.skipped = [s.run_id for s in specs if s.run_id in committed]
+        todo = [s for s in specs if s.run_id not in committed]
+        if not todo:
+            return report
+        existing, _ = self._list_jobs(exp.experiment, self._stages(todo))
+        created, already = 0, 0
+        for spec in todo:
+            name = job_name(spec.experiment, spec.run_id)
+            job = existing.get(name)
+            if job is None:
+                exp.write_spec(spec)  # the worker reads it: always before the Job exists
+                try:
+                    self.call(
+                        f"{self.ns}/{name}: create Job",
+                        self.apis.batch.create_namespaced_job,
+                        self.ns,
+                        job_manifest(spec, self.cfg),
+                    )
+                    created += 1
+                    if created % 100 == 0:
+                        self.log(f"{created}/{len(todo)} Jobs created")
+                except KubernetesError as e:
+                    if e.status != 409:
+                        if created:
+                            e.message += f" ({created} Jobs were created before this error; submit again to go on)"
+                        raise
+                    already += 1  # AlreadyExists: another submit (or our retried create) got there first
+            else:
+                already += 1
+                if job_outcome(job) == "failed":
+                    report.failed[spec.run_id] = (
+                        f"its Job {self.ns}/{name} has failed ({self._failed_reason(job, [], exp, spec.run_id)}); "
+                        f"`aal-k8s cancel --stage {spec.stage}` deletes it so that a new submit retries the run"
+                    )
+            report.submitted.append(spec.run_id)
+        self.log(f"{created} Jobs created in namespace {self.ns}, {already} already there")
+        return report
+
+    # -- states ------------------------------------------------------------------------------
+    def _failed_reason(self, job: dict, pods: list[dict], exp, run_id: str) -> str:
+        cond = _true_conditions(job).get("Failed") or {}
+        parts = [_with_message(cond.get("reason") or "Failed", cond.get("message"))]
+        finished = [p for p in pods if _terminated(p)]
+        if finished:
+            last = max(finished, key=_created)
+            parts.append(f"last pod {_termination_text(last)}")
+        try:
+            failure = exp.read_failure(run_id)
+        except Exception:
+            failure = None
+        if failure and failure.get("message"):
+            parts.append(f"worker: {failure['message']}")
+        return _one_line("; ".join(parts))
+
+    def _pod_wait_reason(self, pod: dict, events) -> str:
+        conds = {c.get("type"): c for c in (pod.get("status") or {}).get("conditions") or []}
+        sched = conds.get("PodScheduled")
+        if sched and str(sched.get("status")) == "False":
+            return _with_message(sched.get("reason") or UNSCHEDULABLE, sched.get("message"))
+        waiting = _waiting(pod)
+        if waiting and waiting["reason"] not in ("ContainerCreating", "PodInitializing"):
+            return _with_message(waiting["reason"], waiting.get("message"))
+        ev = events().get(("Pod", _meta(pod).get("name")))
+        if not sched:
+            if ev and ev.get("reason") == FAILED_SCHEDULING:
+                return _with_message(FAILED_SCHEDULING, ev.get("message"))
+            return "Pending: not scheduled yet"
+        if ev and ev.get("reason") != FAILED_SCHEDULING:  # scheduled; e.g. FailedMount of a volume
+            return _with_message(ev.get("reason") or "Warning", ev.get("message"))
+        return _with_message(waiting["reason"], waiting.get("message")) if waiting else "Pending: scheduled, starting"
+
+    def _job_state(self, run_id: str, job: dict, pods: list[dict], events, exp) -> RunState:
+        name = _meta(job).get("name")
+        outcome = job_outcome(job)
+        if outcome == "failed":
+            return RunState(run_id, "failed", self._failed_reason(job, pods, exp, run_id))
+        if outcome == "complete":
+            url = exp.store.url(exp.run_key(run_id, COMMIT_FILE))
+            return RunState(run_id, "failed", f"Job {self.ns}/{name} succeeded but {url} does not exist")
+        if (job.get("spec") or {}).get("suspend"):
+            queue = (_meta(job).get("labels") or {}).get(KUEUE_QUEUE_LABEL)
+            why = f"waiting for Kueue admission in queue {queue}" if queue else "the Job is suspended"
+            return RunState(run_id, "pending", f"Suspended: {why}")
+        live = [p for p in pods if (p.get("status") or {}).get("phase") not in ("Succeeded", "Failed")]
+        live = [p for p in live if not _meta(p).get("deletionTimestamp")] or live
+        if live:
+            pod = max(live, key=_created)
+            if (pod.get("status") or {}).get("phase") == "Running":
+                return RunState(run_id, "running")
+            return RunState(run_id, "pending", self._pod_wait_reason(pod, events))
+        ev = events().get(("Job", name))
+        if ev and ev.get("reason") == "FailedCreate":
+            return RunState(run_id, "pending", _with_message("FailedCreate", ev.get("message")))
+        if pods:
+            last = max(pods, key=_created)
+            return RunState(run_id, "pending", f"Retrying: previous pod {_termination_text(last) or 'ended'}")
+        return RunState(run_id, "pending", "Created: waiting for the Job controller to start a pod")
+
+    def states(self, specs: list[RunSpec], exp) -> dict[str, RunState]:
+        committed = self._committed(exp, specs)
+        out = {s.run_id: RunState(s.run_id, "complete") for s in specs if s.run_id in committed}
+        rest = [s for s in specs if s.run_id not in committed]
+        if not rest:
+            return out
+        stages = self._stages(rest)
+        jobs, _ = self._list_jobs(exp.experiment, stages)
+        pods_by_run: dict[str, list[dict]] = {}
+        if any(job_name(s.experiment, s.run_id) in jobs for s in rest):
+            for pod in self._list_pods(exp.experiment, stages):
+                pods_by_run.setdefault((_meta(pod).get("labels") or {}).get(RUN_LABEL), []).append(pod)
+        cache: dict = {}
+
+        def events():
+            if "events" not in cache:
+                cache["events"] = self._warning_events()
+            return cache["events"]
+
+        for spec in rest:
+            job = jobs.get(job_name(spec.experiment, spec.run_id))
+            if job is not None:
+                out[spec.run_id] = self._job_state(spec.run_id, job, pods_by_run.get(spec.run_id, []), events, exp)
+                continue
+            failure = exp.read_failure(spec.run_id)
+            if failure:
+                out[spec.run_id] = RunState(spec.run_id, "failed", _one_line(f"no Job; worker: {failure['message']}"))
+            else:
+                out[spec.run_id] = RunState(spec.run_id, "not_submitted")
+        return out
+
+    # -- wait --------------------------------------------------------------------------------
+    def wait(self, specs: list[RunSpec], exp) -> dict[str, RunState]:
+        if not specs:
+            return {}
+        by_name = {job_name(s.experiment, s.run_id): s.run_id for s in specs}
+        stages = self._stages(specs)
+        done: dict[str, RunState] = {r: RunState(r, "complete") for r in self._committed(exp, specs)}
+        progress = {"shown": None, "at": None}
+
+        def settle(run_id: str, job: dict | None) -> None:
+            if run_id in done:
+                return
+            if job is None:  # deleted (cancelled, or TTL-collected while we were away)
+                if exp.is_committed(run_id):
+                    done[run_id] = RunState(run_id, "complete")
+                else:
+                    done[run_id] = RunState(run_id, "failed", "its Job was deleted before the run committed")
+                return
+            outcome = job_outcome(job)
+            if outcome == "complete" and exp.is_committed(run_id):
+                done[run_id] = RunState(run_id, "complete")
+            elif outcome is not None:
+                done[run_id] = RunState(run_id, "failed", "")
+
+        def report(force: bool = False) -> None:
+            counts = (
+                sum(s.state == "complete" for s in done.values()),
+                sum(s.state == "failed" for s in done.values()),
+            )
+            now = self.clock()
+            due = progress["at"] is None or now - progress["at"] >= PROGRESS_EVERY_S
+            if counts != progress["shown"] and (due or force):
+                self.log(f"{'/'.join(stages)}: {counts[0]}/{len(by_name)} complete, {counts[1]} failed")
+                progress.update(shown=counts, at=now)
+
+        while len(done) < len(by_name):
+            jobs, rv = self._list_jobs(exp.experiment, stages)
+            for name, run_id in by_name.items():
+                settle(run_id, jobs.get(name))
+            report()
+            if len(done) == len(by_name):
+                break
+            try:
+                self._watch(exp.experiment, stages, rv, by_name, settle, report, lambda: len(done) == len(by_name))
+            except _Gone:
+                self.log("watch expired (410 Gone): listing the Jobs again")
+        report(force=True)
+        final = self.states(specs, exp)
+        for run_id, st in done.items():  # the watch saw it end; states() may no longer see the Job
+            if st.state == "failed" and final.get(run_id, st).state != "failed":
+                final[run_id] = RunState(run_id, "failed", st.reason or final[run_id].reason or "its Job failed")
+        return final
+
+    def _watch(self, experiment: str, stages, rv, by_name, settle, report, finished) -> None:
+        """Follow Job events from ``rv`` until every run has settled; raises _Gone on 410."""
+        sel = selector(experiment, stages)
+        what = f"{self._what('jobs', experiment, stages)}: watch"
+        failures = 0
+        while not finished():
+            w = self.apis.watch()
+            try:
+                for event in w.stream(
+                    self.apis.batch.list_namespaced_job,
+                    self.ns,
+                    label_selector=sel,
+                    resource_version=rv,
+                    timeout_seconds=self.k.watch_timeout_seconds,
+                    allow_watch_bookmarks=True,
+                    _request_timeout=(self.k.api_timeout_seconds, self.k.watch_timeout_seconds + 30),
+                ):
+                    kind = event.get("type")
+                    obj = event.get("raw_object")
+                    obj = self._plain(event.get("object")) if obj is None else obj
+                    if kind == "ERROR":
+                        code = (obj or {}).get("code")
+                        message = _one_line(f"{code} {(obj or {}).get('message', '')}")
+                        if code == 410:
+                            raise _Gone()
+                        if isinstance(code, int) and _retryable(code):  # the server ended the watch: reconnect
+                            import urllib3
+
+                            raise urllib3.exceptions.ProtocolError(f"watch ERROR event {message}")
+                        raise KubernetesError(f"{what}: {message}", code)
+                    failures = 0
+                    rv = _meta(obj).get("resourceVersion") or rv
+                    if kind == "BOOKMARK":
+                        continue
+                    run_id = by_name.get(_meta(obj).get("name"))
+                    if run_id is not None:
+                        settle(run_id, None if kind == "DELETED" else obj)
+                        report()
+                    if finished():
+                        w.stop()
+                        return
+            except (_Gone, KubernetesError):
+                raise
+            except Exception as e:
+                status = api_status(e)
+                if status == 410:
+                    raise _Gone() from None
+                if status is None and not isinstance(e, _connection_errors()):
+                    raise
+                if not _retryable(status):
+                    raise KubernetesError(f"{what}: {describe(e)}", status) from None
+                failures += 1
+                if failures >= self.k.api_max_attempts:
+                    raise KubernetesError(
+                        f"{what}: {describe(e)} (gave up after {failures} attempts)", status
+                    ) from None
+                hinted = retry_after(e, self.wall())
+                delay = min(hinted, self.k.api_backoff_max_seconds) if hinted is not None else self._backoff(failures)
+                self.log(f"watch dropped ({describe(e)}); reconnecting in {delay:g}s from resourceVersion {rv}")
+                self.sleep(delay)
+            # a watch that ended normally (server timeout) resumes from the last resourceVersion
+
+    # -- cancel / logs -----------------------------------------------------------------------
+    def cancel(self, specs: list[RunSpec], exp) -> list[str]:
+        """Delete the Jobs of runs not committed yet (background propagation removes their pods).
+        Committed runs, their Jobs and everything in the store stay as they are."""
+        if not specs:
+            return []
+        jobs, _ = self._list_jobs(exp.experiment, self._stages(specs))
+        committed = self._committed(exp, specs)
+        cancelled = []
+        for spec in specs:
+            name = job_name(spec.experiment, spec.run_id)
+            if name not in jobs or spec.run_id in committed:
+                continue
+            try:
+                self.call(
+                    f"{self.ns}/{name}: delete Job",
+                    self.apis.batch.delete_namespaced_job,
+                    name,
+                    self.ns,
+                    propagation_policy="Background",
+                )
+            except KubernetesError as e:
+                if e.status != 404:  # already gone
+                    raise
+            cancelled.append(spec.run_id)
+        return cancelled
+
+    def logs(self, run_id: str, exp, follow: bool = False, out=None) -> None:
+        out = out or sys.stdout
+        name = job_name(exp.experiment, run_id)
+        pods = self._list_pods(exp.experiment, None, run_id)
+        if not pods:
+            try:
+                job = self._plain(
+                    self.call(f"{self.ns}/{name}: read Job", self.apis.batch.read_namespaced_job, name, self.ns)
+                )
+            except KubernetesError as e:
+                if e.status != 404:
+                    raise
+                done = (
+                    " (the run is committed: its Job was deleted after it finished)" if exp.is_committed(run_id) else ""
+                )
+                raise KubernetesError(f"{self.ns}/{name}: no such Job{done}", 404) from None
+            st = self._job_state(run_id, job, [], lambda: {}, exp)
+            raise KubernetesError(f"{self.ns}/{name}: no pod yet ({st.state}: {st.reason})")
+        pods.sort(key=_created)
+        pod = pods[-1]
+        pod_name = _meta(pod).get("name")
+        phase = (pod.get("status") or {}).get("phase", "?")
+        self.log(f"{self.ns}/{pod_name} ({phase}; attempt {len(pods)} of Job {name})")
+        what = f"{self.ns}/{pod_name}: read log"
+        if follow:
+            resp = self.call(
+                what,
+                self.apis.core.read_namespaced_pod_log,
+                pod_name,
+                self.ns,
+                container=WORKER_CONTAINER,
+                follow=True,
+                _preload_content=False,
+                _request_timeout=(self.k.api_timeout_seconds, None),
+            )
+            try:
+                for chunk in resp.stream(4096):
+                    out.write(chunk.decode(errors="replace") if isinstance(chunk, bytes) else chunk)
+                    out.flush()
+            finally:
+                resp.release_conn()
+        else:
+            text = self.call(
+                what, self.apis.core.read_namespaced_pod_log, pod_name, self.ns, container=WORKER_CONTAINER
+            )
+            out.write(text if isinstance(text, str) else text.decode(errors="replace"))

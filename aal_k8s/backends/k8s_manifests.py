@@ -1,0 +1,276 @@
+"""The batch/v1 Job of one run, as a plain dict (no Kubernetes client needed: ``--dry-run`` and the
+tests render manifests without a cluster).
+
+Names and labels::
+
+    metadata.name                      aal-<experiment>-<run id>, DNS-1123, <= 63 chars (hash-shortened)
+    app.kubernetes.io/name             aal-k8s
+    app.kubernetes.io/part-of          <experiment>
+    app.kubernetes.io/component        worker
+    app.kubernetes.io/managed-by       aal-k8s
+    aal-k8s/stage                      single | pairwise | multi | adversarial
+    aal-k8s/dataset                    celeba, ...
+    aal-k8s/run                        the run id (pair-a03-a07-1a2b3c4d)
+    aal-k8s/attribute                  the (first) attribute whose classifier the run trains; multi: "all"
+    aal-k8s/partner                    pairwise: the other head; adversarial: the auxiliary head
+    aal-k8s/lambda                     adversarial: the gradient reversal weight
+    annotation aal-k8s/spec            the RunSpec as JSON (the worker reads the copy in the store)
+
+so ``kubectl get jobs -l aal-k8s/stage=pairwise`` lists a stage, and pods carry the same labels.
+Credentials reach the worker only through ``envFrom`` of the Secret named by ``k8s.store_secret``;
+no manifest ever holds a secret value.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import re
+from dataclasses import asdict
+
+import yaml
+
+from aal_k8s.errors import EXIT_USAGE
+from aal_k8s.runspec import RunSpec
+
+APP = "aal-k8s"
+WORKER_CONTAINER = "worker"
+#: The non-root user of the image (Dockerfile: USER 10001:10001); pods run as it.
+WORKER_UID = 10001
+LABEL_PREFIX = "aal-k8s/"
+STAGE_LABEL = LABEL_PREFIX + "stage"
+RUN_LABEL = LABEL_PREFIX + "run"
+PART_OF_LABEL = "app.kubernetes.io/part-of"
+SPEC_ANNOTATION = LABEL_PREFIX + "spec"
+EXPERIMENT_ANNOTATION = LABEL_PREFIX + "experiment"
+KUEUE_QUEUE_LABEL = "kueue.x-k8s.io/queue-name"
+MAX_NAME = 63
+
+_LABEL_VALUE_OK = re.compile(r"([A-Za-z0-9]([-A-Za-z0-9_.]{0,61}[A-Za-z0-9])?)?")
+_DNS_LABEL_OK = re.compile(r"[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?")
+
+
+def _digest(*parts: str, n: int = 8) -> str:
+    return hashlib.sha256("\0".join(parts).encode()).hexdigest()[:n]
+
+
+def _dns(text: str) -> str:
+    """Lowercase, every run of characters outside [a-z0-9] becomes one '-', no '-' at the ends."""
+    return re.sub(r"[^a-z0-9]+", "-", text.lower()).strip("-")
+
+
+def job_name(experiment: str, run_id: str) -> str:
+    """``aal-<experiment>-<run id>`` when that is already a DNS-1123 label of <= 63 chars; otherwise
+    the cleaned-up experiment is cut short and a hash of (experiment, run id) appended, so distinct
+    (experiment, run) pairs keep distinct names and the run id stays readable."""
+    plain = f"aal-{experiment}-{run_id}"
+    if len(plain) <= MAX_NAME and _DNS_LABEL_OK.fullmatch(plain):
+        return plain
+    h = _digest(experiment, run_id, n=10)
+    run = _dns(run_id)[: MAX_NAME - len("aal--") - len(h) - 1]
+    room = MAX_NAME - len("aal-") - len(run) - len(h) - 2
+    exp = _dns(experiment)[: max(room, 0)].strip("-")
+    return "-".join(p for p in ("aal", exp, run, h) if p)
+
+
+def label_value(text: str) -> str:
+    """``text`` when it is a valid label value; else a cleaned, <= 63-char value with a hash."""
+    if _LABEL_VALUE_OK.fullmatch(text):
+        return text
+    h = _digest(text)
+    clean = re.sub(r"[^-A-Za-z0-9_.]+", "_", text)[: MAX_NAME - len(h) - 1].strip("-_.")
+    return f"{clean}-{h}" if clean else h
+
+
+def run_labels(spec: RunSpec) -> dict[str, str]:
+    labels = {
+        "app.kubernetes.io/name": APP,
+        PART_OF_LABEL: label_value(spec.experiment),
+        "app.kubernetes.io/component": WORKER_CONTAINER,
+        "app.kubernetes.io/managed-by": APP,
+        STAGE_LABEL: label_value(spec.stage),
+        LABEL_PREFIX + "dataset": label_value(spec.dataset),
+        RUN_LABEL: label_value(spec.run_id),
+        LABEL_PREFIX + "attribute": label_value("all" if spec.stage == "multi" else spec.primary[0]),
+    }
+    others = list(spec.primary[1:]) + list(spec.auxiliary)
+    if spec.stage != "multi" and others:
+        labels[LABEL_PREFIX + "partner"] = label_value(others[0])
+    if spec.mode == "adversarial":
+        labels[LABEL_PREFIX + "lambda"] = label_value(f"{spec.lam:g}")
+    return labels
+
+
+def selector(experiment: str, stages=None, run_id: str | None = None) -> str:
+    """Label selector of an experiment's Jobs (and their pods), optionally of some stages or one run."""
+    parts = [f"app.kubernetes.io/name={APP}", f"{PART_OF_LABEL}={label_value(experiment)}"]
+    stages = sorted(set(stages or ()))
+    if len(stages) == 1:
+        parts.append(f"{STAGE_LABEL}={label_value(stages[0])}")
+    elif stages:
+        parts.append(f"{STAGE_LABEL} in ({','.join(label_value(s) for s in stages)})")
+    if run_id:
+        parts.append(f"{RUN_LABEL}={label_value(run_id)}")
+    return ",".join(parts)
+
+
+def _quantity(q) -> str:
+    return str(q)
+
+
+def _resources(k) -> dict:
+    requests = {"cpu": _quantity(k.cpu_request), "memory": _quantity(k.memory_request)}
+    limits = {}
+    if k.cpu_limit != "":
+        limits["cpu"] = _quantity(k.cpu_limit)
+    if k.memory_limit != "":
+        limits["memory"] = _quantity(k.memory_limit)
+    if k.gpus > 0:  # extended resources: request == limit, and the limit is what the scheduler needs
+        requests[k.gpu_resource] = str(k.gpus)
+        limits[k.gpu_resource] = str(k.gpus)
+    return {"requests": requests, "limits": limits}
+
+
+def store_options_json(cfg) -> str:
+    """The store options (the ``store`` section minus the URI: endpoint, retries, checkpoints; never
+    credentials) as the worker reads them from ``AAL_K8S_STORE_OPTIONS``."""
+    try:
+        from aal_k8s.store import STORE_OPTIONS_ENV, store_options_env
+    except ImportError:  # a store package without options: the same contract, by hand
+        return json.dumps({k: v for k, v in asdict(cfg.store).items() if k != "uri"}, sort_keys=True)
+    return store_options_env(cfg.store)[STORE_OPTIONS_ENV]
+
+
+def _env(cfg) -> list[dict]:
+    k = cfg.k8s
+    threads = {"resourceFieldRef": {"containerName": WORKER_CONTAINER, "resource": "requests.cpu", "divisor": "1"}}
+    env = [
+        {"name": "AAL_K8S_THREADS", "valueFrom": threads},  # CPU request, rounded up: no oversubscription
+        {"name": "OMP_NUM_THREADS", "valueFrom": threads},
+        {"name": "PYTHONUNBUFFERED", "value": "1"},  # logs reach `kubectl logs` as they are written
+        {"name": "POD_NAME", "valueFrom": {"fieldRef": {"fieldPath": "metadata.name"}}},  # names the attempt
+        {"name": "AAL_K8S_STORE_OPTIONS", "value": store_options_json(cfg)},
+    ]
+    if k.cache_host_path or k.cache_volume_claim:
+        env.append({"name": "AAL_K8S_CACHE", "value": k.cache_mount_path})  # dataset packs, shared
+    env += [{"name": name, "value": str(value)} for name, value in sorted(k.env.items())]
+    return env
+
+
+def job_manifest(spec: RunSpec, cfg) -> dict:
+    """The Job that runs ``aal-k8s worker`` for ``spec`` (``cfg``: the experiment Config)."""
+    k = cfg.k8s
+    name = job_name(spec.experiment, spec.run_id)
+    labels = run_labels(spec)
+    job_labels = dict(labels)
+    if k.queue_name:
+        job_labels[KUEUE_QUEUE_LABEL] = k.queue_name
+    annotations = {
+        SPEC_ANNOTATION: json.dumps(asdict(spec), sort_keys=True, separators=(",", ":")),
+        EXPERIMENT_ANNOTATION: spec.experiment,
+        LABEL_PREFIX + "store": cfg.store.uri,
+    }
+    container = {
+        "name": WORKER_CONTAINER,
+        "image": k.image,
+        "imagePullPolicy": k.image_pull_policy,
+        "command": ["aal-k8s"],
+        "args": ["worker", "--store", cfg.store.uri, "--experiment", spec.experiment, "--run", spec.run_id],
+        "env": _env(cfg),
+        "envFrom": [{"secretRef": {"name": k.store_secret}}] if k.store_secret else [],
+        "resources": _resources(k),
+        "securityContext": {
+            "runAsNonRoot": True,
+            "allowPrivilegeEscalation": False,
+            "privileged": False,
+            "readOnlyRootFilesystem": True,
+            "capabilities": {"drop": ["ALL"]},
+        },
+        "volumeMounts": [
+            {"name": "tmp", "mountPath": "/tmp"},
+            {"name": "dshm", "mountPath": "/dev/shm"},
+        ],
+        "terminationMessagePolicy": "FallbackToLogsOnError",  # the last log lines explain a crash
+    }
+    if not container["envFrom"]:
+        del container["envFrom"]
+    volumes = [
+        {"name": "tmp", "emptyDir": {}},
+        {"name": "dshm", "emptyDir": {"medium": "Memory", "sizeLimit": _quantity(k.shm_size)}},
+    ]
+    if k.data_volume_claim:
+        container["volumeMounts"].append({"name": "data", "mountPath": k.data_mount_path, "readOnly": True})
+        volumes.append({"name": "data", "persistentVolumeClaim": {"claimName": k.data_volume_claim, "readOnly": True}})
+    if k.cache_host_path or k.cache_volume_claim:
+        container["volumeMounts"].append({"name": "cache", "mountPath": k.cache_mount_path})
+        if k.cache_host_path:  # node-local, one download per node; the folder must exist, writable by WORKER_UID
+            volumes.append({"name": "cache", "hostPath": {"path": k.cache_host_path, "type": "Directory"}})
+        else:
+            volumes.append({"name": "cache", "persistentVolumeClaim": {"claimName": k.cache_volume_claim}})
+    pod_spec = {
+        "restartPolicy": "Never",
+        "automountServiceAccountToken": False,  # the worker never talks to the API server
+        "enableServiceLinks": False,
+        "securityContext": {
+            "runAsNonRoot": True,
+            "runAsUser": WORKER_UID,
+            "runAsGroup": WORKER_UID,
+            "fsGroup": WORKER_UID,
+            "seccompProfile": {"type": "RuntimeDefault"},
+        },
+        "containers": [container],
+        "volumes": volumes,
+    }
+    if k.service_account:
+        pod_spec["serviceAccountName"] = k.service_account
+    if k.priority_class:
+        pod_spec["priorityClassName"] = k.priority_class
+    if k.node_selector:
+        pod_spec["nodeSelector"] = dict(k.node_selector)
+    if k.tolerations:
+        pod_spec["tolerations"] = [dict(t) for t in k.tolerations]
+    if k.image_pull_secrets:
+        pod_spec["imagePullSecrets"] = [{"name": n} for n in k.image_pull_secrets]
+    job_spec = {
+        "backoffLimit": k.backoff_limit,
+        "completions": 1,
+        "parallelism": 1,
+        "podReplacementPolicy": "Failed",  # a replacement starts only once the old pod is gone (one GPU writer)
+        "podFailurePolicy": {
+            "rules": [
+                # Preemption, eviction, node drain: not the run's fault; retry without using up backoffLimit
+                # (the worker resumes from its last checkpoint in the store).
+                {"action": "Ignore", "onPodConditions": [{"type": "DisruptionTarget", "status": "True"}]},
+                # The worker's reserved exit code for bad config/data: retrying cannot help.
+                {
+                    "action": "FailJob",
+                    "onExitCodes": {"containerName": WORKER_CONTAINER, "operator": "In", "values": [EXIT_USAGE]},
+                },
+            ]
+        },
+        "template": {"metadata": {"labels": labels}, "spec": pod_spec},
+    }
+    if k.active_deadline_seconds is not None:
+        job_spec["activeDeadlineSeconds"] = k.active_deadline_seconds
+    if k.ttl_seconds_after_finished is not None:
+        job_spec["ttlSecondsAfterFinished"] = k.ttl_seconds_after_finished
+    if k.queue_name:
+        job_spec["suspend"] = True  # Kueue admits the Job by un-suspending it
+    return {
+        "apiVersion": "batch/v1",
+        "kind": "Job",
+        "metadata": {"name": name, "namespace": k.namespace, "labels": job_labels, "annotations": annotations},
+        "spec": job_spec,
+    }
+
+
+class _Dumper(getattr(yaml, "CSafeDumper", yaml.SafeDumper)):  # libyaml when present: 780 Jobs in ~1 s
+    def ignore_aliases(self, data) -> bool:  # repeated sub-objects are written out, never as &anchors
+        return True
+
+
+def to_yaml(manifests: list[dict], header: str = "") -> str:
+    """Multi-document YAML for ``kubectl apply -f -`` (``header``: comment lines on top)."""
+    out = "".join(f"# {ln}\n" if ln else "#\n" for ln in header.splitlines())
+    docs = [yaml.dump(m, Dumper=_Dumper, sort_keys=False, default_flow_style=False, width=1 << 16) for m in manifests]
+    return out + "".join(f"---\n{d}" for d in docs)

@@ -1,0 +1,254 @@
+"""What the real-dataset loaders (CelebA, Duke) share: image decoding, input checks that fail with
+one line naming the file, and the pack-or-folder loading flow.
+
+A dataset module provides ``NAME``, ``ATTRIBUTES``, ``MEAN``/``STD``, ``IMAGE_SIZE`` (the (height,
+width) every image has once decoded, which is also the pack's resolution), ``RESIZE`` (whether
+decoding resizes to ``IMAGE_SIZE``, or a different size is an error), ``LAYOUT`` (one line
+describing the expected folder, for messages), ``read_source(root, strict) -> {split: Part}`` (the
+official splits, as packed) and ``final_splits(cfg, parts) -> {"train", "val", "test": Split}``.
+"""
+
+from __future__ import annotations
+
+import os
+import warnings
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+from aal_k8s.data import LoadedDataset, Split
+from aal_k8s.errors import DatasetError
+
+
+def fmt_count(n: int) -> str:
+    return f"{n:,}"
+
+
+def _decoder():
+    try:
+        from torchvision.io import ImageReadMode, decode_image as tv_decode
+    except ImportError:  # a torchvision without image decoding: PIL (packs record the decoder)
+        return None
+    return lambda data: tv_decode(torch.frombuffer(bytearray(data), dtype=torch.uint8), mode=ImageReadMode.RGB)
+
+
+def _pil_decode(data: bytes) -> torch.Tensor:
+    import io
+
+    from PIL import Image
+
+    with Image.open(io.BytesIO(data)) as im:
+        arr = np.asarray(im.convert("RGB"))
+    return torch.from_numpy(arr.copy()).permute(2, 0, 1)
+
+
+def decoder_name() -> str:
+    import torchvision
+
+    return f"torchvision {torchvision.__version__}" if _decoder() is not None else "PIL"
+
+
+def decode_image(path: str, size: tuple[int, int], resize: bool) -> torch.Tensor:
+    """uint8 [3, H, W] RGB of the image file at ``path`` with ``(H, W) == size``.
+
+    The one decoder of the project (torchvision's libjpeg-turbo/libpng): packs, the image-folder
+    pipeline and the tests all decode through it, so packed and unpacked pixels are identical.
+    ``resize`` resizes other sizes (bilinear, antialiased); otherwise a different size is an error.
+    """
+    decode = _decoder() or _pil_decode
+    try:
+        with open(path, "rb") as f:
+            data = f.read()
+    except FileNotFoundError:
+        raise DatasetError(f"{path}: missing image file") from None
+    except OSError as e:
+        raise DatasetError(f"{path}: cannot read ({e.strerror or e})") from None
+    try:
+        with warnings.catch_warnings():
+            # torchvision 0.29 deprecates its image decoders in favour of TorchCodec; they work
+            warnings.simplefilter("ignore", DeprecationWarning)
+            img = decode(data)
+    except Exception as e:
+        reason = (str(e).strip().splitlines() or [type(e).__name__])[0][:120]
+        raise DatasetError(f"{path}: unreadable image ({reason})") from None
+    h, w = int(img.shape[1]), int(img.shape[2])
+    if (h, w) != tuple(size):
+        if not resize:
+            raise DatasetError(
+                f"{path}: image is {w}x{h} pixels (width x height), expected {size[1]}x{size[0]}"
+            )
+        from torchvision.transforms.v2.functional import resize as tv_resize
+
+        img = tv_resize(img, list(size), antialias=True)
+    return img.contiguous()
+
+
+def require_dir(path: str, what: str) -> None:
+    if not os.path.isdir(path):
+        raise DatasetError(f"{path}: missing {what} folder")
+
+
+def require_file(path: str, what: str) -> None:
+    if not os.path.isfile(path):
+        raise DatasetError(f"{path}: missing {what}")
+
+
+def check_count(where: str, what: str, got: int, expected: int, strict: bool) -> None:
+    """With ``strict`` (dataset.strict_counts), a count different from the official one is an error."""
+    if strict and got != expected:
+        raise DatasetError(
+            f"{where}: {fmt_count(got)} {what}, expected {fmt_count(expected)} "
+            "(set dataset.strict_counts=false to use a subset)"
+        )
+
+
+def preview(line: str, n: int = 60) -> str:
+    line = line.strip()
+    return repr(line if len(line) <= n else line[:n] + "...")
+
+
+def images_in(folder: str, suffixes=(".jpg", ".jpeg", ".png")) -> list[str]:
+    """Sorted image file names directly inside ``folder``."""
+    return sorted(f for f in os.listdir(folder) if f.lower().endswith(suffixes) and not f.startswith("."))
+
+
+@dataclass
+class Part:
+    """One official split, as read from the source folder or a pack (same order either way)."""
+
+    names: list[str]  # image paths relative to the dataset root, in pack order
+    labels: np.ndarray  # uint8 [N, M], 0/1
+    images: torch.Tensor | None = None  # uint8 [N, 3, H, W] (from a pack)
+    root: str | None = None  # the source folder (unpacked: images decoded from root/name)
+
+    def __len__(self) -> int:
+        return len(self.names)
+
+    def split(self, size: tuple[int, int], idx: np.ndarray | None = None) -> Split:
+        """The ``Split`` of rows ``idx`` (all when None), decoded or as files."""
+        labels = self.labels if idx is None else self.labels[idx]
+        y = torch.from_numpy(np.ascontiguousarray(labels, dtype=np.float32))
+        if self.images is not None:
+            images = self.images if idx is None else self.images[torch.from_numpy(np.asarray(idx, dtype=np.int64))]
+            return Split(images, y, size=size)
+        names = self.names if idx is None else [self.names[i] for i in idx]
+        return Split(None, y, files=[os.path.join(self.root, n) for n in names], size=size)
+
+
+def source_root(cfg, mod) -> str:
+    """``dataset.root`` checked to be an existing folder, else a one-line error naming it."""
+    if not cfg.root:
+        raise DatasetError(
+            f"dataset {mod.NAME!r}: dataset.root is not set and no prepared pack was found; "
+            f"set dataset.root to {mod.LAYOUT}, or run `aal-k8s prepare --dataset {mod.NAME}`"
+        )
+    root = os.path.expanduser(cfg.root)
+    if not os.path.isdir(root):
+        raise DatasetError(f"dataset.root {root!r} does not exist or is not a folder (expected {mod.LAYOUT})")
+    return root
+
+
+def load_real(cfg, store, mod) -> LoadedDataset:
+    """Every split of a real dataset: from a verified pack when one is configured or found, else
+    from the official folder (images decoded on the fly by the input pipeline)."""
+    from aal_k8s.data import pack
+
+    local = pack.find_pack(cfg, store)
+    if local is not None:
+        if local.manifest["dataset"] != mod.NAME:
+            raise DatasetError(f"{local.where}: pack holds dataset {local.manifest['dataset']!r}, not {mod.NAME!r}")
+        if local.manifest["attributes"] != list(mod.ATTRIBUTES):
+            raise DatasetError(f"{local.where}: pack attributes differ from the {mod.NAME} attribute list")
+        parts = local.parts()
+        source = f"pack {local.where}"
+    else:
+        root = source_root(cfg, mod)
+        parts = mod.read_source(root, cfg.strict_counts)
+        source = f"folder {root}"
+    return LoadedDataset(
+        name=mod.NAME,
+        attributes=list(mod.ATTRIBUTES),
+        splits=mod.final_splits(cfg, parts),
+        mean=tuple(mod.MEAN),
+        std=tuple(mod.STD),
+        transform=True,
+        source=source,
+    )
+
+
+#: ImageNet statistics: the backbone is ImageNet-pretrained.
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+
+
+class DecodedFiles(torch.utils.data.Dataset):
+    """``decode_image`` of each file, for DataLoader workers. Item ``i`` is ``(image, "")`` or
+    ``(None, message)``: a decode error comes back as a value, so the main process raises it as
+    a one-line ``DatasetError`` (an exception raised inside a worker would be re-wrapped with the
+    worker's traceback)."""
+
+    def __init__(self, files: list[str], size: tuple[int, int], resize: bool):
+        self.files, self.size, self.resize = files, tuple(size), resize
+
+    def __len__(self) -> int:
+        return len(self.files)
+
+    def __getitem__(self, i: int):
+        try:
+            return decode_image(self.files[i], self.size, self.resize), ""
+        except DatasetError as e:
+            return None, e.message
+
+
+def collate_decoded(items) -> torch.Tensor | str:
+    """Stack a batch of ``DecodedFiles`` items; the first error message instead when one failed."""
+    for img, err in items:
+        if err:
+            return err
+    return torch.stack([img for img, _ in items])
+
+
+def decoded_batches(files: list[str], size, resize: bool, batches, workers: int, pin: bool = False):
+    """uint8 [B, 3, H, W] batches of ``files`` for each list of indices in ``batches`` (in order),
+    decoded by ``workers`` DataLoader processes (0 = in this process)."""
+    loader = torch.utils.data.DataLoader(
+        DecodedFiles(files, size, resize),
+        batch_sampler=batches,
+        num_workers=workers,
+        collate_fn=collate_decoded,
+        pin_memory=pin,
+        prefetch_factor=4 if workers else None,
+    )
+    for batch in loader:
+        if isinstance(batch, str):
+            raise DatasetError(batch)
+        yield batch
+
+
+def check_source(cfg, store, local: bool) -> None:
+    """Before submitting runs: fail now, with one line, if no run could find the data.
+
+    ``cfg`` is a DatasetConfig and ``store`` the experiment's store. A pack (in the store, or at
+    ``dataset.pack``) is enough; otherwise ``dataset.root`` must be set and, when the runs execute
+    on this machine (``local``), exist. On Kubernetes the root is a path inside the pods, unchecked.
+    """
+    import importlib
+
+    from aal_k8s.data import DATASETS
+    from aal_k8s.data import pack as packs
+
+    if cfg.name == "synthetic":
+        return
+    mod = importlib.import_module(DATASETS[cfg.name])
+    if cfg.pack not in ("auto", "none"):
+        from aal_k8s.store import open_store
+
+        src = open_store(cfg.pack)
+        if not src.exists(packs.MANIFEST):
+            raise DatasetError(f"dataset.pack {cfg.pack!r}: no pack there ({src.url(packs.MANIFEST)} does not exist)")
+        return
+    if cfg.pack == "auto" and store is not None and store.exists(f"{packs.pack_prefix(cfg.name)}/{packs.MANIFEST}"):
+        return
+    if local or not cfg.root:
+        source_root(cfg, mod)

@@ -1,0 +1,308 @@
+"""Packs: a real dataset decoded once into uint8 shards, with labels, splits and a manifest.
+
+Layout below the pack's prefix (``packs/<dataset>/`` at the root of the store, next to the
+experiments)::
+
+    manifest.json                 written LAST: a pack exists exactly when its manifest does
+    <split>/images-00000.u8       uint8 [n, 3, H, W] (C order, RGB), up to shard_size images
+    <split>/images-00001.u8       ...
+    <split>/labels.u8             uint8 [N, M] in {0, 1}, the attributes in official order
+    <split>/names.txt             the N image paths relative to the dataset root, one per line
+
+The manifest lists every file with its size and sha256, the image resolution (CelebA: native
+218x178; Duke: resized to 256x128, see the dataset modules), the attribute names and the counts.
+Splits are the official ones (Duke's validation split is carved from ``train`` at load time).
+
+Workers fetch a pack once per machine into ``<cache>/packs/<dataset>/<manifest sha256[:16]>/``
+(cache = ``dataset.cache_dir``, else ``$AAL_K8S_CACHE``, else ``~/.cache/aal-k8s``): every file is
+checked against the manifest's sha256 as it arrives, each split's shards are joined into one
+``<split>.images.u8`` that is memory-mapped, and a ``complete.json`` marker is written last. A
+later run on the same machine finds the marker and checks only the file sizes. Concurrent runs on
+one machine take a file lock, so one downloads and the others wait.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import hashlib
+import json
+import os
+import sys
+import time
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+from aal_k8s.errors import DatasetError
+
+FORMAT = "aal-k8s-pack/1"
+PACKS_PREFIX = "packs"
+MANIFEST = "manifest.json"
+COMPLETE = "complete.json"
+DEFAULT_SHARD_SIZE = 1024  # images per shard: about 119 MB for CelebA, 101 MB for Duke
+DOWNLOAD_THREADS = 8
+
+
+def pack_prefix(dataset: str) -> str:
+    """Where ``aal-k8s prepare`` puts a dataset's pack in a store."""
+    return f"{PACKS_PREFIX}/{dataset}"
+
+
+def _join(prefix: str, key: str) -> str:
+    return f"{prefix.rstrip('/')}/{key}" if prefix else key
+
+
+def _sha256(data) -> str:
+    return hashlib.sha256(data).hexdigest()
+
+
+def cache_root(cfg=None) -> str:
+    d = (getattr(cfg, "cache_dir", "") or "").strip()
+    return os.path.abspath(os.path.expanduser(d or os.environ.get("AAL_K8S_CACHE") or "~/.cache/aal-k8s"))
+
+
+# -- building ----------------------------------------------------------------------------------------
+def build_pack(
+    mod,
+    source: str,
+    store,
+    prefix: str,
+    strict: bool = True,
+    shard_size: int = DEFAULT_SHARD_SIZE,
+    workers: int = 4,
+    log=sys.stderr,
+) -> dict:
+    """Decode every image of the dataset folder ``source`` once and write the pack to ``store``
+    under ``prefix`` (manifest last). Returns the manifest."""
+    from aal_k8s.data.common import decoded_batches
+
+    if not os.path.isdir(source):
+        raise DatasetError(f"{source}: source folder does not exist (expected {mod.LAYOUT})")
+    parts = mod.read_source(source, strict)
+    h, w = mod.IMAGE_SIZE
+    splits = {}
+    t0, total = time.perf_counter(), 0
+    for split, part in parts.items():
+        n = len(part)
+        files = [os.path.join(source, name) for name in part.names]
+        starts = list(range(0, n, shard_size))
+        batches = [list(range(s, min(n, s + shard_size))) for s in starts]
+        shards = []
+        stream = decoded_batches(files, (h, w), mod.RESIZE, _chunks(batches, 64), workers)
+        for k, idx in enumerate(batches):
+            buf = np.empty((len(idx), 3, h, w), dtype=np.uint8)
+            filled = 0
+            while filled < len(idx):
+                b = next(stream).numpy()
+                buf[filled : filled + len(b)] = b
+                filled += len(b)
+            data = buf.tobytes()
+            key = f"{split}/images-{k:05d}.u8"
+            store.put_bytes(_join(prefix, key), data)
+            shards.append({"key": key, "count": len(idx), "size": len(data), "sha256": _sha256(data)})
+            total += len(idx)
+            rate = total / max(1e-9, time.perf_counter() - t0)
+            print(f"prepare {mod.NAME}: {split} {idx[-1] + 1:,}/{n:,} images ({rate:.0f} images/s)", file=log)
+        labels = np.ascontiguousarray(part.labels, dtype=np.uint8).tobytes()
+        names = "".join(f"{x}\n" for x in part.names).encode()
+        entry = {"count": n, "images": shards}
+        for name, key, data in (("labels", f"{split}/labels.u8", labels), ("names", f"{split}/names.txt", names)):
+            store.put_bytes(_join(prefix, key), data)
+            entry[name] = {"key": key, "size": len(data), "sha256": _sha256(data)}
+        splits[split] = entry
+    from aal_k8s.data.common import decoder_name
+
+    manifest = {
+        "format": FORMAT,
+        "dataset": mod.NAME,
+        "attributes": list(mod.ATTRIBUTES),
+        "image": {
+            "height": h, "width": w, "channels": 3, "dtype": "uint8", "layout": "NCHW",
+            "resized": bool(mod.RESIZE),
+        },  # fmt: skip
+        "splits": splits,
+        "source": {"root": os.path.abspath(source), "strict_counts": bool(strict)},
+        "decoder": decoder_name(),
+        "created_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+    }
+    store.put_bytes(_join(prefix, MANIFEST), json.dumps(manifest, indent=1).encode())
+    return manifest
+
+
+def _chunks(batches: list[list[int]], size: int):
+    """Decode batches of at most ``size`` images that never straddle two shards."""
+    return [b[i : i + size] for b in batches for i in range(0, len(b), size)]
+
+
+def pack_files(manifest: dict) -> list[dict]:
+    """Every file the manifest lists ({key, size, sha256}), shards first."""
+    out = []
+    for entry in manifest["splits"].values():
+        out += entry["images"] + [entry["labels"], entry["names"]]
+    return out
+
+
+def copy_pack(src, src_prefix: str, dst, dst_prefix: str, log=sys.stderr) -> None:
+    """Upload a built pack from store ``src`` to ``dst`` (files verified first, manifest last)."""
+    raw = src.get_bytes(_join(src_prefix, MANIFEST))
+    manifest = parse_manifest(raw, src.url(_join(src_prefix, MANIFEST)))
+    for i, f in enumerate(pack_files(manifest), 1):
+        data = src.get_bytes(_join(src_prefix, f["key"]))
+        _check(data, f, src.url(_join(src_prefix, f["key"])))
+        dst.put_bytes(_join(dst_prefix, f["key"]), data)
+        print(f"upload: {i}/{len(pack_files(manifest))} {dst.url(_join(dst_prefix, f['key']))}", file=log)
+    dst.put_bytes(_join(dst_prefix, MANIFEST), raw)
+
+
+# -- reading -----------------------------------------------------------------------------------------
+def parse_manifest(raw: bytes, where: str) -> dict:
+    try:
+        m = json.loads(raw)
+    except (json.JSONDecodeError, UnicodeDecodeError):
+        raise DatasetError(f"{where}: pack manifest is not valid JSON") from None
+    if not isinstance(m, dict) or m.get("format") != FORMAT:
+        got = m.get("format") if isinstance(m, dict) else None
+        raise DatasetError(f"{where}: not a pack manifest of format {FORMAT} (format: {got!r})")
+    try:
+        img = m["image"]
+        assert img["channels"] == 3 and img["dtype"] == "uint8" and img["layout"] == "NCHW"
+        assert int(img["height"]) > 0 and int(img["width"]) > 0
+        for entry in m["splits"].values():
+            assert sum(s["count"] for s in entry["images"]) == entry["count"]
+            for f in pack_files({"splits": {"x": entry}}):
+                assert isinstance(f["key"], str) and int(f["size"]) >= 0 and len(f["sha256"]) == 64
+        assert isinstance(m["attributes"], list) and isinstance(m["dataset"], str)
+    except (KeyError, TypeError, ValueError, AssertionError):
+        raise DatasetError(f"{where}: pack manifest is incomplete or inconsistent") from None
+    return m
+
+
+def _check(data: bytes, f: dict, where: str) -> None:
+    if len(data) != f["size"] or _sha256(data) != f["sha256"]:
+        raise DatasetError(
+            f"{where}: checksum mismatch (expected {f['size']} bytes sha256 {f['sha256'][:12]}..., "
+            f"got {len(data)} bytes sha256 {_sha256(data)[:12]}...)"
+        )
+
+
+@dataclass
+class LocalPack:
+    """A verified pack on local disk."""
+
+    folder: str
+    manifest: dict
+    where: str  # the pack's URI, for messages
+
+    def _file(self, split: str, what: str) -> str:
+        return os.path.join(self.folder, f"{split}.{what}")
+
+    def expected_sizes(self) -> dict[str, int]:
+        out = {}
+        for split, e in self.manifest["splits"].items():
+            out[self._file(split, "images.u8")] = sum(s["size"] for s in e["images"])
+            out[self._file(split, "labels.u8")] = e["labels"]["size"]
+            out[self._file(split, "names.txt")] = e["names"]["size"]
+        return out
+
+    def intact(self) -> bool:
+        if not os.path.isfile(os.path.join(self.folder, COMPLETE)):
+            return False
+        return all(os.path.isfile(p) and os.path.getsize(p) == n for p, n in self.expected_sizes().items())
+
+    def parts(self) -> dict:
+        """{split: Part} with the images memory-mapped (copy-on-write, never written)."""
+        from aal_k8s.data.common import Part
+
+        img = self.manifest["image"]
+        h, w = int(img["height"]), int(img["width"])
+        m = len(self.manifest["attributes"])
+        out = {}
+        for split, e in self.manifest["splits"].items():
+            n = int(e["count"])
+            images = np.memmap(self._file(split, "images.u8"), dtype=np.uint8, mode="c", shape=(n, 3, h, w))
+            labels = np.fromfile(self._file(split, "labels.u8"), dtype=np.uint8).reshape(n, m)
+            with open(self._file(split, "names.txt"), encoding="utf-8") as f:
+                names = f.read().splitlines()
+            if len(names) != n:
+                raise DatasetError(f"{self._file(split, 'names.txt')}: {len(names)} names for {n} images")
+            out[split] = Part(names=names, labels=labels, images=torch.from_numpy(images))
+        return out
+
+
+def find_pack(cfg, store) -> LocalPack | None:
+    """The pack ``cfg`` (a DatasetConfig) asks for, fetched and verified; None to read the folder.
+
+    ``dataset.pack``: ``none`` -> None; ``auto`` -> ``packs/<name>/`` of ``store`` if its manifest
+    exists, else None; anything else is a folder or store URI whose top holds the manifest.
+    """
+    mode = cfg.pack
+    if mode == "none":
+        return None
+    if mode == "auto":
+        if store is None:
+            return None
+        src, prefix = store, pack_prefix(cfg.name)
+        if not src.exists(_join(prefix, MANIFEST)):
+            return None
+    else:
+        from aal_k8s.store import open_store
+
+        src, prefix = open_store(mode), ""
+        if not src.exists(MANIFEST):
+            raise DatasetError(f"dataset.pack {mode!r}: no pack there ({src.url(MANIFEST)} does not exist)")
+    return fetch(src, prefix, cache_root(cfg))
+
+
+def fetch(src, prefix: str, cache: str, threads: int = DOWNLOAD_THREADS) -> LocalPack:
+    """Download (once per machine) and verify the pack at ``prefix`` of store ``src``."""
+    where = src.url(prefix) if prefix else src.url("").rstrip("/")
+    raw = src.get_bytes(_join(prefix, MANIFEST))
+    manifest = parse_manifest(raw, src.url(_join(prefix, MANIFEST)))
+    folder = os.path.join(cache, PACKS_PREFIX, manifest["dataset"], _sha256(raw)[:16])
+    local = LocalPack(folder, manifest, where)
+    os.makedirs(folder, exist_ok=True)
+    with open(folder + ".lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)  # one download per machine; the others wait for it
+        if local.intact():
+            return local
+        marker = os.path.join(folder, COMPLETE)
+        if os.path.exists(marker):
+            os.unlink(marker)
+        t0 = time.perf_counter()
+        jobs = []
+        for split, e in manifest["splits"].items():
+            path = local._file(split, "images.u8")
+            with open(path, "wb") as f:
+                f.truncate(sum(s["size"] for s in e["images"]))
+            offset = 0
+            for s in e["images"]:
+                jobs.append((s, path, offset))
+                offset += s["size"]
+            jobs.append((e["labels"], local._file(split, "labels.u8"), None))
+            jobs.append((e["names"], local._file(split, "names.txt"), None))
+
+        def one(job):
+            f, path, offset = job
+            key = _join(prefix, f["key"])
+            data = src.get_bytes(key)
+            _check(data, f, src.url(key))
+            if offset is None:
+                with open(path, "wb") as out:
+                    out.write(data)
+            else:
+                fd = os.open(path, os.O_WRONLY)
+                try:
+                    os.pwrite(fd, data, offset)
+                finally:
+                    os.close(fd)
+            return len(data)
+
+        with ThreadPoolExecutor(max_workers=max(1, threads)) as pool:
+            total = sum(pool.map(one, jobs))
+        with open(os.path.join(folder, MANIFEST), "wb") as f:
+            f.write(raw)
+        with open(marker, "w") as f:
+            json.dump({"source": where, "bytes": total, "seconds": round(time.perf_counter() - t0, 1)}, f)
+        return local

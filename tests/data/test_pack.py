@@ -1,0 +1,172 @@
+"""Packs: round trip (identical pixels and labels), manifest, checksums, the local cache, prepare."""
+
+import json
+import os
+
+import numpy as np
+import pytest
+import torch
+from realdata_fixtures import make_celeba, make_duke
+
+from aal_k8s.cli import main
+from aal_k8s.config import load_config
+from aal_k8s.data import celeba, duke, load_dataset
+from aal_k8s.data.common import decode_image
+from aal_k8s.data.pack import FORMAT, build_pack, fetch, pack_prefix
+from aal_k8s.errors import DatasetError
+from aal_k8s.store import LocalStore
+
+
+class CountingStore(LocalStore):
+    def __init__(self, root):
+        super().__init__(root)
+        self.reads = 0
+
+    def get_bytes(self, key):
+        self.reads += 1
+        return super().get_bytes(key)
+
+
+def _cfg(name, root, tmp_path, *more):
+    over = [f"dataset.root={root}", "dataset.strict_counts=false", f"dataset.cache_dir={tmp_path / 'cache'}", *more]
+    return load_config(dataset=name, overrides=over).dataset
+
+
+@pytest.fixture
+def celeba_tree(tmp_path):
+    root = tmp_path / "celeba"
+    make_celeba(root)
+    return root
+
+
+def _build(mod, root, store, shard_size=2):
+    return build_pack(mod, str(root), store, pack_prefix(mod.NAME), strict=False, shard_size=shard_size, workers=0)
+
+
+def test_celeba_pack_round_trip_is_pixel_identical(celeba_tree, tmp_path):
+    store = LocalStore(str(tmp_path / "store"))
+    manifest = _build(celeba, celeba_tree, store)
+    assert manifest["format"] == FORMAT and manifest["image"]["height"] == 218 and manifest["image"]["width"] == 178
+    assert {s: e["count"] for s, e in manifest["splits"].items()} == {"train": 5, "val": 2, "test": 3}
+    assert len(manifest["splits"]["train"]["images"]) == 3  # shards of 2, 2, 1
+    assert store.list("packs/celeba")[-1] == "packs/celeba/val/names.txt"
+
+    raw = load_dataset(_cfg("celeba", celeba_tree, tmp_path, "dataset.pack=none"))
+    packed = load_dataset(_cfg("celeba", celeba_tree, tmp_path), store=store)
+    assert packed.source.startswith("pack ") and raw.source.startswith("folder ")
+    for split in ("train", "val", "test"):
+        p, r = packed.splits[split], raw.splits[split]
+        assert p.images.dtype == torch.uint8 and p.images.shape == (len(r), 3, 218, 178)
+        assert torch.equal(p.labels, r.labels)
+        for i, f in enumerate(r.files):  # bytes identical to decoding the JPEG
+            assert torch.equal(p.images[i], decode_image(f, (218, 178), resize=False)), f
+
+
+def test_duke_pack_round_trip_keeps_the_identity_split(tmp_path):
+    root = tmp_path / "duke"
+    make_duke(root)
+    store = LocalStore(str(tmp_path / "store"))
+    manifest = _build(duke, root, store)
+    assert set(manifest["splits"]) == {"train", "test"} and manifest["image"]["resized"] is True
+    raw = load_dataset(_cfg("duke", root, tmp_path, "dataset.pack=none", "dataset.val_fraction=0.34"))
+    packed = load_dataset(_cfg("duke", root, tmp_path, "dataset.val_fraction=0.34"), store=store)
+    for split in ("train", "val", "test"):
+        p, r = packed.splits[split], raw.splits[split]
+        assert len(p) == len(r) > 0 and torch.equal(p.labels, r.labels)
+        for i, f in enumerate(r.files):
+            assert torch.equal(p.images[i], decode_image(f, (256, 128), resize=True)), f
+
+
+def test_pack_is_fetched_once_then_served_from_the_cache(celeba_tree, tmp_path):
+    store = CountingStore(str(tmp_path / "store"))
+    manifest = _build(celeba, celeba_tree, store)
+    n_files = sum(len(e["images"]) + 2 for e in manifest["splits"].values())
+    store.reads = 0
+    cache = str(tmp_path / "cache")
+    first = fetch(store, "packs/celeba", cache)
+    assert store.reads == 1 + n_files  # the manifest, then every file once
+    second = fetch(store, "packs/celeba", cache)
+    assert store.reads == 1 + n_files + 1  # only the manifest again
+    assert first.folder == second.folder and os.path.isfile(os.path.join(first.folder, "complete.json"))
+    assert os.path.getsize(os.path.join(first.folder, "train.images.u8")) == 5 * 3 * 218 * 178
+
+
+def test_corrupt_shard_fails_its_checksum_and_is_not_cached(celeba_tree, tmp_path):
+    store = LocalStore(str(tmp_path / "store"))
+    _build(celeba, celeba_tree, store)
+    key = "packs/celeba/train/images-00001.u8"
+    data = bytearray(store.get_bytes(key))
+    data[100] ^= 0xFF
+    store.put_bytes(key, bytes(data))
+    with pytest.raises(DatasetError) as e:
+        load_dataset(_cfg("celeba", celeba_tree, tmp_path), store=store)
+    assert "images-00001.u8: checksum mismatch" in e.value.message and "\n" not in e.value.message
+    folders = [d for d in (tmp_path / "cache" / "packs" / "celeba").iterdir() if d.is_dir()]
+    assert not any((d / "complete.json").exists() for d in folders)
+
+
+def test_damaged_cache_is_fetched_again(celeba_tree, tmp_path):
+    store = LocalStore(str(tmp_path / "store"))
+    _build(celeba, celeba_tree, store)
+    local = fetch(store, "packs/celeba", str(tmp_path / "cache"))
+    path = os.path.join(local.folder, "test.images.u8")
+    with open(path, "r+b") as f:
+        f.truncate(10)
+    again = fetch(store, "packs/celeba", str(tmp_path / "cache"))
+    assert again.intact() and os.path.getsize(path) == 3 * 3 * 218 * 178
+
+
+def test_explicit_pack_location_and_bad_manifests(celeba_tree, tmp_path):
+    store = LocalStore(str(tmp_path / "store"))
+    _build(celeba, celeba_tree, store)
+    where = str(tmp_path / "store" / "packs" / "celeba")
+    data = load_dataset(_cfg("celeba", tmp_path / "gone", tmp_path, f"dataset.pack={where}"))
+    assert len(data.splits["train"]) == 5  # the root is not needed with a pack
+    with pytest.raises(DatasetError, match=r"dataset.pack '.*nowhere': no pack there"):
+        load_dataset(_cfg("celeba", celeba_tree, tmp_path, f"dataset.pack={tmp_path / 'nowhere'}"))
+    with pytest.raises(DatasetError, match="pack holds dataset 'celeba', not 'duke'"):
+        load_dataset(_cfg("duke", celeba_tree, tmp_path, f"dataset.pack={where}"))
+    (tmp_path / "store" / "packs" / "celeba" / "manifest.json").write_text("{not json")
+    with pytest.raises(DatasetError, match="manifest.json: pack manifest is not valid JSON"):
+        load_dataset(_cfg("celeba", celeba_tree, tmp_path), store=store)
+    (tmp_path / "store" / "packs" / "celeba" / "manifest.json").write_text(json.dumps({"format": "x"}))
+    with pytest.raises(DatasetError, match="not a pack manifest"):
+        load_dataset(_cfg("celeba", celeba_tree, tmp_path), store=store)
+
+
+def test_prepare_cli_builds_uploads_and_workers_find_it(celeba_tree, tmp_path, capsys):
+    store = tmp_path / "store"
+    argv = ["prepare", "--dataset", "celeba", "--source", str(celeba_tree), "--store", str(store), "--workers", "0",
+            "--shard-size", "3", "--set", "dataset.strict_counts=false"]  # fmt: skip
+    assert main(argv) == 0
+    assert capsys.readouterr().out.strip() == str(store / "packs" / "celeba" / "manifest.json")
+    manifest = json.loads((store / "packs" / "celeba" / "manifest.json").read_text())
+    assert [s["count"] for s in manifest["splits"]["train"]["images"]] == [3, 2]
+    # an explicit --output is built first, then copied into the store
+    out = tmp_path / "build"
+    assert main([*argv[:5], "--store", str(tmp_path / "store2"), "--output", str(out), *argv[7:]]) == 0
+    assert (out / "packs" / "celeba" / "manifest.json").read_bytes() == (
+        tmp_path / "store2" / "packs" / "celeba" / "manifest.json"
+    ).read_bytes()
+
+
+def test_prepare_reports_bad_input_on_one_line(celeba_tree, tmp_path, capsys):
+    (celeba_tree / "img_align_celeba" / "000003.jpg").write_bytes(b"\xff\xd8 broken")
+    base = ["prepare", "--dataset", "celeba", "--store", str(tmp_path / "s"), "--workers", "0",
+            "--set", "dataset.strict_counts=false"]  # fmt: skip
+    assert main([*base, "--source", str(celeba_tree)]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert "000003.jpg: unreadable image" in err[-1] and "Traceback" not in "".join(err)
+    assert not (tmp_path / "s" / "packs" / "celeba" / "manifest.json").exists()
+    assert main([*base, "--source", str(tmp_path / "missing")]) == 2
+    assert "missing: source folder does not exist" in capsys.readouterr().err
+    assert main(["prepare", "--dataset", "synthetic", "--source", str(celeba_tree)]) == 2
+
+
+def test_prepare_with_decode_workers_matches(celeba_tree, tmp_path):
+    a, b = LocalStore(str(tmp_path / "a")), LocalStore(str(tmp_path / "b"))
+    ma = _build(celeba, celeba_tree, a)
+    mb = build_pack(celeba, str(celeba_tree), b, pack_prefix("celeba"), strict=False, shard_size=2, workers=2)
+    for s in ma["splits"]:
+        assert [x["sha256"] for x in ma["splits"][s]["images"]] == [x["sha256"] for x in mb["splits"][s]["images"]]
+    assert np.frombuffer(a.get_bytes("packs/celeba/val/labels.u8"), np.uint8).shape == (2 * 40,)
