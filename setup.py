@@ -101,6 +101,9 @@ def _extensions():
                 py_limited_api=True,
             )
         )
+    cuda_note = f"yes ({nvcc}, TORCH_CUDA_ARCH_LIST={os.environ['TORCH_CUDA_ARCH_LIST']})" if nvcc \
+        else ("no (AAL_K8S_NO_CUDA)" if _truthy("AAL_K8S_NO_CUDA") else "no (nvcc not found)")
+    print(f"aal-k8s: building aal_k8s._C; aal_k8s._C_cuda: {cuda_note}", file=sys.stderr)
     return exts, {"build_ext": cx.BuildExtension.with_options(use_ninja=True)}
 
 

@@ -138,21 +138,25 @@ def fused_heads(
     """
     if not extension_available():
         raise RuntimeError(f"the fused head extension is not built: {extension_error()}")
-    op = torch.ops.aal_k8s.fused_heads.default
     if (
-        not torch.compiler.is_compiling()
-        and torch.is_grad_enabled()
+        torch.is_grad_enabled()
         and (h.requires_grad or weight.requires_grad or bias.requires_grad)
+        and not torch.compiler.is_compiling()
+        and not torch.is_autocast_enabled(h.device.type)
     ):
         # Eager training: the same setup_context/backward as the registered autograd formula,
         # applied through a plain autograd.Function. torch.library's generic adapter re-binds
         # every call against the schema in Python, which costs about as much as the whole
-        # B=256 kernel on a small CPU. Under torch.compile the registered formula is used.
+        # B=256 kernel on a small CPU. Under torch.compile the registered formula is used, and
+        # under autocast too, so that the cast happens before autograd records the op exactly
+        # as for direct torch.ops calls.
         loss, logits, _, _ = _FusedHeadsFunction.apply(
             h, weight, bias, labels, loss_w, feat_c, mask
         )
     else:
-        loss, logits, _, _ = op(h, weight, bias, labels, loss_w, feat_c, mask)
+        loss, logits, _, _ = torch.ops.aal_k8s.fused_heads.default(
+            h, weight, bias, labels, loss_w, feat_c, mask
+        )
     return loss, logits
 
 
@@ -188,7 +192,12 @@ def _backward(ctx, grad_loss, grad_logits, _grad_residual, _grad_count):
 class _FusedHeadsFunction(torch.autograd.Function):
     @staticmethod
     def forward(ctx, h, weight, bias, labels, loss_w, feat_c, mask):
-        out = torch.ops.aal_k8s.fused_heads.default(h, weight, bias, labels, loss_w, feat_c, mask)
+        # Straight to the device kernel: this Function is the autograd layer, and the registered
+        # one would only run its no-grad Python path here (torch.library does the same).
+        with torch._C._AutoDispatchBelowAutograd():
+            out = torch.ops.aal_k8s.fused_heads.default(
+                h, weight, bias, labels, loss_w, feat_c, mask
+            )
         _setup_context(ctx, (h, weight, bias, labels, loss_w, feat_c, mask), out)
         return out
 

@@ -239,23 +239,34 @@ def _cpu_name() -> str:
 def device_label(device: str) -> str:
     if device == "cuda":
         return f"CUDA: {torch.cuda.get_device_name()}"
-    return f"CPU: {_cpu_name()}, {torch.get_num_threads()} threads"
+    n = torch.get_num_threads()
+    return f"CPU: {_cpu_name()}, {n} thread{'' if n == 1 else 's'}"
+
+
+_BEGIN = "<!-- fused-heads:begin -->"
+_END = "<!-- fused-heads:end -->"
+_INTRO = """## Fused GRL+BCE multi-head operator (issue 3)
+
+Forward+backward of the AAL head computation, `benchmarks/bench_fused_heads.py --record`: eager
+composition (GRL autograd.Function + two nn.Linear + BCEWithLogitsLoss), the same under
+torch.compile, the pure-PyTorch reference (`aal_k8s.heads.reference_head_losses`) and the fused
+op (`aal_k8s.ops.fused_heads`). D = 512; times are medians in ms over interleaved repeats; ratios
+> 1 mean the fused op is faster. The sections below are rewritten by `--record`, one per device.
+"""
 
 
 def record(rows: list[Row], which, path: Path) -> None:
-    """Replace (or append) one section per device in BENCHMARKS.md."""
-    text = path.read_text() if path.exists() else (
-        "# Benchmarks\n\nForward+backward of the AAL head computation "
-        "(`benchmarks/bench_fused_heads.py --record`). D = 512; times are medians in ms; "
-        "ratios > 1 mean the fused op is faster.\n"
-    )
+    """Replace (or add) one section per device inside this benchmark's block of BENCHMARKS.md."""
+    text = path.read_text() if path.exists() else "# Benchmarks\n"
+    if _BEGIN not in text:
+        text = text.rstrip("\n") + f"\n\n{_BEGIN}\n{_INTRO}\n{_END}\n"
     for device in dict.fromkeys(r.device for r in rows):
         label = device_label(device)
         key = re.sub(r"[^a-z0-9]+", "-", label.lower()).strip("-")
         load = os.getloadavg()[0] if hasattr(os, "getloadavg") else float("nan")
         body = "\n".join([
             f"<!-- bench:{key} -->",
-            f"## {label}",
+            f"### {label}",
             "",
             f"- date: {_dt.datetime.now(_dt.timezone.utc).strftime('%Y-%m-%d %H:%M UTC')}",
             f"- torch {torch.__version__}, CPU capability "
@@ -270,7 +281,7 @@ def record(rows: list[Row], which, path: Path) -> None:
         if pattern.search(text):
             text = pattern.sub(lambda _m: body, text)
         else:
-            text = text.rstrip("\n") + "\n\n" + body + "\n"
+            text = text.replace(_END, body + "\n\n" + _END, 1)
     path.write_text(text if text.endswith("\n") else text + "\n")
 
 
