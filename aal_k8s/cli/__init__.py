@@ -18,8 +18,8 @@ import sys
 from aal_k8s.errors import AALError
 
 SUBCOMMANDS = ["pipeline", "submit", "status", "reduce", "final", "report", "worker", "prepare"]
-
 SUBCOMMANDS += ["logs", "cancel"]  # a run's log, cancelling a stage (both backends; see docs/kubernetes.md)
+SUBCOMMANDS += ["download", "predict", "doctor"]
 
 
 class _Parser(argparse.ArgumentParser):
@@ -28,8 +28,6 @@ class _Parser(argparse.ArgumentParser):
 
 
 # the final model set outside the store: fetch it verified, predict with it
-SUBCOMMANDS += ["download", "predict"]
-
 
 def build_parser() -> argparse.ArgumentParser:
     parser = _Parser(prog="aal-k8s", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)

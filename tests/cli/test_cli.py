@@ -78,3 +78,11 @@ def test_status_counts_runs_per_stage(tiny_overrides, capsys):
     assert main(argv) == 0
     out = capsys.readouterr().out
     assert "single" in out and "(waits for reduce)" in out
+
+
+def test_doctor_says_which_head_implementation_is_active(capsys):
+    assert main(["doctor", "--json"]) == 0
+    facts = json.loads(capsys.readouterr().out)
+    assert facts["active"].startswith(("fused", "reference"))
+    assert main(["doctor"]) == 0
+    assert "head implementation:" in capsys.readouterr().out
