@@ -46,18 +46,7 @@ class Store(abc.ABC):
 
     def get_file(self, key: str, path: str | os.PathLike) -> None:
         """Download to ``path`` atomically (temp file in the same folder, then rename)."""
-        data = self.get_bytes(key)
-        folder = os.path.dirname(os.path.abspath(path))
-        os.makedirs(folder, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(dir=folder, prefix=".part-")
-        try:
-            with os.fdopen(fd, "wb") as f:
-                f.write(data)
-            os.replace(tmp, path)
-        except BaseException:
-            if os.path.exists(tmp):
-                os.unlink(tmp)
-            raise
+        atomic_write(os.fspath(path), self.get_bytes(key))
 
     def url(self, key: str) -> str:
         """Where ``key`` lives, for messages."""
