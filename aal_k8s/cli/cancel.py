@@ -8,11 +8,8 @@ inside ``submit`` and has nothing to cancel.
 
 from __future__ import annotations
 
-from aal_k8s.backends import get_backend
-from aal_k8s.cli.common import add_config_args, config_from_args, examples, experiment_store
-from aal_k8s.cli.stages import plan
-from aal_k8s.data import resolve_attributes
-from aal_k8s.runspec import STAGES
+from aal_k8s.cli.common import add_config_args, examples
+from aal_k8s.cli.stages import add_stage_args, stage_runs
 
 HELP = "cancel the queued/running runs of one stage (k8s: delete their Jobs)"
 EXAMPLES = examples(
@@ -22,17 +19,12 @@ EXAMPLES = examples(
 
 
 def add_arguments(p) -> None:
-    p.add_argument("--stage", required=True, choices=STAGES)
-    p.add_argument("--attrs", metavar="A,B,...", help="only the runs of these attributes")
+    add_stage_args(p, "only the runs of these attributes")
     add_config_args(p)
 
 
 def run(args) -> int:
-    cfg = config_from_args(args)
-    attrs = resolve_attributes(cfg.dataset.name, args.attrs.split(",")) if args.attrs else None
-    exp = experiment_store(cfg)
-    specs = plan(cfg, exp, args.stage, attrs)
-    backend = get_backend(cfg.executor.backend, cfg)
+    _, exp, specs, backend = stage_runs(args)
     cancelled = backend.cancel(specs, exp)
     for run_id in cancelled:
         print(f"cancelled {run_id}")

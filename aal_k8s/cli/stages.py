@@ -12,6 +12,27 @@ from aal_k8s.runspec import RunSpec
 from aal_k8s.store import ExperimentStore
 
 
+def add_stage_args(p, attrs_help: str) -> None:
+    """``--stage`` and ``--attrs``, shared by the commands that act on one stage's runs."""
+    from aal_k8s.runspec import STAGES
+
+    p.add_argument("--stage", required=True, choices=STAGES)
+    p.add_argument("--attrs", metavar="A,B,...", help=attrs_help)
+
+
+def stage_runs(args):
+    """(config, experiment store, the stage's RunSpecs, backend) for ``--stage``/``--attrs``."""
+    from aal_k8s.backends import get_backend
+    from aal_k8s.cli.common import config_from_args, experiment_store
+    from aal_k8s.data import resolve_attributes
+
+    cfg = config_from_args(args)
+    attrs = resolve_attributes(cfg.dataset.name, args.attrs.split(",")) if args.attrs else None
+    exp = experiment_store(cfg)
+    specs = plan(cfg, exp, args.stage, attrs)
+    return cfg, exp, specs, get_backend(cfg.executor.backend, cfg)
+
+
 def plan(cfg: Config, exp: ExperimentStore, stage: str, attributes: list[str] | None = None) -> list[RunSpec]:
     partners = load_partners(exp) if stage == "adversarial" else None
     return plan_stage(stage, cfg, partners, attributes)

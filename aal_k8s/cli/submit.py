@@ -7,12 +7,9 @@ one Job per run is created and the command returns (watch with ``aal-k8s status`
 
 from __future__ import annotations
 
-from aal_k8s.backends import get_backend
-from aal_k8s.cli.common import add_config_args, config_from_args, examples, experiment_store
-from aal_k8s.cli.stages import execute_stage, plan, print_failures
-from aal_k8s.data import resolve_attributes
+from aal_k8s.cli.common import add_config_args, examples
+from aal_k8s.cli.stages import add_stage_args, execute_stage, print_failures, stage_runs
 from aal_k8s.data.common import check_source
-from aal_k8s.runspec import STAGES
 
 HELP = "submit the runs of one stage"
 EXAMPLES = examples(
@@ -23,18 +20,13 @@ EXAMPLES = examples(
 
 
 def add_arguments(p) -> None:
-    p.add_argument("--stage", required=True, choices=STAGES)
-    p.add_argument("--attrs", metavar="A,B,...", help="only these attributes (names or 1-based indices)")
+    add_stage_args(p, "only these attributes (names or 1-based indices)")
     p.add_argument("--dry-run", action="store_true", help="print the runs (k8s: the manifests) and exit")
     add_config_args(p)
 
 
 def run(args) -> int:
-    cfg = config_from_args(args)
-    attrs = resolve_attributes(cfg.dataset.name, args.attrs.split(",")) if args.attrs else None
-    exp = experiment_store(cfg)
-    specs = plan(cfg, exp, args.stage, attrs)
-    backend = get_backend(cfg.executor.backend, cfg)
+    cfg, exp, specs, backend = stage_runs(args)
     if args.dry_run:
         print(backend.render(specs, exp), end="")
         return 0
