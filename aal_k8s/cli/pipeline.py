@@ -10,12 +10,11 @@ import sys
 
 from aal_k8s.backends import get_backend
 from aal_k8s.cli.common import add_config_args, config_from_args, examples, experiment_store
+from aal_k8s.cli.report import write_report
 from aal_k8s.cli.stages import execute_stage, plan, print_failures
 from aal_k8s.data.common import check_source
 from aal_k8s.final import build_final
 from aal_k8s.reduce import reduce_experiment, write_reduce
-from aal_k8s.report import render_markdown
-from aal_k8s.store.base import atomic_write
 
 HELP = "run the whole protocol end to end"
 EXAMPLES = examples(
@@ -56,11 +55,8 @@ def run(args) -> int:
     out = reduce_experiment(exp, cfg)
     write_reduce(exp, out)
     build_final(exp, cfg, out)
-    text = render_markdown(out, exp.experiment)
-    exp.put_text("report", "report.md", text=text)
     path = os.path.abspath(args.output or f"{exp.experiment}-report.md")
-    atomic_write(path, text.encode())
-    print(text)
+    print(write_report(exp, out, path))
     print(f"final model set: {exp.store.url(exp.key('final', 'manifest.json'))}")
     print(f"report: {path} (and {exp.store.url(exp.key('report', 'report.md'))})")
     return 0

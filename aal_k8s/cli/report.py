@@ -21,10 +21,17 @@ def add_arguments(p) -> None:
 def run(args) -> int:
     cfg = config_from_args(args)
     exp = experiment_store(cfg)
-    text = render_markdown(load_reduce(exp), exp.experiment)
-    exp.put_text("report", "report.md", text=text)
+    write_report(exp, load_reduce(exp), args.output)
     print(f"wrote {exp.store.url(exp.key('report', 'report.md'))}")
     if args.output:
-        atomic_write(os.path.abspath(args.output), text.encode())
         print(f"wrote {args.output}")
     return 0
+
+
+def write_report(exp, out, local_path: str | None) -> str:
+    """Render the report, store it as ``report/report.md`` and, if given, write ``local_path``."""
+    text = render_markdown(out, exp.experiment)
+    exp.put_text("report", "report.md", text=text)
+    if local_path:
+        atomic_write(os.path.abspath(local_path), text.encode())
+    return text

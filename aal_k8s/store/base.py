@@ -53,8 +53,8 @@ class Store(abc.ABC):
         return f"{self.uri.rstrip('/')}/{key}"
 
 
-def atomic_write(path: str, data: bytes) -> None:
-    folder = os.path.dirname(os.path.abspath(path))
+def write_temp(folder: str, data: bytes) -> str:
+    """A complete, fsynced temp file holding ``data`` in ``folder`` (created if needed); its path."""
     os.makedirs(folder, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=folder, prefix=".part-")
     try:
@@ -62,8 +62,16 @@ def atomic_write(path: str, data: bytes) -> None:
             f.write(data)
             f.flush()
             os.fsync(f.fileno())
+    except BaseException:
+        os.unlink(tmp)
+        raise
+    return tmp
+
+
+def atomic_write(path: str, data: bytes) -> None:
+    tmp = write_temp(os.path.dirname(os.path.abspath(path)), data)
+    try:
         os.replace(tmp, path)
     except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
+        os.unlink(tmp)
         raise

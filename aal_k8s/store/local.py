@@ -3,10 +3,9 @@
 from __future__ import annotations
 
 import os
-import tempfile
 
 from aal_k8s.errors import StoreError
-from aal_k8s.store.base import Store, atomic_write
+from aal_k8s.store.base import Store, atomic_write, write_temp
 
 
 class LocalStore(Store):
@@ -27,14 +26,8 @@ class LocalStore(Store):
         """Write a complete temp file, then ``os.link`` it to the key: the link fails when the key
         exists, so of concurrent writers exactly one wins and nobody sees a partial file."""
         path = self._path(key)
-        folder = os.path.dirname(path)
-        os.makedirs(folder, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(dir=folder, prefix=".part-")
+        tmp = write_temp(os.path.dirname(path), data)
         try:
-            with os.fdopen(fd, "wb") as f:
-                f.write(data)
-                f.flush()
-                os.fsync(f.fileno())
             try:
                 os.link(tmp, path)
             except FileExistsError:
