@@ -86,6 +86,18 @@ class TrainConfig:
 class AdversarialConfig:
     lambdas: list[float] = field(default_factory=lambda: list(PAPER_LAMBDAS))  # grid, chosen on val
     final_selection: str = "best_on_val"  # best_on_val (single or adversarial) | adversarial (paper)
+    partners_from: str = "pairwise"  # pairwise (paper: the pairwise matrix) | affinity (the affinity stage) | correlation (train labels)
+    lambda_schedule: str = "constant"  # constant (paper) | dann: lambda_p = 2*lambda/(1+exp(-alpha*p)) - lambda over progress p
+    dann_alpha: float = 10.0  # alpha of the dann schedule (Ganin & Lempitsky use 10)
+    wgan_clip: float = 0.01  # wgan stage: the critic's weights are clipped to [-c, c] after every step (WGAN)
+    shared_hidden_layers: int = 2  # shared stage: hidden layers on the frozen multi-task CNN (paper: two)
+
+
+@dataclass
+class AffinityConfig:
+    # The affinity stage (lookahead inter-task affinity, Fifty et al. 2021) over all attributes.
+    every: int = 0  # measure every k training steps; 0 = every 2*M steps (adds about half a run)
+    window: int = 0  # average the last N measurements; 0 = all of training
 
 
 @dataclass
@@ -193,6 +205,7 @@ class Config:
     model: ModelConfig = field(default_factory=ModelConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
     adversarial: AdversarialConfig = field(default_factory=AdversarialConfig)
+    affinity: AffinityConfig = field(default_factory=AffinityConfig)
     store: StoreConfig = field(default_factory=StoreConfig)
     executor: ExecutorConfig = field(default_factory=ExecutorConfig)
     k8s: K8sConfig = field(default_factory=K8sConfig)
@@ -222,6 +235,8 @@ CHOICES = {
     "train.device": ("auto", "cpu", "cuda"),
     "train.precision": ("auto", "bf16", "fp32"),
     "adversarial.final_selection": ("best_on_val", "adversarial"),
+    "adversarial.partners_from": ("pairwise", "affinity", "correlation"),
+    "adversarial.lambda_schedule": ("constant", "dann"),
     "executor.backend": ("local", "k8s"),
     "store.addressing_style": ("auto", "path", "virtual"),
     "store.retry_mode": ("standard", "adaptive"),
@@ -369,6 +384,17 @@ def validate(cfg: Config) -> list[str]:
             problems.append(f"adversarial.lambdas: every value must be > 0, got {lams}")
         if len(set(lams)) != len(lams):
             problems.append(f"adversarial.lambdas: values must be distinct, got {lams}")
+    adv, aff = cfg.adversarial, cfg.affinity
+    if isinstance(adv.dann_alpha, float) and not adv.dann_alpha > 0:
+        problems.append(f"adversarial.dann_alpha: must be > 0, got {adv.dann_alpha}")
+    if isinstance(adv.wgan_clip, float) and not adv.wgan_clip > 0:
+        problems.append(f"adversarial.wgan_clip: must be > 0, got {adv.wgan_clip}")
+    if isinstance(adv.shared_hidden_layers, int) and adv.shared_hidden_layers < 1:
+        problems.append(f"adversarial.shared_hidden_layers: must be >= 1, got {adv.shared_hidden_layers}")
+    for key in ("every", "window"):
+        value = getattr(aff, key)
+        if isinstance(value, int) and value < 0:
+            problems.append(f"affinity.{key}: must be >= 0, got {value}")
     if isinstance(s.image_size, int) and s.image_size < 16:
         problems.append(f"dataset.synthetic.image_size: must be >= 16, got {s.image_size}")
     for key, value in (("label_noise", s.label_noise), ("agreement", s.agreement)):

@@ -52,6 +52,22 @@ class ReduceOutput:
     final: dict[str, Choice] = field(default_factory=dict)
     missing: dict[str, list[str]] = field(default_factory=dict)  # stage -> run ids not committed
     failed: dict[str, str] = field(default_factory=dict)  # run id -> last failure message
+    # -- partner discovery (issue: affinity stage) --------------------------------------------------
+    partners_from: str = "pairwise"  # the method whose partners plan the adversarial stage
+    partner_sources: dict[str, dict[str, str | None]] = field(default_factory=dict)  # method -> a -> partner
+    label_corr: dict[str, dict[str, float]] = field(default_factory=dict)  # [a][b]: Pearson r of train labels
+    affinity: dict[str, dict[str, float]] = field(default_factory=dict)  # [a][b]: Z(b -> a), updating for b on a's loss
+    # method -> a -> best-on-val adversarial run with that method's partner:
+    # {"partner", "lam", "val", "test", "run_id"} (only where such runs are committed)
+    method_adversarial: dict[str, dict[str, dict]] = field(default_factory=dict)
+    # -- ablations (the paper's Table 1) ------------------------------------------------------------
+    group_partners: dict[str, list[str]] = field(default_factory=dict)  # a -> every b that lowers a (Table 5)
+    # stage (gan | wgan | shared | group) -> a -> {"val", "test", "run_id", "auxiliary": [...], "lam"}
+    ablations: dict[str, dict[str, dict]] = field(default_factory=dict)
+    # -- cost and sizes -----------------------------------------------------------------------------
+    stage_seconds: dict[str, float] = field(default_factory=dict)  # stage -> sum of its committed runs' total seconds
+    stage_runs: dict[str, int] = field(default_factory=dict)  # stage -> committed runs
+    eval_images: dict[str, int] = field(default_factory=dict)  # "val"/"test" -> images per split (z-test N / M)
 
     @property
     def partners_ready(self) -> bool:

@@ -11,9 +11,17 @@ import json
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
-STAGES = ("single", "pairwise", "multi", "adversarial")
-MODES = ("single", "multi", "adversarial")
-_STAGE_TAG = {"single": "sin", "pairwise": "pair", "multi": "mul", "adversarial": "adv"}
+STAGES = ("single", "pairwise", "multi", "affinity", "adversarial", "gan", "wgan", "shared", "group")
+#: The paper's ablations (Table 1): one run per attribute with a partner, at the lambda chosen for
+#: its gradient-reversal run.
+ABLATION_STAGES = ("gan", "wgan", "shared", "group")
+# single: one head; multi: several heads sharing the backbone; adversarial: gradient reversal
+# (eq. 6/10/11); gan: alternating GAN objective (eq. 4/5); wgan: Wasserstein critic as the auxiliary
+# head; shared: gradient reversal on hidden layers over a frozen multi-task CNN; affinity: multi plus
+# lookahead inter-task affinity measurements.
+MODES = ("single", "multi", "adversarial", "gan", "wgan", "shared", "affinity")
+ADVERSARIAL_MODES = ("adversarial", "gan", "wgan", "shared")  # modes with auxiliary heads and a lambda
+_STAGE_TAG = {"single": "sin", "pairwise": "pair", "multi": "mul", "adversarial": "adv", "affinity": "aff"}
 
 # Config keys that change how fast a run goes, not what it computes: kept out of the run id.
 _EXECUTION_ONLY = {
@@ -35,6 +43,9 @@ class RunSpec:
     attr_index: tuple[int, ...] = ()  # 1-based dataset indices of primary + auxiliary, for names
     config: dict[str, Any] = field(default_factory=dict, compare=False, hash=False)
     # ^ the resolved dataset/model/train config sections the worker trains with
+    options: dict[str, Any] = field(default_factory=dict, compare=False, hash=False)
+    # ^ mode options (lambda schedule, WGAN clip, hidden layers, affinity every/window); in the id
+    init_from: str = ""  # run id whose best weights initialise the backbone (shared mode: the multi run)
 
     @property
     def heads(self) -> list[str]:
@@ -43,6 +54,9 @@ class RunSpec:
     @property
     def run_id(self) -> str:
         ident = {k: v for k, v in asdict(self).items() if k not in ("experiment", "config")}
+        for k in ("options", "init_from"):  # added later: absent when empty, so older ids stay valid
+            if not ident[k]:
+                del ident[k]
         ident["config"] = {
             section: {
                 k: v for k, v in self.config.get(section, {}).items() if k not in _EXECUTION_ONLY.get(section, ())
@@ -52,7 +66,7 @@ class RunSpec:
         digest = hashlib.sha256(json.dumps(ident, sort_keys=True).encode()).hexdigest()[:8]
         idx = self.attr_index
         n_p = len(self.primary)
-        if self.stage == "multi" or len(idx) > 4:
+        if self.stage in ("multi", "affinity") or len(idx) > 4:
             names = [f"k{len(idx)}"]
         else:
             names = [f"a{i:02d}" for i in idx[:n_p]] + [f"x{i:02d}" for i in idx[n_p:]]
