@@ -71,20 +71,33 @@ def build_backbone(backbone: str, pretrained: str) -> nn.Module:
     raise AALError(f"model.backbone: unknown backbone {backbone!r}")
 
 
-class AttributeNet(nn.Module):
-    """``features = backbone(x)``; ``logits[:, k] = features @ head_weight[k] + head_bias[k]``."""
+def hidden_stack(d: int, layers: int) -> nn.Sequential:
+    """``layers`` x (Linear(d, d) + ReLU): the representation the shared ablation trains on top
+    of a frozen CNN (the paper's "two more hidden layers")."""
+    mods: list[nn.Module] = []
+    for _ in range(layers):
+        mods += [nn.Linear(d, d), nn.ReLU()]
+    return nn.Sequential(*mods)
 
-    def __init__(self, backbone: str, pretrained: str, heads: list[str]):
+
+class AttributeNet(nn.Module):
+    """``features = hidden(backbone(x))`` (no hidden layers unless asked);
+    ``logits[:, k] = features @ head_weight[k] + head_bias[k]``."""
+
+    def __init__(self, backbone: str, pretrained: str, heads: list[str], hidden_layers: int = 0):
         super().__init__()
         self.heads = list(heads)
         self.backbone = build_backbone(backbone, pretrained)
         d = self.backbone.out_dim
+        # only created when asked, so the state dict of ordinary runs keeps its keys
+        self.hidden = hidden_stack(d, hidden_layers) if hidden_layers else None
         lin = nn.Linear(d, len(heads))  # the default nn.Linear init, one row per head
         self.head_weight = nn.Parameter(lin.weight.detach().clone())
         self.head_bias = nn.Parameter(lin.bias.detach().clone())
 
     def features(self, x: torch.Tensor) -> torch.Tensor:
-        return self.backbone(x)
+        h = self.backbone(x)
+        return h if self.hidden is None else self.hidden(h)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """Plain logits ``[B, K]`` (inference; training goes through ``aal_k8s.heads``)."""

@@ -22,6 +22,7 @@ from aal_k8s.config import Config
 from aal_k8s.data import attribute_names
 from aal_k8s.errors import StageOrderError
 from aal_k8s.planner import plan_stage
+from aal_k8s.runspec import ABLATION_STAGES
 from aal_k8s.store import ExperimentStore
 
 
@@ -69,11 +70,6 @@ class ReduceOutput:
     stage_runs: dict[str, int] = field(default_factory=dict)  # stage -> committed runs
     eval_images: dict[str, int] = field(default_factory=dict)  # "val"/"test" -> images per split (z-test N / M)
 
-    @property
-    def partners_ready(self) -> bool:
-        """Partners are known once every single-task and pairwise run is committed."""
-        return bool(self.partners) and not self.missing.get("single") and not self.missing.get("pairwise")
-
     def to_json(self) -> dict:
         return asdict(self)
 
@@ -105,21 +101,59 @@ def choose_lambda(runs: dict[float, dict]) -> float | None:
     return best
 
 
+def most_correlated_partner(attr: str, row: dict[str, float], order: list[str]) -> str | None:
+    """The partner whose train labels correlate most (|Pearson r|) with ``attr``'s: the naive
+    guess the paper's Figure 3 tests (r = 0.004 on CelebA); None when every r is 0 or undefined."""
+    best, best_abs = None, 0.0
+    for b in order:
+        r = row.get(b)
+        if b == attr or r is None or r != r:  # r != r: NaN (a constant label column)
+            continue
+        if abs(r) > best_abs:
+            best, best_abs = b, abs(r)
+    return best
+
+
+def _matrix(tasks: list[str], z: list[list[float]], transpose: bool = False) -> dict[str, dict[str, float]]:
+    """``[row task][col task]`` dict of a square list matrix (``transpose``: ``[col][row]``)."""
+    out: dict[str, dict[str, float]] = {}
+    for i, a in enumerate(tasks):
+        for j, b in enumerate(tasks):
+            if i != j:
+                r, c = (b, a) if transpose else (a, b)
+                out.setdefault(r, {})[c] = float(z[i][j])
+    return out
+
+
+PARTNER_METHODS = ("pairwise", "affinity", "correlation")
+
+
 def reduce_experiment(exp: ExperimentStore, cfg: Config) -> ReduceOutput:
     attrs = attribute_names(cfg.dataset.name)
-    out = ReduceOutput(dataset=cfg.dataset.name, attributes=attrs)
+    out = ReduceOutput(dataset=cfg.dataset.name, attributes=attrs, partners_from=cfg.adversarial.partners_from)
+    seen: set[str] = set()  # run ids already counted in stage_seconds
 
-    def committed(stage: str, specs) -> list[tuple]:
+    def committed(stage: str, specs, expected: bool = True) -> list[tuple]:
+        """Committed (spec, record) pairs of ``specs``. Runs not committed are listed as missing
+        when ``expected`` (the paper's stages) or when they were submitted (a spec is stored)."""
         found = []
         for spec in specs:
             rec = exp.read_metrics(spec.run_id)
             if rec is None:
-                out.missing.setdefault(stage, []).append(spec.run_id)
+                if expected or exp.store.exists(exp.run_key(spec.run_id, "spec.json")):
+                    out.missing.setdefault(stage, []).append(spec.run_id)
                 failure = exp.read_failure(spec.run_id)
                 if failure:
                     out.failed[spec.run_id] = failure["message"]
-            else:
-                found.append((spec, rec))
+                continue
+            found.append((spec, rec))
+            if spec.run_id not in seen:
+                seen.add(spec.run_id)
+                out.stage_seconds[stage] = out.stage_seconds.get(stage, 0.0) + float(rec.get("timings", {}).get("total", 0.0))
+                out.stage_runs[stage] = out.stage_runs.get(stage, 0) + 1
+            for split, n in rec.get("split_sizes", {}).items():
+                if split in ("val", "test"):
+                    out.eval_images.setdefault(split, int(n))
         return found
 
     for spec, rec in committed("single", plan_stage("single", cfg)):
@@ -133,49 +167,129 @@ def reduce_experiment(exp: ExperimentStore, cfg: Config) -> ReduceOutput:
             out.pair_test.setdefault(x, {})[y] = rec["test_acc"][x]
     for _, rec in committed("multi", plan_stage("multi", cfg)):
         out.multi_val, out.multi_test = dict(rec["val_acc"]), dict(rec["test_acc"])
+        if rec.get("label_corr"):
+            out.label_corr = _matrix(rec["heads"], rec["label_corr"])
+    for _, rec in committed("affinity", plan_stage("affinity", cfg), expected=False):
+        aff = rec["affinity"]
+        out.affinity = _matrix(aff["tasks"], aff["z"], transpose=True)  # [a][b] = Z(b -> a)
+        if not out.label_corr and rec.get("label_corr"):
+            out.label_corr = _matrix(rec["heads"], rec["label_corr"])
 
+    # -- partners, by every method whose inputs are complete
     if not out.missing.get("single") and not out.missing.get("pairwise"):
-        out.partners = {
+        out.partner_sources["pairwise"] = {
             a: most_negative_partner(a, out.single_val[a], out.pair_val.get(a, {}), attrs) for a in attrs
         }
+        out.group_partners = {
+            a: [b for b in attrs if b != a and out.pair_val.get(a, {}).get(b, 1.0) < out.single_val[a]] for a in attrs
+        }
+    if out.affinity:
+        out.partner_sources["affinity"] = {a: most_negative_partner(a, 0.0, out.affinity.get(a, {}), attrs) for a in attrs}
+    if out.label_corr:
+        out.partner_sources["correlation"] = {a: most_correlated_partner(a, out.label_corr.get(a, {}), attrs) for a in attrs}
+    out.partners = dict(out.partner_sources.get(out.partners_from, {}))
     if not out.partners:
         return out
 
-    for spec, rec in committed("adversarial", plan_stage("adversarial", cfg, out.partners)):
-        a = spec.primary[0]
-        out.adversarial.setdefault(a, {})[repr(spec.lam)] = {
-            "lam": spec.lam,
-            "run_id": spec.run_id,
-            "val": rec["val_acc"][a],
-            "test": rec["test_acc"][a],
-        }
+    # -- adversarial runs of every method's partners (the chosen method's missing runs are listed)
+    for method in PARTNER_METHODS:
+        partners = out.partner_sources.get(method)
+        if partners is None:
+            continue
+        chosen = method == out.partners_from
+        runs: dict[str, dict[float, dict]] = {}
+        for spec, rec in committed("adversarial", plan_stage("adversarial", cfg, partners), expected=chosen):
+            a = spec.primary[0]
+            runs.setdefault(a, {})[spec.lam] = {
+                "lam": spec.lam,
+                "run_id": spec.run_id,
+                "partner": spec.auxiliary[0],
+                "val": rec["val_acc"][a],
+                "test": rec["test_acc"][a],
+            }
+        for a, by_lam in runs.items():
+            lam = choose_lambda(by_lam)
+            out.method_adversarial.setdefault(method, {})[a] = dict(by_lam[lam])
+            if chosen:
+                out.adversarial[a] = {repr(r["lam"]): {k: r[k] for k in ("lam", "run_id", "val", "test")} for r in by_lam.values()}
+                if len(by_lam) == len(cfg.adversarial.lambdas):  # lambda is chosen on the full grid only
+                    out.chosen_lambda[a] = lam
+
+    # -- ablations, at each attribute's chosen lambda (only once the adversarial stage is reduced)
+    if out.chosen_lambda:
+        for stage in ABLATION_STAGES:
+            try:
+                specs = plan_stage(stage, cfg, out.partners, lambdas=out.chosen_lambda, groups=out.group_partners or None)
+            except StageOrderError:
+                continue  # e.g. group without the pairwise stage, or lambdas not chosen for every attribute
+            for spec, rec in committed(stage, specs, expected=False):
+                a = spec.primary[0]
+                out.ablations.setdefault(stage, {})[a] = {
+                    "val": rec["val_acc"][a],
+                    "test": rec["test_acc"][a],
+                    "run_id": spec.run_id,
+                    "auxiliary": list(spec.auxiliary),
+                    "lam": spec.lam,
+                }
+
+    # -- the final model set
     for a in attrs:
+        if a not in out.single_val:
+            continue  # the single stage is incomplete: no final choice for a yet
         single_id = plan_stage("single", cfg, attributes=[a])[0].run_id
         single = Choice(a, "single", single_id, None, None, out.single_val[a], out.single_test[a])
-        runs = {r["lam"]: r for r in out.adversarial.get(a, {}).values()}
-        lam = choose_lambda(runs)
+        lam = out.chosen_lambda.get(a)
+        if out.partners.get(a) and lam is None:
+            continue  # its adversarial runs are not all committed yet
         if lam is None:
             out.final[a] = single
             continue
-        out.chosen_lambda[a] = lam
-        r = runs[lam]
+        r = out.adversarial[a][repr(lam)]
         adv = Choice(a, "adversarial", r["run_id"], out.partners[a], lam, r["val"], r["test"])
         if cfg.adversarial.final_selection == "adversarial" or adv.val > single.val:
             out.final[a] = adv
         else:
             out.final[a] = single
+    out.missing = {stage: list(dict.fromkeys(ids)) for stage, ids in out.missing.items()}  # a run may serve two methods
     return out
 
 
-def load_partners(exp: ExperimentStore) -> dict[str, str | None]:
-    """Partners from the stored reduce output; ``StageOrderError`` when reduce has not run."""
-    summary = exp.get_json("reduce", "summary.json")
-    if not summary or not summary.get("partners"):
+@dataclass
+class PlanInputs:
+    """What the stages after reduce are planned from (read back from the stored reduce output)."""
+
+    partners: dict[str, str | None]
+    lambdas: dict[str, float]
+    groups: dict[str, list[str]] | None
+
+
+_DISCOVERY = {
+    "pairwise": "the single and pairwise stages",
+    "affinity": "the affinity stage",
+    "correlation": "the multi or affinity stage (label correlations are recorded there)",
+}
+
+
+def load_plan_inputs(exp: ExperimentStore, cfg: Config, stage: str) -> PlanInputs:
+    """Partners by ``adversarial.partners_from``, chosen lambdas and groups from the stored reduce
+    output; ``StageOrderError`` naming what to run when they are not there yet."""
+    method = cfg.adversarial.partners_from
+    summary = exp.get_json("reduce", "summary.json") or {}
+    partners = (summary.get("partner_sources") or {}).get(method)
+    if partners is None and method == "pairwise" and summary.get("partners") and "partner_sources" not in summary:
+        partners = summary["partners"]  # a reduce output written before partner sources existed
+    if partners is None:
         raise StageOrderError(
-            f"stage adversarial needs the negative partners of experiment {exp.experiment!r}: "
-            "run the single and pairwise stages, then `aal-k8s reduce`"
+            f"stage {stage} needs the negative partners ({method}) of experiment {exp.experiment!r}: "
+            f"run {_DISCOVERY[method]}, then `aal-k8s reduce`"
         )
-    return summary["partners"]
+    if stage != "adversarial" and summary.get("partners_from", "pairwise") != method:
+        raise StageOrderError(
+            f"stage {stage} runs at the lambdas chosen with {method} partners, but the reduce output of "
+            f"experiment {exp.experiment!r} was made with {summary.get('partners_from')} partners: "
+            f"run `aal-k8s reduce --partners-from {method}` first"
+        )
+    return PlanInputs(partners, summary.get("chosen_lambda") or {}, summary.get("group_partners") or None)
 
 
 def matrix_csv(out: ReduceOutput) -> str:

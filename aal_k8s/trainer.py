@@ -1,12 +1,18 @@
 """Train one RunSpec: Adam, step lr decay, per-epoch validation, best epoch kept, test reported.
 
-Modes (paper section 3 and appendix A.3):
+Modes (paper section 3, appendix A.3, and the ablations of section 4.2.1):
   single       one primary head
   multi        several primary heads sharing the backbone (pairwise runs have two)
   adversarial  primary heads + auxiliary heads behind gradient reversal: the backbone gets the
                gradient of mean primary BCE - lambda * mean auxiliary BCE, the auxiliary heads
                minimise their own BCE (eq. 6/10/11). The head maths sits behind
                ``aal_k8s.heads.head_losses``, which the fused operator implements.
+  gan, wgan    the GAN (eq. 4/5) and Wasserstein-critic objectives of ``aal_k8s.objectives``
+  shared       adversarial on ``hidden_layers`` hidden layers over a frozen CNN (the multi-task
+               run's backbone, given as ``init_state``); only hidden layers and heads train
+  affinity     multi, plus lookahead inter-task affinity measured every k steps
+               (``aal_k8s.affinity``); the measurements leave the training trajectory unchanged
+The options ``lambda_schedule: dann`` (+ ``dann_alpha``) ramp lambda up over training (DANN).
 
 The best epoch is the one with the highest mean validation accuracy over the primary heads
 (earliest on ties); val and test accuracy of every head are reported at that epoch.
@@ -32,7 +38,8 @@ from aal_k8s.data import LoadedDataset
 from aal_k8s.data.pipeline import pipeline_for_run
 from aal_k8s.heads import head_coefficients, head_losses
 from aal_k8s.model import AttributeNet
-from aal_k8s.runspec import RunSpec
+from aal_k8s.errors import AALError
+from aal_k8s.runspec import ADVERSARIAL_MODES, RunSpec
 
 
 @dataclass
@@ -46,6 +53,7 @@ class RunResult:
     timings: dict[str, float]  # seconds
     environment: dict[str, str]
     state_dict: dict[str, torch.Tensor] = field(repr=False, default_factory=dict)
+    extra: dict = field(default_factory=dict)  # split_sizes, label_corr, affinity: merged into metrics
 
     def metrics(self) -> dict:
         """The JSON-able part (everything but the weights)."""
@@ -58,6 +66,7 @@ class RunResult:
             "history": self.history,
             "timings": self.timings,
             "environment": self.environment,
+            **self.extra,
         }
 
 
@@ -119,18 +128,36 @@ def _restore(state: dict, spec: RunSpec, model, opt, gen: torch.Generator) -> in
     return int(state["epoch"])
 
 
+def label_correlation(labels: torch.Tensor) -> list[list[float]]:
+    """Pearson r between the label columns of ``labels [N, K]`` (0 where a column is constant)."""
+    if labels.shape[1] < 2:
+        return [[1.0]] * labels.shape[1]
+    r = torch.corrcoef(labels.double().t())
+    return torch.nan_to_num(r, nan=0.0).tolist()
+
+
+def _scheduled_lambda(spec: RunSpec, lam: float, progress: float) -> float:
+    if spec.options.get("lambda_schedule", "constant") == "dann":
+        from aal_k8s.objectives import dann_lambda
+
+        return dann_lambda(lam, progress, spec.options.get("dann_alpha", 10.0))
+    return lam
+
+
 def train_run(
     spec: RunSpec,
     data: LoadedDataset,
     on_epoch_end: EpochHook | None = None,
     resume_state: dict | None = None,
     on_checkpoint: CheckpointHook | None = None,
+    init_state: dict[str, torch.Tensor] | None = None,
 ) -> RunResult:
     """Train ``spec`` on ``data`` and return the best epoch's metrics and weights.
 
     ``resume_state``: a state given to ``on_checkpoint`` earlier; training continues after its
     epoch. ``on_checkpoint(state)`` is called after every epoch and must serialise the state
-    before returning (its tensors are the live ones)."""
+    before returning (its tensors are the live ones). ``init_state``: the best weights of run
+    ``spec.init_from`` (their ``backbone.*`` tensors initialise the backbone)."""
     cfg = config_from_dict(spec.config)
     t, m = cfg.train, cfg.model
     device = pick_device(t.device)
@@ -142,12 +169,28 @@ def train_run(
     cols = [data.attributes.index(a) for a in spec.heads]
     n_p = len(spec.primary)
     # channels_last: 1.6x faster convolutions on CPU (oneDNN) and the layout tensor cores want
-    model = AttributeNet(m.backbone, m.pretrained, spec.heads).to(device, memory_format=torch.channels_last)
+    n_aux = len(spec.auxiliary)
+    shared = spec.mode == "shared"
+    hidden = int(spec.options.get("hidden_layers", 0)) if shared else 0
+    # the shared ablation's CNN comes from init_state: no point loading ImageNet weights first
+    model = AttributeNet(m.backbone, "none" if spec.init_from else m.pretrained, spec.heads, hidden_layers=hidden)
+    if spec.init_from:
+        if init_state is None:
+            raise AALError(f"run {spec.run_id}: starts from the weights of run {spec.init_from}, which were not given")
+        model.backbone.load_state_dict({k.removeprefix("backbone."): v for k, v in init_state.items() if k.startswith("backbone.")})
+    if shared:
+        model.backbone.requires_grad_(False)  # frozen: only the hidden layers and heads train
+    model = model.to(device, memory_format=torch.channels_last)
     # fused Adam on CUDA: one kernel for all parameters (CPU keeps the default, bitwise as before)
     fused = True if device.type == "cuda" else None
-    opt = torch.optim.Adam(model.parameters(), lr=t.lr, weight_decay=t.weight_decay, fused=fused)
-    lam = spec.lam if spec.mode == "adversarial" else 0.0
-    loss_w, feat_c = head_coefficients(n_p, len(spec.auxiliary), lam, device=device)
+    trainable = [p for p in model.parameters() if p.requires_grad]
+    opt = torch.optim.Adam(trainable, lr=t.lr, weight_decay=t.weight_decay, fused=fused)
+    lam = spec.lam if spec.mode in ADVERSARIAL_MODES else 0.0
+    loss_w, feat_c = head_coefficients(n_p, n_aux, lam, device=device)
+    if spec.mode in ("gan", "wgan"):
+        from aal_k8s.objectives import clip_critic_, gan_losses, wgan_losses
+
+        objective = gan_losses if spec.mode == "gan" else wgan_losses
     # input pipeline (aal_k8s.data.pipeline): splits resident on the device when decoded, batches
     # augmented there; bf16 autocast on CUDA by default (train.precision)
     pipe = pipeline_for_run(data, cols, cfg, device, spec.seed)
@@ -156,6 +199,20 @@ def train_run(
         torch.backends.cudnn.benchmark = True
     features = torch.compile(model.features) if t.compile else model.features
     forward = torch.compile(model.forward) if t.compile else model
+    if shared:
+
+        def features(x, _hidden=torch.compile(model.hidden) if t.compile else model.hidden):
+            with torch.no_grad():  # the frozen CNN needs no graph
+                h = model.backbone(x)
+            return _hidden(h)
+
+    affinity = None
+    if spec.mode == "affinity":
+        from aal_k8s.affinity import LookaheadAffinity
+
+        affinity = LookaheadAffinity(model, opt, len(cols), every=int(spec.options["every"]), window=int(spec.options.get("window", 0)))
+    steps_per_epoch = max(1, -(-pipe.size("train") // t.batch_size))
+    step = 0  # global training step (affinity measurements and the lambda schedule count in it)
 
     history: list[dict] = []
     best_score, best_epoch, best_state = -1.0, 0, None
@@ -168,30 +225,49 @@ def train_run(
         best_score, best_epoch = float(best["score"]), int(best["epoch"])
         best_state = {k: v.to(device) for k, v in best["state"].items()}
         timings = {k: float(v) for k, v in resume_state["timings"].items()}
+        step = int(resume_state.get("step", (first - 1) * steps_per_epoch))
+        if affinity is not None:
+            affinity.load_state_dict(resume_state["affinity"])
     start = time.perf_counter() - timings.pop("total", 0.0)
     for epoch in range(first, t.epochs + 1):
         lr = lr_at(epoch, t.lr, t.lr_decay_epoch, t.lr_decay_factor)
         for group in opt.param_groups:
             group["lr"] = lr
         model.train()
+        if shared:
+            model.backbone.eval()  # frozen, batch-norm statistics included
         t0 = time.perf_counter()
         loss_sum = torch.zeros(len(cols), device=device)
         steps = 0
         for x, y in pipe.train_batches(t.batch_size, gen, epoch):
+            if affinity is not None and affinity.due(step):
+                affinity.measure(x, y)  # restores parameters, buffers and optimizer state bitwise
+            lam_t = _scheduled_lambda(spec, lam, step / (t.epochs * steps_per_epoch)) if n_aux else 0.0
+            if lam_t != lam and spec.mode not in ("gan", "wgan"):
+                loss_w, feat_c = head_coefficients(n_p, n_aux, lam_t, device=device)
             with torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16):
                 h = features(x)
             # the heads take bf16 or fp32 features and accumulate in fp32 (outside autocast)
-            loss, _ = head_losses(h, model.head_weight, model.head_bias, y, loss_w, feat_c, impl=t.heads_impl)
+            if spec.mode in ("gan", "wgan"):
+                loss, total = objective(h, model.head_weight, model.head_bias, y, n_p, lam_t)
+            else:
+                loss, _ = head_losses(h, model.head_weight, model.head_bias, y, loss_w, feat_c, impl=t.heads_impl)
+                total = loss.sum()
             opt.zero_grad(set_to_none=True)
-            loss.sum().backward()
+            total.backward()
             opt.step()
+            if spec.mode == "wgan":
+                clip_critic_(model.head_weight, model.head_bias, n_p, float(spec.options["clip"]))
             loss_sum += loss.detach()
             steps += 1
+            step += 1
         t1 = time.perf_counter()
         val_acc = evaluate(model, pipe.eval_batches("val", t.eval_batch_size), len(cols), device, bf16, forward)
         t2 = time.perf_counter()
         timings["train"] += t1 - t0
         timings["eval"] += t2 - t1
+        if affinity is not None:
+            timings["affinity"] = affinity.seconds  # inside "train" too: the measurements' share of it
         score = sum(val_acc[:n_p]) / n_p
         entry = {
             "epoch": epoch,
@@ -228,6 +304,8 @@ def train_run(
                     "best": {"score": best_score, "epoch": best_epoch, "state": _cpu(best_state)},
                     "history": history,
                     "timings": {**timings, "total": time.perf_counter() - start},
+                    "step": step,
+                    **({"affinity": affinity.state_dict()} if affinity is not None else {}),
                 }
             )
         if on_epoch_end is not None:
@@ -253,7 +331,19 @@ def train_run(
             "input": pipe.describe(),
         },
         state_dict={k: v.detach().cpu().contiguous() for k, v in best_state.items()},
+        extra={
+            "split_sizes": {name: len(split) for name, split in data.splits.items()},
+            "label_corr": label_correlation(data.splits["train"].labels[:, cols]),
+        },
     )
+    if affinity is not None:
+        result.extra["affinity"] = {
+            "tasks": spec.heads,
+            "z": affinity.matrix(),  # z[i][j] = Z(i -> j): a step for task i, measured on task j
+            "measurements": affinity.measurements,
+            "every": int(spec.options["every"]),
+            "window": int(spec.options.get("window", 0)),
+        }
     if first > 1:
         result.environment["resumed_after_epoch"] = str(first - 1)
     return result

@@ -131,8 +131,17 @@ def _train_and_commit(exp, spec, log, checkpoint_keep: int = 2) -> int:
             exp.discard_attempt(spec.run_id)  # this attempt's files; the winner's stay
             raise _CommittedElsewhere(record.get("attempt", "?"))
 
+    init_state = None
+    if spec.init_from:  # the shared ablation starts from the multi-task run's CNN
+        if not exp.is_committed(spec.init_from):
+            raise AALError(f"run {spec.run_id}: starts from run {spec.init_from}, which is not committed (run its stage first)")
+        from safetensors.torch import load as load_safetensors
+
+        init_state = load_safetensors(exp.read_artifact(spec.init_from, "best.safetensors"))
     resume = _load_checkpoint(exp, spec, log)
-    result = train_run(spec, data, on_epoch_end=progress, resume_state=resume, on_checkpoint=checkpoint)
+    result = train_run(
+        spec, data, on_epoch_end=progress, resume_state=resume, on_checkpoint=checkpoint, init_state=init_state
+    )
     weights = save_safetensors(result.state_dict, metadata={"run_id": spec.run_id})
     record = exp.commit_run(spec, {"best.safetensors": weights}, result.metrics())
     if record.get("attempt") != exp.attempt:

@@ -16,6 +16,10 @@ def add_config_args(p: argparse.ArgumentParser) -> None:
     g.add_argument("--store", metavar="URI", help="results store: a folder or s3://bucket/prefix (store.uri)")
     g.add_argument("--backend", choices=("local", "k8s"), help="where runs execute (executor.backend)")
     g.add_argument(
+        "--partners-from", choices=("pairwise", "affinity", "correlation"),
+        help="how negative partners are found (adversarial.partners_from; default pairwise, the paper)",
+    )  # fmt: skip
+    g.add_argument(
         "--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
         help="override one config key, e.g. --set train.epochs=2 (repeatable)",
     )  # fmt: skip
@@ -29,6 +33,8 @@ def config_from_args(args) -> Config:
         overrides.append(f"experiment={args.experiment}")
     if getattr(args, "backend", None):
         overrides.append(f"executor.backend={args.backend}")
+    if getattr(args, "partners_from", None):
+        overrides.append(f"adversarial.partners_from={args.partners_from}")
     return load_config(args.config, overrides, dataset=args.dataset)
 
 

@@ -1,6 +1,10 @@
 """Run the whole AAL protocol: single -> pairwise -> multi -> reduce -> adversarial -> reduce ->
 final model set -> report. Finished runs are skipped, so re-running it trains nothing new and an
 interrupted pipeline continues where it stopped.
+
+``--stages all`` adds the affinity stage (partner discovery in one run) and the paper's ablations
+(gan, wgan, shared, group; after adversarial, at each attribute's chosen lambda); a comma list picks
+stages, e.g. ``--stages single,multi,affinity,adversarial --partners-from affinity`` skips pairwise.
 """
 
 from __future__ import annotations
@@ -14,22 +18,46 @@ from aal_k8s.cli.report import write_report
 from aal_k8s.cli.stages import execute_stage, plan, print_failures
 from aal_k8s.data.common import check_source
 from aal_k8s.final import build_final
+from aal_k8s.errors import AALError
+from aal_k8s.planner import ALL, PIPELINE
 from aal_k8s.reduce import reduce_experiment, write_reduce
+from aal_k8s.runspec import ABLATION_STAGES
 
 HELP = "run the whole protocol end to end"
 EXAMPLES = examples(
     "aal-k8s pipeline --dataset synthetic",
     "aal-k8s pipeline --dataset synthetic --set train.epochs=2 --store /tmp/aal",
+    "aal-k8s pipeline --dataset synthetic --stages all",
+    "aal-k8s pipeline --dataset synthetic --stages single,multi,affinity,adversarial --partners-from affinity",
     "aal-k8s pipeline --dataset celeba --backend k8s --store s3://bucket/aal",
 )
 
 
 def add_arguments(p) -> None:
     p.add_argument("--output", "-o", metavar="FILE", help="also write the report here (default: <experiment>-report.md)")
+    p.add_argument(
+        "--stages", default="paper", metavar="LIST",
+        help="paper (default: single,pairwise,multi,adversarial), all (+ affinity and the ablations "
+        "gan,wgan,shared,group), or a comma list of stages",
+    )  # fmt: skip
     add_config_args(p)
 
 
+def parse_stages(text: str) -> list[str]:
+    """``paper`` | ``all`` | a comma list, returned in protocol order; unknown names are an error."""
+    if text == "paper":
+        return list(PIPELINE)
+    if text == "all":
+        return list(ALL)
+    names = [n.strip() for n in text.split(",") if n.strip()]
+    unknown = [n for n in names if n not in ALL]
+    if unknown or not names:
+        raise AALError(f"--stages: unknown stage(s) {', '.join(map(repr, unknown)) or '(none given)'} (known: paper, all, {', '.join(ALL)})")
+    return [n for n in ALL if n in names]
+
+
 def run(args) -> int:
+    stages = parse_stages(args.stages)
     cfg = config_from_args(args)
     exp = experiment_store(cfg)
     backend = get_backend(cfg.executor.backend, cfg)
@@ -44,19 +72,31 @@ def run(args) -> int:
         print_failures(report, name)
         return not report.failed
 
-    for name in ("single", "pairwise", "multi"):
-        if not stage(name):
-            print(f"pipeline stopped: stage {name} has failed runs (see `aal-k8s status`)", file=sys.stderr)
-            return 1
-    write_reduce(exp, reduce_experiment(exp, cfg))
-    if not stage("adversarial"):
-        print("pipeline stopped: stage adversarial has failed runs (see `aal-k8s status`)", file=sys.stderr)
-        return 1
-    out = reduce_experiment(exp, cfg)
+    # discovery, then adversarial, then the ablations (they need its chosen lambdas): reduce between
+    phases = [
+        [n for n in stages if n in ("single", "pairwise", "multi", "affinity")],
+        [n for n in stages if n == "adversarial"],
+        [n for n in stages if n in ABLATION_STAGES],
+    ]
+    out = None
+    for phase in phases:
+        if not phase:
+            continue
+        if out is not None:
+            write_reduce(exp, out)
+        for name in phase:
+            if not stage(name):
+                print(f"pipeline stopped: stage {name} has failed runs (see `aal-k8s status`)", file=sys.stderr)
+                return 1
+        out = reduce_experiment(exp, cfg)
     write_reduce(exp, out)
-    build_final(exp, cfg, out)
+    if len(out.final) == len(out.attributes):
+        build_final(exp, cfg, out)
+    else:
+        print("final model set not built: the stages run do not give every attribute a classifier", file=sys.stderr)
     path = os.path.abspath(args.output or f"{exp.experiment}-report.md")
     print(write_report(exp, out, path))
-    print(f"final model set: {exp.store.url(exp.key('final', 'manifest.json'))}")
+    if len(out.final) == len(out.attributes):
+        print(f"final model set: {exp.store.url(exp.key('final', 'manifest.json'))}")
     print(f"report: {path} (and {exp.store.url(exp.key('report', 'report.md'))})")
     return 0

@@ -7,7 +7,7 @@ import sys
 from aal_k8s.backends import Backend, SubmitReport
 from aal_k8s.config import Config
 from aal_k8s.planner import plan_stage
-from aal_k8s.reduce import load_partners
+from aal_k8s.reduce import load_plan_inputs
 from aal_k8s.runspec import RunSpec
 from aal_k8s.store import ExperimentStore
 
@@ -34,8 +34,10 @@ def stage_runs(args):
 
 
 def plan(cfg: Config, exp: ExperimentStore, stage: str, attributes: list[str] | None = None) -> list[RunSpec]:
-    partners = load_partners(exp) if stage == "adversarial" else None
-    return plan_stage(stage, cfg, partners, attributes)
+    if stage in ("single", "pairwise", "multi", "affinity"):
+        return plan_stage(stage, cfg, attributes=attributes)
+    given = load_plan_inputs(exp, cfg, stage)
+    return plan_stage(stage, cfg, given.partners, attributes, lambdas=given.lambdas, groups=given.groups)
 
 
 def execute_stage(backend: Backend, exp: ExperimentStore, stage: str, specs: list[RunSpec]) -> SubmitReport:
