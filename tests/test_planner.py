@@ -65,3 +65,72 @@ def test_subset_of_attributes(cfg):
 def test_unknown_stage_is_an_error(cfg):
     with pytest.raises(AALError, match="unknown stage 'triple'"):
         plan_stage("triple", cfg)
+
+
+# -- stages of the ablations and of partner discovery -------------------------------------------
+PARTNERS = {"square": "red_tint", "ring": "blue_tint", "cross": None}
+LAMBDAS = {"square": 0.1, "ring": 1.0}
+
+
+@pytest.mark.parametrize(
+    "stage, mode, options",
+    [
+        ("gan", "gan", {}),
+        ("wgan", "wgan", {"clip": 0.01}),
+        ("shared", "shared", {"hidden_layers": 2}),
+    ],
+)
+def test_ablation_stages_train_one_run_per_attribute_at_its_chosen_lambda(cfg, stage, mode, options):
+    specs = plan_stage(stage, cfg, PARTNERS, lambdas=LAMBDAS)
+    assert [(s.primary, s.auxiliary, s.lam, s.mode) for s in specs] == [
+        (("square",), ("red_tint",), 0.1, mode),
+        (("ring",), ("blue_tint",), 1.0, mode),
+    ]
+    assert all(s.options == options for s in specs)
+
+
+def test_shared_stage_starts_from_the_multi_run(cfg):
+    multi = plan_stage("multi", cfg)[0].run_id
+    assert {s.init_from for s in plan_stage("shared", cfg, PARTNERS, lambdas=LAMBDAS)} == {multi}
+    assert all(s.init_from == "" for s in plan_stage("gan", cfg, PARTNERS, lambdas=LAMBDAS))
+
+
+def test_group_stage_trains_against_every_negative_partner(cfg):
+    groups = {"square": ["ring", "red_tint"], "ring": ["blue_tint"], "cross": []}
+    specs = plan_stage("group", cfg, PARTNERS, lambdas=LAMBDAS, groups=groups)
+    assert [(s.primary, s.auxiliary, s.mode) for s in specs] == [
+        (("square",), ("ring", "red_tint"), "adversarial"),
+        (("ring",), ("blue_tint",), "adversarial"),
+    ]
+
+
+@pytest.mark.parametrize("stage", ["gan", "wgan", "shared", "group"])
+def test_ablation_stages_wait_for_the_chosen_lambdas(cfg, stage):
+    with pytest.raises(StageOrderError, match="adversarial stage"):
+        plan_stage(stage, cfg, PARTNERS, lambdas={"square": 0.1}, groups={"square": ["ring"]})
+    with pytest.raises(StageOrderError, match="negative partners"):
+        plan_stage(stage, cfg)
+
+
+def test_affinity_stage_is_one_run_over_every_attribute_measuring_every_2m_steps(cfg):
+    (spec,) = plan_stage("affinity", cfg)
+    assert spec.mode == "affinity" and spec.primary == tuple(attribute_names("synthetic"))
+    assert spec.options == {"every": 12, "window": 0} and spec.run_id.startswith("aff-k6-")
+    custom = load_config(dataset="synthetic", overrides=["affinity.every=5", "affinity.window=3"])
+    assert plan_stage("affinity", custom)[0].options == {"every": 5, "window": 3}
+
+
+def test_paper_run_ids_do_not_change_with_the_new_optional_settings(cfg):
+    """Options and init_from are left out of the id when empty: stores made before keep their runs."""
+    paper = [s.run_id for st in ("single", "pairwise", "multi") for s in plan_stage(st, cfg)]
+    other = load_config(dataset="synthetic", overrides=["adversarial.wgan_clip=0.05", "affinity.every=3"])
+    assert paper == [s.run_id for st in ("single", "pairwise", "multi") for s in plan_stage(st, other)]
+    assert plan_stage("single", cfg)[0].run_id == "sin-a01-" + plan_stage("single", cfg)[0].run_id[-8:]
+
+
+def test_dann_schedule_is_part_of_the_adversarial_run_id(cfg):
+    dann = load_config(dataset="synthetic", overrides=["adversarial.lambda_schedule=dann"])
+    plain = plan_stage("adversarial", cfg, PARTNERS)
+    ramped = plan_stage("adversarial", dann, PARTNERS)
+    assert ramped[0].options == {"lambda_schedule": "dann", "dann_alpha": 10.0} and plain[0].options == {}
+    assert {s.run_id for s in plain}.isdisjoint(s.run_id for s in ramped)

@@ -95,3 +95,99 @@ def test_helpers_on_plain_values():
     assert most_negative_partner("a", 0.5, {"b": 0.4, "c": 0.3}, ["a", "b", "c"]) == "c"
     assert choose_lambda({}) is None
     assert choose_lambda({0.5: {"val": 0.7}, 0.1: {"val": 0.7}}) == 0.5  # grid order, not value order
+
+
+# -- partner sources, ablations, cost ------------------------------------------------------------
+def _commit_all_heads(exp, spec, acc, **extra):
+    vals = {h: acc for h in spec.heads}
+    exp.commit_run(spec, {}, {"val_acc": vals, "test_acc": vals, "heads": spec.heads, "timings": {"total": 10.0}, **extra})
+
+
+def _affinity_z():
+    """z[i][j] = Z(i -> j): red_tint hurts square most, cross hurts ring, nothing hurts the rest."""
+    z = [[0.01] * 6 for _ in range(6)]
+    z[ATTRS.index("red_tint")][ATTRS.index("square")] = -0.30
+    z[ATTRS.index("ring")][ATTRS.index("square")] = -0.10
+    z[ATTRS.index("cross")][ATTRS.index("ring")] = -0.05
+    return z
+
+
+def _corr():
+    r = [[1.0 if i == j else 0.0 for j in range(6)] for i in range(6)]
+    for a, b, v in (("square", "red_tint", 0.9), ("ring", "blue_tint", -0.8), ("ring", "cross", 0.3)):
+        i, j = ATTRS.index(a), ATTRS.index(b)
+        r[i][j] = r[j][i] = v
+    return r
+
+
+@pytest.fixture
+def with_affinity(filled):
+    cfg, exp = filled
+    (multi,) = plan_stage("multi", cfg)
+    _commit_all_heads(exp, multi, 0.85, label_corr=_corr(), split_sizes={"train": 30, "val": 10, "test": 20})
+    (aff,) = plan_stage("affinity", cfg)
+    _commit_all_heads(exp, aff, 0.85, affinity={"tasks": ATTRS, "z": _affinity_z()}, timings={"total": 25.0})
+    return cfg, exp
+
+
+def test_three_partner_sources_from_pairwise_affinity_and_label_correlation(with_affinity):
+    cfg, exp = with_affinity
+    out = reduce_experiment(exp, cfg)
+    src = out.partner_sources
+    assert src["pairwise"]["square"] == "red_tint" and src["pairwise"]["ring"] == "cross"
+    assert src["affinity"] == {"square": "red_tint", "ring": "cross", "h_stripes": None, "cross": None,
+                               "red_tint": None, "blue_tint": None}  # fmt: skip
+    assert out.affinity["square"]["red_tint"] == -0.30  # [a][b] = Z(b -> a)
+    assert src["correlation"]["ring"] == "blue_tint"  # |r| = 0.8 beats 0.3, whatever the sign
+    assert src["correlation"]["h_stripes"] is None  # uncorrelated with everything
+    assert out.partners == src["pairwise"] and out.partners_from == "pairwise"
+
+
+def test_partners_from_affinity_need_no_pairwise_stage(tmp_path):
+    cfg = load_config(dataset="synthetic", overrides=[f"store.uri={tmp_path}", "adversarial.partners_from=affinity"])
+    exp = ExperimentStore(LocalStore(str(tmp_path)), cfg.experiment_name)
+    for spec in plan_stage("single", cfg):
+        _commit(exp, spec, {spec.primary[0]: SINGLE[spec.primary[0]]})
+    (aff,) = plan_stage("affinity", cfg)
+    _commit_all_heads(exp, aff, 0.85, affinity={"tasks": ATTRS, "z": _affinity_z()})
+    out = reduce_experiment(exp, cfg)
+    assert "pairwise" not in out.partner_sources and out.partners["square"] == "red_tint"
+    assert len(out.missing["pairwise"]) == 15  # the paper's stage is still listed as not run
+    assert len(plan_stage("adversarial", cfg, out.partners)) == 2 * len(cfg.adversarial.lambdas)
+
+
+def test_adversarial_results_are_kept_per_partner_method(with_affinity):
+    cfg, exp = with_affinity
+    out = reduce_experiment(exp, cfg)
+    for method, acc in (("pairwise", 0.81), ("correlation", 0.79)):
+        for spec in plan_stage("adversarial", cfg, out.partner_sources[method], attributes=["ring"]):
+            if not exp.is_committed(spec.run_id):
+                _commit(exp, spec, {"ring": acc + spec.lam / 100, spec.auxiliary[0]: 0.5})
+    out = reduce_experiment(exp, cfg)
+    assert out.method_adversarial["pairwise"]["ring"]["partner"] == "cross"
+    assert out.method_adversarial["correlation"]["ring"]["partner"] == "blue_tint"
+    assert out.method_adversarial["correlation"]["ring"]["lam"] == 1.0
+    assert out.chosen_lambda["ring"] == 1.0 and out.final["ring"].partner == "cross"
+    assert "ring" in out.method_adversarial["affinity"]  # affinity also picks cross: the same runs
+
+
+def test_ablations_group_partners_and_stage_seconds(with_affinity):
+    cfg, exp = with_affinity
+    out = reduce_experiment(exp, cfg)
+    assert out.group_partners["square"] == ["ring", "red_tint"] and out.group_partners["h_stripes"] == []
+    for spec in plan_stage("adversarial", cfg, out.partners):
+        _commit_all_heads(exp, spec, 0.7 + spec.lam / 10)
+    out = reduce_experiment(exp, cfg)
+    for spec in plan_stage("gan", cfg, out.partners, lambdas=out.chosen_lambda, attributes=["square"]):
+        _commit_all_heads(exp, spec, 0.77)
+    groups = plan_stage("group", cfg, out.partners, lambdas=out.chosen_lambda, groups=out.group_partners)
+    exp.write_spec(groups[0])  # submitted, never committed
+    out = reduce_experiment(exp, cfg)
+    assert out.ablations["gan"]["square"] == {
+        "val": 0.77, "test": 0.77, "run_id": out.ablations["gan"]["square"]["run_id"], "auxiliary": ["red_tint"], "lam": 1.0,
+    }  # fmt: skip
+    assert "wgan" not in out.ablations and "wgan" not in out.missing  # never submitted: not run
+    assert out.missing["group"] == [groups[0].run_id]  # submitted and not committed: listed
+    assert out.stage_seconds["affinity"] == 25.0 and out.stage_runs["pairwise"] == 15
+    assert out.stage_seconds["adversarial"] == 10.0 * 2 * len(cfg.adversarial.lambdas)
+    assert out.eval_images == {"val": 10, "test": 20}
