@@ -21,6 +21,11 @@ BAD = [
     (["final"], "no reduce output: run `aal-k8s reduce` first"),
     (["report"], "no reduce output"),
     (["pipeline", "--dataset", "mnist"], "dataset.name: 'mnist' is not one of"),
+    (["pipeline", "--stages", "single,tripple"], "--stages: unknown stage(s) 'tripple'"),
+    (["submit", "--stage", "gan"], "stage gan needs the negative partners (pairwise)"),
+    (["submit", "--stage", "adversarial", "--partners-from", "affinity"], "run the affinity stage, then `aal-k8s reduce`"),
+    (["reduce", "--partners-from", "votes"], "invalid choice: 'votes'"),
+    (["submit", "--stage", "affinity", "--set", "affinity.every=-2"], "affinity.every: must be >= 0"),
 ]
 
 
