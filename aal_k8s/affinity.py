@@ -232,11 +232,22 @@ class LookaheadAffinity:
         z = logits.to(torch.promote_types(logits.dtype, torch.float32))
         return F.binary_cross_entropy_with_logits(z, y.to(z.dtype), reduction="none").mean(0)
 
-    def measure(self, x: Tensor, y: Tensor, forward: Callable[[Tensor], Tensor] | None = None) -> Tensor:
+    def measure(
+        self,
+        x: Tensor,
+        y: Tensor,
+        forward: Callable[[Tensor], Tensor] | None = None,
+        held_out: tuple[Tensor, Tensor] | None = None,
+    ) -> Tensor:
         """One measurement on the batch ``(x, y)`` (labels ``[B, K]`` in {0, 1}) in the model's
         current mode; returns its ``[K, K]`` matrix ``Z[i, j] = Z(i -> j)`` (float64, CPU) and
         records it. ``forward(x)`` must give the logits ``[B, K]`` from the model's parameters
-        (default: ``model.features`` and the heads in fp32)."""
+        (default: ``model.features`` and the heads in fp32).
+
+        ``held_out``: a batch ``(x', y')`` the losses before and after are measured on, instead of
+        ``(x, y)``; the lookahead steps still follow the gradients on ``(x, y)``. Fifty et al.
+        measure on the training batch; a held-out batch asks whether a step for i helps or hurts j
+        where it matters, on data j's training labels do not describe."""
         start = time.perf_counter()
         model, k = self.model, self.n_tasks
         forward = forward if forward is not None else self._heads_forward
@@ -251,6 +262,13 @@ class LookaheadAffinity:
             with torch.enable_grad():
                 before = self._task_losses(forward, x, y)
             _copy_back(buffers, saved_buffers)
+            mx, my = held_out if held_out is not None else (x, y)
+            base_losses = before
+            if held_out is not None:
+                rng.reset()
+                with torch.no_grad():
+                    base_losses = self._task_losses(forward, mx, my)
+                _copy_back(buffers, saved_buffers)
             after = torch.empty(k, k, dtype=before.dtype, device=before.device)
             for i in range(k):
                 # one graph for all K gradients; parameters are moved and restored through .data,
@@ -260,10 +278,10 @@ class LookaheadAffinity:
                 del grads
                 rng.reset()
                 with torch.no_grad():
-                    after[i] = self._task_losses(forward, x, y)
+                    after[i] = self._task_losses(forward, mx, my)
                 _copy_back(shared, saved_params)
                 _copy_back(buffers, saved_buffers)
-            base = before.detach().to("cpu", torch.float64)
+            base = base_losses.detach().to("cpu", torch.float64)
             moved = after.to("cpu", torch.float64)
             z = torch.where(base > 0, 1 - moved / base, torch.zeros_like(moved))
         finally:

@@ -98,6 +98,10 @@ class AffinityConfig:
     # The affinity stage (lookahead inter-task affinity, Fifty et al. 2021) over all attributes.
     every: int = 0  # measure every k training steps; 0 = every 2*M steps (adds about half a run)
     window: int = 0  # average the last N measurements; 0 = all of training
+    # val: losses before/after each lookahead on a validation batch; train: on the step's own batch
+    # (Fifty et al.). A partner that is spuriously predictive in train looks helpful on train
+    # batches, so only val finds the synthetic planted partners (README, "Finding partners").
+    measure_on: str = "val"
 
 
 @dataclass
@@ -237,6 +241,7 @@ CHOICES = {
     "adversarial.final_selection": ("best_on_val", "adversarial"),
     "adversarial.partners_from": ("pairwise", "affinity", "correlation"),
     "adversarial.lambda_schedule": ("constant", "dann"),
+    "affinity.measure_on": ("train", "val"),
     "executor.backend": ("local", "k8s"),
     "store.addressing_style": ("auto", "path", "virtual"),
     "store.retry_mode": ("standard", "adaptive"),

@@ -99,7 +99,7 @@ def plan_stage(
     if stage == "multi":
         return [_spec(cfg, stage, tuple(all_names), mode="multi")]
     if stage == "affinity":
-        options = {"every": affinity_every(cfg), "window": cfg.affinity.window}
+        options = {"every": affinity_every(cfg), "window": cfg.affinity.window, "measure_on": cfg.affinity.measure_on}
         return [_spec(cfg, stage, tuple(all_names), mode="affinity", options=options)]
     if partners is None:
         raise StageOrderError(

@@ -136,6 +136,12 @@ def label_correlation(labels: torch.Tensor) -> list[list[float]]:
     return torch.nan_to_num(r, nan=0.0).tolist()
 
 
+def _cycle_batches(pipe, split: str, batch_size: int):
+    """The split's batches in order, over and over (the k-th affinity measurement takes the k-th)."""
+    while True:
+        yield from pipe.eval_batches(split, batch_size)
+
+
 def _scheduled_lambda(spec: RunSpec, lam: float, progress: float) -> float:
     if spec.options.get("lambda_schedule", "constant") == "dann":
         from aal_k8s.objectives import dann_lambda
@@ -211,6 +217,9 @@ def train_run(
         from aal_k8s.affinity import LookaheadAffinity
 
         affinity = LookaheadAffinity(model, opt, len(cols), every=int(spec.options["every"]), window=int(spec.options.get("window", 0)))
+    held_out = None
+    if affinity is not None and spec.options.get("measure_on", "train") == "val":
+        held_out = _cycle_batches(pipe, "val", t.batch_size)
     steps_per_epoch = max(1, -(-pipe.size("train") // t.batch_size))
     step = 0  # global training step (affinity measurements and the lambda schedule count in it)
 
@@ -228,6 +237,9 @@ def train_run(
         step = int(resume_state.get("step", (first - 1) * steps_per_epoch))
         if affinity is not None:
             affinity.load_state_dict(resume_state["affinity"])
+            n_val_batches = -(-pipe.size("val") // t.batch_size)
+            for _ in range(affinity.measurements % n_val_batches if held_out is not None else 0):
+                next(held_out)  # the held-out batches continue where the interrupted run was
     start = time.perf_counter() - timings.pop("total", 0.0)
     for epoch in range(first, t.epochs + 1):
         lr = lr_at(epoch, t.lr, t.lr_decay_epoch, t.lr_decay_factor)
@@ -241,7 +253,8 @@ def train_run(
         steps = 0
         for x, y in pipe.train_batches(t.batch_size, gen, epoch):
             if affinity is not None and affinity.due(step):
-                affinity.measure(x, y)  # restores parameters, buffers and optimizer state bitwise
+                # restores parameters, buffers and optimizer state bitwise
+                affinity.measure(x, y, held_out=next(held_out) if held_out is not None else None)
             lam_t = _scheduled_lambda(spec, lam, step / (t.epochs * steps_per_epoch)) if n_aux else 0.0
             if lam_t != lam and spec.mode not in ("gan", "wgan"):
                 loss_w, feat_c = head_coefficients(n_p, n_aux, lam_t, device=device)

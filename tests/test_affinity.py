@@ -323,3 +323,33 @@ def test_amsgrad_and_optimizers_other_than_adam_are_refused():
         LookaheadAffinity(model, torch.optim.SGD(model.parameters(), lr=0.1), 3, every=1)
     with pytest.raises(ValueError):
         LookaheadAffinity(model, torch.optim.Adam(model.parameters()), 2, every=1)
+
+
+def test_a_held_out_batch_is_where_losses_are_measured_while_the_step_follows_the_training_batch():
+    model = _cnn()
+    opt = torch.optim.Adam(model.parameters(), lr=1e-2)
+    model.train()
+    params = {n: p.detach().clone() for n, p in model.named_parameters()}
+    x, y = _batch(1)
+    xv, yv = _batch(2)
+    same = LookaheadAffinity(model, opt, n_tasks=3, every=1).measure(x, y, held_out=(x, y))
+    plain = LookaheadAffinity(model, opt, n_tasks=3, every=1).measure(x, y)
+    assert torch.equal(same, plain)
+    held = LookaheadAffinity(model, opt, n_tasks=3, every=1).measure(x, y, held_out=(xv, yv))
+    assert not torch.equal(held, plain)
+    # by hand for one entry: step for task 0 on (x, y), task 2's loss on (xv, yv)
+    probe = copy.deepcopy(model)
+    probe_opt = torch.optim.Adam([p for n, p in probe.named_parameters() if not n.startswith("head_")], lr=1e-2)
+
+    def losses(m, xb, yb):
+        z = m.features(xb) @ m.head_weight.t() + m.head_bias
+        return F.binary_cross_entropy_with_logits(z, yb, reduction="none").mean(0)
+
+    before = losses(probe, xv, yv).detach()
+    probe_opt.zero_grad()
+    losses(probe, x, y)[0].backward()
+    probe_opt.step()
+    after = losses(probe, xv, yv).detach()
+    assert abs(held[0, 2].item() - (1 - after[2] / before[2]).item()) < 1e-5
+    for n, p in model.named_parameters():
+        assert torch.equal(p, params[n]), n

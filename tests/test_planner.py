@@ -115,9 +115,10 @@ def test_ablation_stages_wait_for_the_chosen_lambdas(cfg, stage):
 def test_affinity_stage_is_one_run_over_every_attribute_measuring_every_2m_steps(cfg):
     (spec,) = plan_stage("affinity", cfg)
     assert spec.mode == "affinity" and spec.primary == tuple(attribute_names("synthetic"))
-    assert spec.options == {"every": 12, "window": 0} and spec.run_id.startswith("aff-k6-")
-    custom = load_config(dataset="synthetic", overrides=["affinity.every=5", "affinity.window=3"])
-    assert plan_stage("affinity", custom)[0].options == {"every": 5, "window": 3}
+    assert spec.options == {"every": 12, "window": 0, "measure_on": cfg.affinity.measure_on}
+    assert spec.run_id.startswith("aff-k6-")
+    custom = load_config(dataset="synthetic", overrides=["affinity.every=5", "affinity.window=3", "affinity.measure_on=train"])
+    assert plan_stage("affinity", custom)[0].options == {"every": 5, "window": 3, "measure_on": "train"}
 
 
 def test_paper_run_ids_do_not_change_with_the_new_optional_settings(cfg):

@@ -90,3 +90,43 @@ def test_runs_record_split_sizes_and_train_label_correlation(tiny_cfg):
     assert m["split_sizes"] == {"train": 96, "val": 64, "test": 64}
     r01 = torch.corrcoef(data.splits["train"].labels[:, :2].t().double())[0, 1].item()
     assert m["label_corr"][0][0] == 1.0 and abs(m["label_corr"][0][1] - r01) < 1e-12
+
+
+# -- the affinity stage ---------------------------------------------------------------------------
+def test_affinity_measurements_leave_the_multi_task_trajectory_bitwise_unchanged(tiny_overrides):
+    from aal_k8s.config import load_config
+
+    cfg = load_config(overrides=[*tiny_overrides, "affinity.every=1"], dataset="synthetic")
+    data = load_dataset(cfg.dataset)
+    multi = train_run(plan_stage("multi", cfg)[0], data)
+    aff = train_run(plan_stage("affinity", cfg)[0], data)
+    for k in multi.state_dict:
+        assert torch.equal(multi.state_dict[k], aff.state_dict[k]), k
+    assert multi.val_acc == aff.val_acc
+    z = aff.metrics()["affinity"]
+    assert z["tasks"] == aff.heads and len(z["z"]) == 6 and all(len(row) == 6 for row in z["z"])
+    assert z["measurements"] == cfg.train.epochs * 3  # 96 images / 32 per batch, every step
+    assert 0 < aff.timings["affinity"] < aff.timings["train"]
+
+
+@pytest.mark.parametrize("measure_on", ["val", "train"])
+def test_an_interrupted_affinity_run_resumes_to_the_same_matrix(tiny_overrides, measure_on):
+    from aal_k8s.config import load_config
+
+    cfg = load_config(overrides=[*tiny_overrides, "affinity.every=2", f"affinity.measure_on={measure_on}"], dataset="synthetic")
+    data = load_dataset(cfg.dataset)
+    (spec,) = plan_stage("affinity", cfg)
+    states = []
+    whole = train_run(spec, data, on_checkpoint=lambda st: states.append(torch.load(_roundtrip(st), weights_only=True)))
+    resumed = train_run(spec, data, resume_state=states[0])
+    assert resumed.metrics()["affinity"]["z"] == whole.metrics()["affinity"]["z"]
+    assert resumed.metrics()["affinity"]["measurements"] == whole.metrics()["affinity"]["measurements"]
+
+
+def _roundtrip(state):
+    import io
+
+    buf = io.BytesIO()
+    torch.save(state, buf)
+    buf.seek(0)
+    return buf
