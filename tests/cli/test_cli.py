@@ -91,3 +91,18 @@ def test_doctor_says_which_head_implementation_is_active(capsys):
     assert facts["active"].startswith(("fused", "reference"))
     assert main(["doctor"]) == 0
     assert "head implementation:" in capsys.readouterr().out
+
+
+def test_affinity_then_adversarial_skips_the_pairwise_stage(tiny_overrides, tmp_path, capsys):
+    argv = ["pipeline", "--dataset", "synthetic", "--stages", "single,multi,affinity,adversarial"]
+    argv += ["--partners-from", "affinity", "-o", str(tmp_path / "r.md"), "--set", "adversarial.lambdas=[0.5]"]
+    argv += [x for o in tiny_overrides for x in ("--set", o)]
+    assert main(argv) == 0
+    err = capsys.readouterr().err
+    assert "stage pairwise" not in err and "stage affinity: 1 runs" in err
+    summary = json.loads((tmp_path / "store" / "synthetic" / "reduce" / "summary.json").read_text())
+    assert summary["partners_from"] == "affinity" and "pairwise" not in summary["partner_sources"]
+    with_partner = [a for a, b in summary["partners"].items() if b]
+    assert with_partner and sorted(summary["adversarial"]) == sorted(with_partner)
+    assert {c["partner"] for c in summary["final"].values() if c["source"] == "adversarial"} <= set(summary["partners"].values())
+    assert (tmp_path / "r.html").exists() and "Partners from: `affinity`" in (tmp_path / "r.md").read_text()
