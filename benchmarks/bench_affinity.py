@@ -46,8 +46,14 @@ def _commit() -> str:
 def _device(cfg) -> str:
     if cfg.train.device != "cpu" and torch.cuda.is_available():
         return f"CUDA: {torch.cuda.get_device_name()}"
+    name = platform.processor() or "cpu"
+    try:
+        with open("/proc/cpuinfo") as f:
+            name = next((line.split(":", 1)[1].strip() for line in f if line.startswith("model name")), name)
+    except OSError:
+        pass
     n = torch.get_num_threads()
-    return f"CPU: {platform.processor() or 'cpu'}, {n} thread{'' if n == 1 else 's'}"
+    return f"CPU: {name}, {n} thread{'' if n == 1 else 's'}"
 
 
 def main(argv=None) -> int:
@@ -79,7 +85,7 @@ def main(argv=None) -> int:
 
     opts = aff_spec.options
     lines = [
-        f"### Affinity stage cost ({datetime.date.today().isoformat()}, commit {_commit()}, {_device(cfg)})",
+        f"### Affinity stage cost: {datetime.date.today().isoformat()}, commit {_commit()}, {_device(cfg)}",
         "",
         f"Synthetic dataset, default config{' + ' + ', '.join(args.overrides) if args.overrides else ''}; "
         f"affinity every {opts['every']} steps, {z['measurements']} measurements, measured on {opts['measure_on']}.",
