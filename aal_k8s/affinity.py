@@ -58,12 +58,11 @@ def most_negative_source(z: list[list[float]], tasks: list[str], target: str) ->
         raise ValueError(f"affinity matrix is not {len(tasks)}x{len(tasks)} for tasks {tasks}")
     if target not in tasks:
         raise ValueError(f"target {target!r} is not one of the tasks {tasks}")
+    from aal_k8s.reduce import most_negative_partner  # the rule reduce applies to every partner source
+
     j = tasks.index(target)
-    best: int | None = None
-    for i in range(len(tasks)):
-        if i != j and z[i][j] < 0 and (best is None or z[i][j] < z[best][j]):
-            best = i
-    return None if best is None else tasks[best]
+    column = {source: z[i][j] for i, source in enumerate(tasks)}
+    return most_negative_partner(target, 0.0, column, tasks)
 
 
 class AdamLookahead:

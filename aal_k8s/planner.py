@@ -21,13 +21,13 @@ import itertools
 from aal_k8s.config import Config
 from aal_k8s.data import attribute_names
 from aal_k8s.errors import AALError, StageOrderError
-from aal_k8s.runspec import ABLATION_STAGES, STAGES, RunSpec
+from aal_k8s.runspec import STAGES, RunSpec
 
 #: The stages ``aal-k8s pipeline`` runs by default (the paper's protocol), in order; reduce sits
 #: between multi and adversarial, and again after adversarial.
 PIPELINE = ("single", "pairwise", "multi", "adversarial")
 #: ``aal-k8s pipeline --stages all``: the protocol, partner discovery by affinity, the ablations.
-ALL = ("single", "pairwise", "multi", "affinity", "adversarial", *ABLATION_STAGES)
+ALL = STAGES
 
 
 def _spec(cfg: Config, stage: str, primary, auxiliary=(), mode="single", lam=0.0, options=None, init_from="") -> RunSpec:

@@ -292,14 +292,21 @@ def load_plan_inputs(exp: ExperimentStore, cfg: Config, stage: str) -> PlanInput
     return PlanInputs(partners, summary.get("chosen_lambda") or {}, summary.get("group_partners") or None)
 
 
+def pairwise_cells(out: ReduceOutput) -> list[list[float | None]]:
+    """The paper's Table 4: ``[i][j]`` = val accuracy of attribute i trained with j, single-task on
+    the diagonal, None where a run is missing."""
+    return [
+        [out.single_val.get(a) if b == a else out.pair_val.get(a, {}).get(b) for b in out.attributes]
+        for a in out.attributes
+    ]
+
+
 def matrix_csv(out: ReduceOutput) -> str:
     """Row = attribute, column = partner, cell = val accuracy of the row attribute (diag = single)."""
     buf = io.StringIO()
     w = csv.writer(buf, lineterminator="\n")
     w.writerow(["attribute", *out.attributes])
-    for a in out.attributes:
-        row = out.pair_val.get(a, {})
-        cells = [out.single_val.get(a) if b == a else row.get(b) for b in out.attributes]
+    for a, cells in zip(out.attributes, pairwise_cells(out)):
         w.writerow([a, *("" if c is None else f"{c:.6f}" for c in cells)])
     return buf.getvalue()
 

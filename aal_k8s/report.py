@@ -24,7 +24,7 @@ from scipy.stats import spearmanr
 
 from aal_k8s import paper
 from aal_k8s.figures import affinity_matrix, pearson, relative_matrix, render_figures, scatter_points
-from aal_k8s.reduce import ReduceOutput
+from aal_k8s.reduce import ReduceOutput, pairwise_cells
 from aal_k8s.runspec import ABLATION_STAGES, STAGES
 from aal_k8s.significance import ALPHA, z_test
 
@@ -390,11 +390,7 @@ def relative_csv(out: ReduceOutput) -> str:
 def accuracy_csv(out: ReduceOutput) -> str:
     """The paper's Table 4: val accuracy (%) of the row attribute with the column one, diagonal =
     single-task."""
-    cells = [
-        [(out.single_val.get(a) if b == a else out.pair_val.get(a, {}).get(b)) for b in out.attributes]
-        for a in out.attributes
-    ]
-    return _matrix_csv(out, [[None if c is None else 100 * c for c in row] for row in cells])
+    return _matrix_csv(out, [[None if c is None else 100 * c for c in row] for row in pairwise_cells(out)])
 
 
 # -- document model: one list of blocks rendered to Markdown and to HTML -----------------------------

@@ -11,10 +11,15 @@ import json
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
-STAGES = ("single", "pairwise", "multi", "affinity", "adversarial", "gan", "wgan", "shared", "group")
+#: Stages that find partners (planned from the config alone, before any reduce).
+DISCOVERY_STAGES = ("single", "pairwise", "multi", "affinity")
+#: Stages whose one run trains every attribute of the dataset.
+ALL_ATTRIBUTE_STAGES = ("multi", "affinity")
 #: The paper's ablations (Table 1): one run per attribute with a partner, at the lambda chosen for
 #: its gradient-reversal run.
 ABLATION_STAGES = ("gan", "wgan", "shared", "group")
+#: Every stage, in protocol order: discovery, reduce, adversarial, reduce, ablations.
+STAGES = (*DISCOVERY_STAGES, "adversarial", *ABLATION_STAGES)
 # single: one head; multi: several heads sharing the backbone; adversarial: gradient reversal
 # (eq. 6/10/11); gan: alternating GAN objective (eq. 4/5); wgan: Wasserstein critic as the auxiliary
 # head; shared: gradient reversal on hidden layers over a frozen multi-task CNN; affinity: multi plus
@@ -66,7 +71,7 @@ class RunSpec:
         digest = hashlib.sha256(json.dumps(ident, sort_keys=True).encode()).hexdigest()[:8]
         idx = self.attr_index
         n_p = len(self.primary)
-        if self.stage in ("multi", "affinity") or len(idx) > 4:
+        if self.stage in ALL_ATTRIBUTE_STAGES or len(idx) > 4:
             names = [f"k{len(idx)}"]
         else:
             names = [f"a{i:02d}" for i in idx[:n_p]] + [f"x{i:02d}" for i in idx[n_p:]]

@@ -203,7 +203,6 @@ def train_run(
     bf16 = pipe.bf16
     if device.type == "cuda":
         torch.backends.cudnn.benchmark = True
-    features = torch.compile(model.features) if t.compile else model.features
     forward = torch.compile(model.forward) if t.compile else model
     if shared:
 
@@ -211,6 +210,9 @@ def train_run(
             with torch.no_grad():  # the frozen CNN needs no graph
                 h = model.backbone(x)
             return _hidden(h)
+
+    else:
+        features = torch.compile(model.features) if t.compile else model.features
 
     affinity = None
     if spec.mode == "affinity":

@@ -31,7 +31,7 @@ from dataclasses import asdict
 import yaml
 
 from aal_k8s.errors import EXIT_USAGE
-from aal_k8s.runspec import ADVERSARIAL_MODES, RunSpec
+from aal_k8s.runspec import ADVERSARIAL_MODES, ALL_ATTRIBUTE_STAGES, RunSpec
 
 APP = "aal-k8s"
 WORKER_CONTAINER = "worker"
@@ -91,10 +91,10 @@ def run_labels(spec: RunSpec) -> dict[str, str]:
         STAGE_LABEL: label_value(spec.stage),
         LABEL_PREFIX + "dataset": label_value(spec.dataset),
         RUN_LABEL: label_value(spec.run_id),
-        LABEL_PREFIX + "attribute": label_value("all" if spec.stage in ("multi", "affinity") else spec.primary[0]),
+        LABEL_PREFIX + "attribute": label_value("all" if spec.stage in ALL_ATTRIBUTE_STAGES else spec.primary[0]),
     }
     others = list(spec.primary[1:]) + list(spec.auxiliary)
-    if spec.stage not in ("multi", "affinity") and others:
+    if spec.stage not in ALL_ATTRIBUTE_STAGES and others:
         labels[LABEL_PREFIX + "partner"] = label_value(others[0])  # group: the first of several
     if spec.mode in ADVERSARIAL_MODES:
         labels[LABEL_PREFIX + "lambda"] = label_value(f"{spec.lam:g}")

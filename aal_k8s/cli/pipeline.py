@@ -21,7 +21,7 @@ from aal_k8s.final import build_final
 from aal_k8s.errors import AALError
 from aal_k8s.planner import ALL, PIPELINE
 from aal_k8s.reduce import reduce_experiment, write_reduce
-from aal_k8s.runspec import ABLATION_STAGES
+from aal_k8s.runspec import ABLATION_STAGES, DISCOVERY_STAGES
 
 HELP = "run the whole protocol end to end"
 EXAMPLES = examples(
@@ -74,7 +74,7 @@ def run(args) -> int:
 
     # discovery, then adversarial, then the ablations (they need its chosen lambdas): reduce between
     phases = [
-        [n for n in stages if n in ("single", "pairwise", "multi", "affinity")],
+        [n for n in stages if n in DISCOVERY_STAGES],
         [n for n in stages if n == "adversarial"],
         [n for n in stages if n in ABLATION_STAGES],
     ]
@@ -90,13 +90,14 @@ def run(args) -> int:
                 return 1
         out = reduce_experiment(exp, cfg)
     write_reduce(exp, out)
-    if len(out.final) == len(out.attributes):
+    complete = len(out.final) == len(out.attributes)
+    if complete:
         build_final(exp, cfg, out)
     else:
         print("final model set not built: the stages run do not give every attribute a classifier", file=sys.stderr)
     path = os.path.abspath(args.output or f"{exp.experiment}-report.md")
     print(write_report(exp, out, path))
-    if len(out.final) == len(out.attributes):
+    if complete:
         print(f"final model set: {exp.store.url(exp.key('final', 'manifest.json'))}")
     print(f"report: {path} (and {exp.store.url(exp.key('report', 'report.md'))})")
     return 0
