@@ -91,6 +91,11 @@ class AdversarialConfig:
     dann_alpha: float = 10.0  # alpha of the dann schedule (Ganin & Lempitsky use 10)
     wgan_clip: float = 0.01  # wgan stage: the critic's weights are clipped to [-c, c] after every step (WGAN)
     shared_hidden_layers: int = 2  # shared stage: hidden layers on the frozen multi-task CNN (paper: two)
+    # Pairwise partners: the paper takes any drop above zero, which on small validation sets can be
+    # one image. none (paper) | mcnemar: the drop must also be significant in McNemar's exact test
+    # on the validation images a gets right alone but wrong with b, and vice versa (p < 0.05).
+    partner_test: str = "none"
+    min_drop: float = 0.0  # pairwise partners: a's val accuracy must drop by more than this (0.005 = 0.5 points)
 
 
 @dataclass
@@ -241,6 +246,7 @@ CHOICES = {
     "adversarial.final_selection": ("best_on_val", "adversarial"),
     "adversarial.partners_from": ("pairwise", "affinity", "correlation"),
     "adversarial.lambda_schedule": ("constant", "dann"),
+    "adversarial.partner_test": ("none", "mcnemar"),
     "affinity.measure_on": ("train", "val"),
     "executor.backend": ("local", "k8s"),
     "store.addressing_style": ("auto", "path", "virtual"),
@@ -394,6 +400,8 @@ def validate(cfg: Config) -> list[str]:
         problems.append(f"adversarial.dann_alpha: must be > 0, got {adv.dann_alpha}")
     if isinstance(adv.wgan_clip, float) and not adv.wgan_clip > 0:
         problems.append(f"adversarial.wgan_clip: must be > 0, got {adv.wgan_clip}")
+    if isinstance(adv.min_drop, float) and not 0.0 <= adv.min_drop < 1.0:
+        problems.append(f"adversarial.min_drop: must be in [0, 1) (a fraction of accuracy), got {adv.min_drop}")
     if isinstance(adv.shared_hidden_layers, int) and adv.shared_hidden_layers < 1:
         problems.append(f"adversarial.shared_hidden_layers: must be >= 1, got {adv.shared_hidden_layers}")
     for key in ("every", "window"):

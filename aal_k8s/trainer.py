@@ -53,6 +53,8 @@ class RunResult:
     timings: dict[str, float]  # seconds
     environment: dict[str, str]
     state_dict: dict[str, torch.Tensor] = field(repr=False, default_factory=dict)
+    # split ("val" at the best epoch, "test") -> bool [images, heads]: decision == label, per image
+    correct: dict[str, torch.Tensor] = field(repr=False, default_factory=dict)
     extra: dict = field(default_factory=dict)  # split_sizes, label_corr, affinity: merged into metrics
 
     def metrics(self) -> dict:
@@ -82,9 +84,12 @@ def lr_at(epoch: int, base_lr: float, decay_epoch: int, factor: float) -> float:
 
 
 @torch.no_grad()
-def evaluate(model: AttributeNet, batches, n_heads: int, device: torch.device, bf16: bool = False, forward=None) -> list[float]:
+def evaluate(
+    model: AttributeNet, batches, n_heads: int, device: torch.device, bf16: bool = False, forward=None, per_image: list | None = None
+) -> list[float]:
     """Accuracy of each head (threshold 0.5 on the sigmoid) over ``batches`` (x, y) of a split;
-    counts stay on the device until the end (one host synchronisation per evaluation)."""
+    counts stay on the device until the end (one host synchronisation per evaluation).
+    ``per_image``: a list that receives each batch's bool [batch, heads] correctness (on the device)."""
     model.eval()
     forward = forward or model
     correct = torch.zeros(n_heads, dtype=torch.long, device=device)
@@ -92,7 +97,10 @@ def evaluate(model: AttributeNet, batches, n_heads: int, device: torch.device, b
     for x, y in batches:
         with torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16):
             logits = forward(x)
-        correct += ((logits > 0) == (y > 0.5)).sum(0)
+        hit = (logits > 0) == (y > 0.5)
+        correct += hit.sum(0)
+        if per_image is not None:
+            per_image.append(hit)
         n += y.shape[0]
     return (correct.double() / max(1, n)).tolist()
 
@@ -227,6 +235,7 @@ def train_run(
 
     history: list[dict] = []
     best_score, best_epoch, best_state = -1.0, 0, None
+    best_val_correct = None  # bool [val images, heads] at the best epoch (the paired partner test's input)
     timings = {"train": 0.0, "eval": 0.0}
     first = 1
     if resume_state is not None:
@@ -235,6 +244,7 @@ def train_run(
         best = resume_state["best"]
         best_score, best_epoch = float(best["score"]), int(best["epoch"])
         best_state = {k: v.to(device) for k, v in best["state"].items()}
+        best_val_correct = best.get("val_correct")  # None in checkpoints of older versions: re-evaluated below
         timings = {k: float(v) for k, v in resume_state["timings"].items()}
         step = int(resume_state.get("step", (first - 1) * steps_per_epoch))
         if affinity is not None:
@@ -277,7 +287,8 @@ def train_run(
             steps += 1
             step += 1
         t1 = time.perf_counter()
-        val_acc = evaluate(model, pipe.eval_batches("val", t.eval_batch_size), len(cols), device, bf16, forward)
+        val_hits: list = []
+        val_acc = evaluate(model, pipe.eval_batches("val", t.eval_batch_size), len(cols), device, bf16, forward, val_hits)
         t2 = time.perf_counter()
         timings["train"] += t1 - t0
         timings["eval"] += t2 - t1
@@ -295,6 +306,7 @@ def train_run(
         if score > best_score:
             best_score, best_epoch = score, epoch
             best_state = copy.deepcopy(model.state_dict())
+            best_val_correct = torch.cat(val_hits)
         if on_checkpoint is not None:
             on_checkpoint(
                 {
@@ -316,7 +328,7 @@ def train_run(
                         "torch_cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_initialized() else [],
                         "shuffle": gen.get_state(),
                     },
-                    "best": {"score": best_score, "epoch": best_epoch, "state": _cpu(best_state)},
+                    "best": {"score": best_score, "epoch": best_epoch, "state": _cpu(best_state), "val_correct": _cpu(best_val_correct)},
                     "history": history,
                     "timings": {**timings, "total": time.perf_counter() - start},
                     "step": step,
@@ -328,7 +340,12 @@ def train_run(
 
     model.load_state_dict(best_state)
     t3 = time.perf_counter()
-    test_acc = evaluate(model, pipe.eval_batches("test", t.eval_batch_size), len(cols), device, bf16, forward)
+    test_hits: list = []
+    test_acc = evaluate(model, pipe.eval_batches("test", t.eval_batch_size), len(cols), device, bf16, forward, test_hits)
+    if best_val_correct is None:  # resumed from a checkpoint that did not keep it
+        hits: list = []
+        evaluate(model, pipe.eval_batches("val", t.eval_batch_size), len(cols), device, bf16, forward, hits)
+        best_val_correct = torch.cat(hits)
     timings["eval"] += time.perf_counter() - t3
     timings["total"] = time.perf_counter() - start
     result = RunResult(
@@ -346,6 +363,7 @@ def train_run(
             "input": pipe.describe(),
         },
         state_dict={k: v.detach().cpu().contiguous() for k, v in best_state.items()},
+        correct={"val": best_val_correct.cpu(), "test": torch.cat(test_hits).cpu()},
         extra={
             "split_sizes": {name: len(split) for name, split in data.splits.items()},
             "label_corr": label_correlation(data.splits["train"].labels[:, cols]),

@@ -142,8 +142,11 @@ def _train_and_commit(exp, spec, log, checkpoint_keep: int = 2) -> int:
     result = train_run(
         spec, data, on_epoch_end=progress, resume_state=resume, on_checkpoint=checkpoint, init_state=init_state
     )
+    from aal_k8s import predictions
+
     weights = save_safetensors(result.state_dict, metadata={"run_id": spec.run_id})
-    record = exp.commit_run(spec, {"best.safetensors": weights}, result.metrics())
+    preds = predictions.pack({split: c.numpy() for split, c in result.correct.items()}, result.heads)
+    record = exp.commit_run(spec, {"best.safetensors": weights, predictions.ARTIFACT: preds}, result.metrics())
     if record.get("attempt") != exp.attempt:
         print(f"run {spec.run_id}: attempt {record.get('attempt')} committed it first; "
               f"this attempt ({exp.attempt}) discarded its files", file=log)  # fmt: skip
