@@ -4,10 +4,20 @@
   (diagonal = single-task), the paper's Table 4;
 * most negative partner of each attribute: the b with the lowest ``acc[a][b] - acc[a][a]``, only
   if that difference is < 0 (else none, like DukeMTMC attribute 14); ties go to the lower index;
+  ``adversarial.min_drop`` raises the bar from 0, and ``adversarial.partner_test: mcnemar`` also
+  asks McNemar's exact test on a's validation images (a alone vs a with b) for a significant drop:
+  the partner is then the largest drop that passes. Whichever rule, the chosen partner's test is
+  recorded (``partner_tests``) so the report can mark drops that are not significant;
 * lambda chosen on validation per attribute (ties go to the first lambda of the grid);
 * final classifier per attribute: with ``final_selection=best_on_val`` the better of the
   single-task and the chosen adversarial model on validation (ties keep single-task); with
-  ``adversarial`` the adversarial model whenever one exists (the paper's protocol).
+  ``adversarial`` the adversarial model whenever one exists (the paper's protocol);
+* paired comparison of the final set with each baseline on the test images (the validation split
+  chose partners, lambdas and epochs): McNemar's exact test on the (image, attribute) predictions
+  they disagree on, and a bootstrap interval over images of the accuracy difference.
+
+Per-image correctness comes from each run's ``predictions.safetensors`` (``aal_k8s.predictions``);
+runs committed before it existed simply have no paired tests.
 
 Only committed runs are read; runs the plan expects but the store lacks are listed as missing.
 """
@@ -17,12 +27,14 @@ from __future__ import annotations
 import csv
 import io
 from dataclasses import asdict, dataclass, field
+from typing import Callable
 
 from aal_k8s.config import Config
 from aal_k8s.data import attribute_names
-from aal_k8s.errors import StageOrderError
+from aal_k8s.errors import AALError, StageOrderError
 from aal_k8s.planner import plan_stage
 from aal_k8s.runspec import ABLATION_STAGES
+from aal_k8s.significance import ALPHA
 from aal_k8s.store import ExperimentStore
 
 
@@ -69,6 +81,17 @@ class ReduceOutput:
     stage_seconds: dict[str, float] = field(default_factory=dict)  # stage -> sum of its committed runs' total seconds
     stage_runs: dict[str, int] = field(default_factory=dict)  # stage -> committed runs
     eval_images: dict[str, int] = field(default_factory=dict)  # "val"/"test" -> images per split (z-test N / M)
+    # -- paired tests on per-image predictions (runs committed with predictions.safetensors) ------
+    partner_test: str = "none"  # adversarial.partner_test the pairwise partners were chosen with
+    min_drop: float = 0.0  # adversarial.min_drop, likewise
+    # a -> b -> {"drop", "only_alone", "only_with", "p"}: McNemar on a's val images, a alone vs a
+    # with b (only_alone: right alone, wrong with b); the chosen partner, and under mcnemar every
+    # candidate examined
+    partner_tests: dict[str, dict[str, dict]] = field(default_factory=dict)
+    # baseline key (single, multi_partner, multi_all, adversarial, gan, ...) -> {"images",
+    # "attributes", "only_final", "only_baseline", "p", "diff", "ci_low", "ci_high"}: the final set
+    # against that baseline on test, paired by image and attribute
+    paired_test: dict[str, dict] = field(default_factory=dict)
 
     def to_json(self) -> dict:
         return asdict(self)
@@ -80,16 +103,19 @@ class ReduceOutput:
         return cls(**d)
 
 
-def most_negative_partner(attr: str, single: float, row: dict[str, float], order: list[str]) -> str | None:
-    """The partner with the largest accuracy drop below single-task, or None if none drops."""
-    best, best_delta = None, 0.0
-    for b in order:
-        if b == attr or b not in row:
-            continue
-        delta = row[b] - single
-        if delta < best_delta:
-            best, best_delta = b, delta
-    return best
+def most_negative_partner(
+    attr: str, single: float, row: dict[str, float], order: list[str], min_drop: float = 0.0,
+    accept: Callable[[str], bool] | None = None,
+) -> str | None:
+    """The partner with the largest accuracy drop below single-task, or None if none drops.
+
+    ``min_drop``: the drop must exceed it (0: any drop, the paper); ``accept(b)``: a further test a
+    candidate must pass (the largest drop that passes wins); ties go to the lower index."""
+    drops = [(row[b] - single, i, b) for i, b in enumerate(order) if b != attr and b in row and row[b] - single < -min_drop]
+    for _, _, b in sorted(drops):
+        if accept is None or accept(b):
+            return b
+    return None
 
 
 def choose_lambda(runs: dict[float, dict]) -> float | None:
@@ -130,8 +156,16 @@ PARTNER_METHODS = ("pairwise", "affinity", "correlation")
 
 def reduce_experiment(exp: ExperimentStore, cfg: Config) -> ReduceOutput:
     attrs = attribute_names(cfg.dataset.name)
-    out = ReduceOutput(dataset=cfg.dataset.name, attributes=attrs, partners_from=cfg.adversarial.partners_from)
+    adv_cfg = cfg.adversarial
+    out = ReduceOutput(
+        dataset=cfg.dataset.name, attributes=attrs, partners_from=adv_cfg.partners_from,
+        partner_test=adv_cfg.partner_test, min_drop=adv_cfg.min_drop,
+    )  # fmt: skip
     seen: set[str] = set()  # run ids already counted in stage_seconds
+    preds = _Predictions(exp)
+    single_run: dict[str, str] = {}  # a -> its single-task run
+    pair_run: dict[tuple[str, str], str] = {}  # (a, b) -> the pairwise run of a and b
+    multi_run: str | None = None
 
     def committed(stage: str, specs, expected: bool = True) -> list[tuple]:
         """Committed (spec, record) pairs of ``specs``. Runs not committed are listed as missing
@@ -147,6 +181,7 @@ def reduce_experiment(exp: ExperimentStore, cfg: Config) -> ReduceOutput:
                     out.failed[spec.run_id] = failure["message"]
                 continue
             found.append((spec, rec))
+            preds.records[spec.run_id] = rec
             if spec.run_id not in seen:
                 seen.add(spec.run_id)
                 out.stage_seconds[stage] = out.stage_seconds.get(stage, 0.0) + float(rec.get("timings", {}).get("total", 0.0))
@@ -158,14 +193,17 @@ def reduce_experiment(exp: ExperimentStore, cfg: Config) -> ReduceOutput:
 
     for spec, rec in committed("single", plan_stage("single", cfg)):
         a = spec.primary[0]
+        single_run[a] = spec.run_id
         out.single_val[a] = rec["val_acc"][a]
         out.single_test[a] = rec["test_acc"][a]
     for spec, rec in committed("pairwise", plan_stage("pairwise", cfg)):
         a, b = spec.primary
         for x, y in ((a, b), (b, a)):
+            pair_run[(x, y)] = spec.run_id
             out.pair_val.setdefault(x, {})[y] = rec["val_acc"][x]
             out.pair_test.setdefault(x, {})[y] = rec["test_acc"][x]
-    for _, rec in committed("multi", plan_stage("multi", cfg)):
+    for spec, rec in committed("multi", plan_stage("multi", cfg)):
+        multi_run = spec.run_id
         out.multi_val, out.multi_test = dict(rec["val_acc"]), dict(rec["test_acc"])
         if rec.get("label_corr"):
             out.label_corr = _matrix(rec["heads"], rec["label_corr"])
@@ -177,9 +215,7 @@ def reduce_experiment(exp: ExperimentStore, cfg: Config) -> ReduceOutput:
 
     # -- partners, by every method whose inputs are complete
     if not out.missing.get("single") and not out.missing.get("pairwise"):
-        out.partner_sources["pairwise"] = {
-            a: most_negative_partner(a, out.single_val[a], out.pair_val.get(a, {}), attrs) for a in attrs
-        }
+        out.partner_sources["pairwise"] = _pairwise_partners(out, cfg, preds, single_run, pair_run)
         out.group_partners = {
             a: [b for b in attrs if b != a and out.pair_val.get(a, {}).get(b, 1.0) < out.single_val[a]] for a in attrs
         }
@@ -251,7 +287,130 @@ def reduce_experiment(exp: ExperimentStore, cfg: Config) -> ReduceOutput:
         else:
             out.final[a] = single
     out.missing = {stage: list(dict.fromkeys(ids)) for stage, ids in out.missing.items()}  # a run may serve two methods
+    if out.final and len(out.final) == len(attrs):
+        out.paired_test = _paired_tests(out, preds, _baseline_runs(out, single_run, pair_run, multi_run))
     return out
+
+
+class _Predictions:
+    """Per-image correctness (``aal_k8s.predictions``) of committed runs, each artifact read once;
+    None for runs committed without one."""
+
+    def __init__(self, exp: ExperimentStore):
+        self.exp = exp
+        self.records: dict[str, dict] = {}  # run id -> commit record (filled by reduce as it reads them)
+        self._cache: dict[str, dict | None] = {}
+
+    def get(self, run_id: str, split: str, head: str):
+        if run_id not in self._cache:
+            from aal_k8s import predictions
+
+            rec = self.records.get(run_id) or self.exp.read_metrics(run_id) or {}
+            meta = (rec.get("artifacts") or {}).get(predictions.ARTIFACT)
+            data = None
+            if meta is not None:
+                key = self.exp.artifact_key(run_id, predictions.ARTIFACT, rec)
+                data = predictions.unpack(self.exp.read_verified(key, meta["sha256"], meta["size"]))
+            self._cache[run_id] = data
+        data = self._cache[run_id]
+        return None if data is None else data.get(split, {}).get(head)
+
+
+def _pairwise_partners(out: ReduceOutput, cfg: Config, preds: _Predictions, single_run, pair_run) -> dict[str, str | None]:
+    """Each attribute's most negative pairwise partner under ``adversarial.min_drop`` and
+    ``adversarial.partner_test``; fills ``out.partner_tests``."""
+    from aal_k8s.significance import mcnemar_exact
+
+    adv, attrs = cfg.adversarial, out.attributes
+    lacking: list[str] = []  # runs committed without per-image predictions
+
+    def test(a: str, b: str) -> dict | None:
+        alone = preds.get(single_run[a], "val", a)
+        together = preds.get(pair_run[(a, b)], "val", a)
+        if alone is None or together is None:
+            lacking.extend(r for r, p in ((single_run[a], alone), (pair_run[(a, b)], together)) if p is None)
+            return None
+        t = mcnemar_exact(alone, together)
+        entry = {"drop": out.single_val[a] - out.pair_val[a][b], "only_alone": t.only_first, "only_with": t.only_second, "p": t.p}
+        out.partner_tests.setdefault(a, {})[b] = entry
+        return entry
+
+    def significant_drop(a: str, b: str) -> bool:
+        t = test(a, b)
+        return t is not None and t["p"] < ALPHA and t["only_alone"] > t["only_with"]
+
+    partners = {}
+    for a in attrs:
+        row = out.pair_val.get(a, {})
+        if adv.partner_test == "mcnemar":
+            partners[a] = most_negative_partner(a, out.single_val[a], row, attrs, adv.min_drop, lambda b, a=a: significant_drop(a, b))
+        else:
+            partners[a] = most_negative_partner(a, out.single_val[a], row, attrs, adv.min_drop)
+            if partners[a] is not None:
+                test(a, partners[a])  # recorded for the report; the paper's rule does not use it
+    if adv.partner_test == "mcnemar" and lacking:
+        ids = sorted(set(lacking))
+        more = f" and {len(ids) - 3} more" if len(ids) > 3 else ""
+        raise AALError(
+            f"adversarial.partner_test=mcnemar needs per-image validation predictions, which run(s) "
+            f"{', '.join(ids[:3])}{more} were committed without (re-run them, or use partner_test=none)"
+        )
+    return partners
+
+
+def _baseline_runs(out: ReduceOutput, single_run, pair_run, multi_run) -> dict[str, dict[str, str]]:
+    """Baseline key -> attribute -> the run whose head for that attribute is the baseline's
+    prediction: the same choices as the report's rows (an attribute that the baseline trains no run
+    for, e.g. one without a partner, counts with its single-task run). Incomplete baselines are left out."""
+    attrs = out.attributes
+    with_partner = {a: out.partners.get(a) for a in attrs}
+    runs: dict[str, dict[str, str | None]] = {
+        "single": {a: single_run.get(a) for a in attrs},
+        "multi_partner": {a: pair_run.get((a, p)) if p else single_run.get(a) for a, p in with_partner.items()},
+        "multi_all": {a: multi_run for a in attrs},
+        "adversarial": {
+            a: (out.adversarial.get(a, {}).get(repr(out.chosen_lambda.get(a))) or {}).get("run_id") if p else single_run.get(a)
+            for a, p in with_partner.items()
+        },
+    }
+    for stage, entries in out.ablations.items():
+        needs = (lambda a: bool(out.group_partners.get(a))) if stage == "group" else (lambda a: bool(with_partner[a]))
+        runs[stage] = {a: (entries.get(a) or {}).get("run_id") if needs(a) else single_run.get(a) for a in attrs}
+    return {k: v for k, v in runs.items() if all(v.values())}  # type: ignore[misc]
+
+
+def _paired_tests(out: ReduceOutput, preds: _Predictions, baselines: dict[str, dict[str, str]]) -> dict[str, dict]:
+    """The final set against each baseline on test (see ``ReduceOutput.paired_test``); baselines
+    identical to the final set, or lacking per-image predictions, are left out."""
+    import numpy as np
+
+    from aal_k8s.significance import bootstrap_interval, mcnemar_exact
+
+    attrs = out.attributes
+
+    def correct(runs: dict[str, str]):
+        cols = [preds.get(runs[a], "test", a) for a in attrs]
+        return None if any(c is None for c in cols) else np.stack(cols, axis=1)  # [images, attributes]
+
+    final_runs = {a: out.final[a].run_id for a in attrs}
+    final = correct(final_runs)
+    if final is None:
+        return {}
+    result = {}
+    for key, runs in baselines.items():
+        if runs == final_runs:
+            continue  # the final set itself: nothing to compare
+        base = correct(runs)
+        if base is None or base.shape != final.shape:
+            continue
+        t = mcnemar_exact(final, base)
+        per_image = final.mean(axis=1) - base.mean(axis=1)  # share of attributes right, final minus baseline
+        lo, hi = bootstrap_interval(per_image)
+        result[key] = {
+            "images": int(final.shape[0]), "attributes": len(attrs), "only_final": t.only_first,
+            "only_baseline": t.only_second, "p": t.p, "diff": float(per_image.mean()), "ci_low": lo, "ci_high": hi,
+        }  # fmt: skip
+    return result
 
 
 @dataclass
