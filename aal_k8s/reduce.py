@@ -92,6 +92,7 @@ class ReduceOutput:
     # "attributes", "only_final", "only_baseline", "p", "diff", "ci_low", "ci_high"}: the final set
     # against that baseline on test, paired by image and attribute
     paired_test: dict[str, dict] = field(default_factory=dict)
+    final_same_as: list[str] = field(default_factory=list)  # baseline keys whose runs are the final set's
 
     def to_json(self) -> dict:
         return asdict(self)
@@ -288,7 +289,10 @@ def reduce_experiment(exp: ExperimentStore, cfg: Config) -> ReduceOutput:
             out.final[a] = single
     out.missing = {stage: list(dict.fromkeys(ids)) for stage, ids in out.missing.items()}  # a run may serve two methods
     if out.final and len(out.final) == len(attrs):
-        out.paired_test = _paired_tests(out, preds, _baseline_runs(out, single_run, pair_run, multi_run))
+        baselines = _baseline_runs(out, single_run, pair_run, multi_run)
+        final_runs = {a: out.final[a].run_id for a in attrs}
+        out.final_same_as = [k for k, runs in baselines.items() if runs == final_runs]
+        out.paired_test = _paired_tests(out, preds, {k: r for k, r in baselines.items() if k not in out.final_same_as})
     return out
 
 
@@ -335,9 +339,9 @@ def _pairwise_partners(out: ReduceOutput, cfg: Config, preds: _Predictions, sing
         out.partner_tests.setdefault(a, {})[b] = entry
         return entry
 
-    def significant_drop(a: str, b: str) -> bool:
+    def significant_drop(a: str, b: str) -> bool:  # candidates drop: more images lost than gained
         t = test(a, b)
-        return t is not None and t["p"] < ALPHA and t["only_alone"] > t["only_with"]
+        return t is not None and t["p"] < ALPHA
 
     partners = {}
     for a in attrs:
@@ -380,8 +384,8 @@ def _baseline_runs(out: ReduceOutput, single_run, pair_run, multi_run) -> dict[s
 
 
 def _paired_tests(out: ReduceOutput, preds: _Predictions, baselines: dict[str, dict[str, str]]) -> dict[str, dict]:
-    """The final set against each baseline on test (see ``ReduceOutput.paired_test``); baselines
-    identical to the final set, or lacking per-image predictions, are left out."""
+    """The final set against each of ``baselines`` on test (see ``ReduceOutput.paired_test``);
+    baselines lacking per-image predictions are left out."""
     import numpy as np
 
     from aal_k8s.significance import bootstrap_interval, mcnemar_exact
@@ -392,14 +396,11 @@ def _paired_tests(out: ReduceOutput, preds: _Predictions, baselines: dict[str, d
         cols = [preds.get(runs[a], "test", a) for a in attrs]
         return None if any(c is None for c in cols) else np.stack(cols, axis=1)  # [images, attributes]
 
-    final_runs = {a: out.final[a].run_id for a in attrs}
-    final = correct(final_runs)
+    final = correct({a: out.final[a].run_id for a in attrs})
     if final is None:
         return {}
     result = {}
     for key, runs in baselines.items():
-        if runs == final_runs:
-            continue  # the final set itself: nothing to compare
         base = correct(runs)
         if base is None or base.shape != final.shape:
             continue

@@ -26,7 +26,7 @@ from aal_k8s import paper
 from aal_k8s.figures import affinity_matrix, pearson, relative_matrix, render_figures, scatter_points
 from aal_k8s.reduce import ReduceOutput, pairwise_cells
 from aal_k8s.runspec import ABLATION_STAGES, STAGES
-from aal_k8s.significance import ALPHA, z_test
+from aal_k8s.significance import ALPHA, BOOTSTRAP_RESAMPLES, z_test
 
 METHODS = ("pairwise", "affinity", "correlation")  # partner discovery methods, in column order
 FIGURE_DIR = "figures"
@@ -91,12 +91,25 @@ def _partner_cell(out: ReduceOutput, partner: str | None) -> str:
     return f"{i} ({partner})"
 
 
+NOT_SIGNIFICANT = "†"  # marks a partner whose drop McNemar's test does not find significant
+
+
+def drop_significant(out: ReduceOutput, a: str) -> bool | None:
+    """Whether a's partner lowers it significantly on validation (McNemar, p < ALPHA; a partner's
+    drop is above zero, so more images are lost than gained); None when untested (no partner, or
+    runs without per-image predictions)."""
+    t = out.partner_tests.get(a, {}).get(out.partners.get(a) or "")
+    return None if t is None else t["p"] < ALPHA
+
+
 def table3(out: ReduceOutput, split: str) -> tuple[Table, dict[str, int]]:
     """The per-attribute table with its Mean row and the improvement counts."""
     rows = table_rows(out, split)
     body = []
     for r in rows:
         partner = _partner_cell(out, r["partner"])
+        if drop_significant(out, r["name"]) is False:
+            partner += f" {NOT_SIGNIFICANT}"
         lam = "" if r["lam"] is None else f"{r['lam']:g}"
         body.append(
             [
@@ -238,6 +251,8 @@ def significance_rows(out: ReduceOutput) -> list[dict]:
         images = out.eval_images.get(split)
         n = images * m if images else None
         for b in baselines(out):
+            if b.key in out.final_same_as:
+                continue  # the final set compared with itself
             p0 = b.val if split == "val" else b.test
             if p1 is None or p0 is None:
                 continue
@@ -572,6 +587,37 @@ def _per_attribute(out: ReduceOutput) -> list:
     return blocks
 
 
+def _partner_drops(out: ReduceOutput) -> list:
+    """Is each partner's drop real? McNemar's exact test on a's validation images, a alone vs a
+    trained with its partner (the pairwise stage's runs)."""
+    tested = [a for a in out.attributes if out.partners.get(a) and drop_significant(out, a) is not None]
+    if not tested:
+        return []
+    rows = []
+    for a in tested:
+        b = out.partners[a]
+        t = out.partner_tests[a][b]
+        sig = drop_significant(out, a)
+        rows.append(
+            [str(out.attributes.index(a) + 1), a, _partner_cell(out, b), f"{100 * t['drop']:.2f}", str(t["only_alone"]),
+             str(t["only_with"]), _p_text(t["p"]), "yes" if sig else f"no {NOT_SIGNIFICANT}"]
+        )  # fmt: skip
+    rule = {"none": "any drop (the paper's rule)", "mcnemar": "a significant drop in this test"}[out.partner_test]
+    bar = f" larger than {100 * out.min_drop:g} points" if out.min_drop else ""
+    n_not = sum(1 for a in tested if not drop_significant(out, a))
+    return [
+        Heading(2, "Partner drops: paired test on validation images"),
+        Para(
+            f"Partners chosen for {rule}{bar} (`adversarial.partner_test: {out.partner_test}`, "
+            f"`adversarial.min_drop: {out.min_drop:g}`). Lost: images a gets right alone and wrong when trained with "
+            f"its partner; gained: the other way round. McNemar's exact test on those discordant images, two-sided; "
+            f"the drop counts as significant at p < {ALPHA} with more images lost than gained. "
+            f"{n_not} of {len(tested)} partners' drops are not significant ({NOT_SIGNIFICANT} in the tables above)."
+        ),
+        Table(["#", "Attribute", "Partner", "Drop (points)", "Lost", "Gained", "p", f"Significant at {ALPHA}"], "rllrrrrl", rows),
+    ]
+
+
 def _figure2(out: ReduceOutput, figures: dict[str, bytes]) -> list:
     blocks: list = [Heading(2, "Accuracy per attribute (the paper's Figure 2)")]
     if "accuracy_bars" not in figures:
@@ -739,7 +785,36 @@ def _significance(out: ReduceOutput) -> list:
             ["Split", "Baseline (P0)", "P1 (%)", "P0 (%)", "N", "z", "p", f"Significant at {ALPHA}"], "llrrrrrl", rows
         ),
     ]
-    return blocks
+    return blocks + _paired_significance(out)
+
+
+def _paired_significance(out: ReduceOutput) -> list:
+    """The final set against each baseline on the same test images (``ReduceOutput.paired_test``)."""
+    labels = {b.key: b.label for b in baselines(out)}
+    keys = [k for k in labels if k in out.paired_test]
+    if not keys:
+        return []
+    rows = []
+    for k in keys:
+        r = out.paired_test[k]
+        sig = "n/a" if r["p"] is None else ("no" if r["p"] >= ALPHA else ("yes" if r["diff"] > 0 else "yes (worse)"))
+        rows.append(
+            [labels[k], f"{100 * r['diff']:+.2f}", f"[{100 * r['ci_low']:+.2f}, {100 * r['ci_high']:+.2f}]",
+             str(r["only_final"]), str(r["only_baseline"]), _p_text(r["p"]), sig]
+        )  # fmt: skip
+    first = out.paired_test[keys[0]]
+    return [
+        Heading(3, "Paired tests on the test images"),
+        Para(
+            f"The final model set against each baseline on the same {first['images']} test images × {first['attributes']} "
+            "attributes (validation chose partners, λ and epochs, so test is the honest split). Difference: mean test "
+            "accuracy, final minus baseline, in points, with a 95% percentile bootstrap interval over images "
+            f"({BOOTSTRAP_RESAMPLES} resamples; an image's attributes stay together). Final only / baseline only: the "
+            "(image, attribute) predictions only one of the two gets right; p: McNemar's exact test on them, two-sided. "
+            "A baseline identical to the final set has no row."
+        ),
+        Table(["Baseline", "Difference", "95% interval", "Final only", "Baseline only", "p", f"Significant at {ALPHA}"], "lrrrrrl", rows),
+    ]
 
 
 def _discovery(out: ReduceOutput, figures: dict[str, bytes]) -> list:
@@ -878,6 +953,7 @@ def report_blocks(out: ReduceOutput, experiment: str, figures: dict[str, bytes])
         ),
     ]
     blocks += _per_attribute(out)
+    blocks += _partner_drops(out)
     blocks += _figure2(out, figures)
     blocks += _final_and_multi(out)
     blocks += _pairwise(out, figures)

@@ -174,7 +174,7 @@ def test_final_set_is_compared_with_each_baseline_on_test_images_but_not_with_it
     out = reduce_experiment(exp, cfg)
     assert out.final["square"].source == "adversarial" and out.final["square"].lam == 0.1
     # the Adv column is the final set here (no other attribute has a partner): no row for it
-    assert set(out.paired_test) == {"single", "multi_partner", "multi_all"}
+    assert set(out.paired_test) == {"single", "multi_partner", "multi_all"} and out.final_same_as == ["adversarial"]
     single = out.paired_test["single"]
     assert (single["only_final"], single["only_baseline"]) == (6, 2)
     assert single["p"] == pytest.approx(2 * (1 + 8 + 28) / 2**8)  # 2 * (C(8,0) + C(8,1) + C(8,2)) / 2^8
