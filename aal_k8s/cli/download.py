@@ -11,7 +11,6 @@ from __future__ import annotations
 import sys
 
 from aal_k8s.cli.common import add_config_args, config_from_args, examples, experiment_store
-from aal_k8s.modelset import download_final
 
 HELP = "fetch the final model set (verified) from the store to a folder"
 EXAMPLES = examples(
@@ -27,6 +26,8 @@ def add_arguments(p) -> None:
 
 
 def run(args) -> int:
+    from aal_k8s.modelset import download_final
+
     cfg = config_from_args(args)
     exp = experiment_store(cfg)
     attrs = [a.strip() for a in args.attrs.split(",") if a.strip()] if args.attrs else None

@@ -3,9 +3,12 @@
 from __future__ import annotations
 
 from aal_k8s.cli.common import add_config_args, config_from_args, examples, experiment_store
+from typing import TYPE_CHECKING
+
 from aal_k8s.errors import StageOrderError
-from aal_k8s.final import build_final
-from aal_k8s.reduce import ReduceOutput
+
+if TYPE_CHECKING:  # imported where used: `aal-k8s --help` stays free of torch
+    from aal_k8s.reduce import ReduceOutput
 
 HELP = "write the final model set (safetensors + manifest) to the store"
 EXAMPLES = examples("aal-k8s final --dataset synthetic")
@@ -16,6 +19,8 @@ def add_arguments(p) -> None:
 
 
 def load_reduce(exp) -> ReduceOutput:
+    from aal_k8s.reduce import ReduceOutput
+
     summary = exp.get_json("reduce", "summary.json")
     if summary is None:
         raise StageOrderError(f"experiment {exp.experiment!r} has no reduce output: run `aal-k8s reduce` first")
@@ -23,6 +28,8 @@ def load_reduce(exp) -> ReduceOutput:
 
 
 def run(args) -> int:
+    from aal_k8s.final import build_final
+
     cfg = config_from_args(args)
     exp = experiment_store(cfg)
     manifest = build_final(exp, cfg, load_reduce(exp))

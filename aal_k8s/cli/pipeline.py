@@ -16,11 +16,7 @@ from aal_k8s.backends import get_backend
 from aal_k8s.cli.common import add_config_args, config_from_args, examples, experiment_store
 from aal_k8s.cli.report import write_report
 from aal_k8s.cli.stages import execute_stage, plan, print_failures
-from aal_k8s.data.common import check_source
-from aal_k8s.final import build_final
 from aal_k8s.errors import AALError
-from aal_k8s.planner import ALL, PIPELINE
-from aal_k8s.reduce import reduce_experiment, write_reduce
 from aal_k8s.runspec import ABLATION_STAGES, DISCOVERY_STAGES
 
 HELP = "run the whole protocol end to end"
@@ -45,6 +41,8 @@ def add_arguments(p) -> None:
 
 def parse_stages(text: str) -> list[str]:
     """``paper`` | ``all`` | a comma list, returned in protocol order; unknown names are an error."""
+    from aal_k8s.planner import ALL, PIPELINE
+
     if text == "paper":
         return list(PIPELINE)
     if text == "all":
@@ -57,6 +55,11 @@ def parse_stages(text: str) -> list[str]:
 
 
 def run(args) -> int:
+    # here, not at the top: they import torch, and `aal-k8s --help` imports this module
+    from aal_k8s.data.common import check_source
+    from aal_k8s.final import build_final
+    from aal_k8s.reduce import reduce_experiment, write_reduce
+
     stages = parse_stages(args.stages)
     cfg = config_from_args(args)
     exp = experiment_store(cfg)

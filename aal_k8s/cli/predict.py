@@ -12,7 +12,6 @@ import sys
 
 from aal_k8s.cli.common import examples
 from aal_k8s.errors import AALError
-from aal_k8s.modelset import format_csv, format_table, predict
 
 HELP = "predict attributes of images with a downloaded model set"
 EXAMPLES = examples(
@@ -31,6 +30,7 @@ def add_arguments(p) -> None:
 
 
 def run(args) -> int:
+    from aal_k8s.modelset import format_csv, format_table, predict
     from aal_k8s.trainer import pick_device
 
     if args.threshold is not None and not 0.0 < args.threshold < 1.0:

@@ -6,7 +6,6 @@ import os
 
 from aal_k8s.cli.common import add_config_args, config_from_args, examples, experiment_store
 from aal_k8s.cli.final import load_reduce
-from aal_k8s.report import FIGURE_DIR, render_report
 from aal_k8s.store.base import atomic_write
 
 HELP = "write the report (Markdown, HTML with figures, CSVs) to the store (and local files)"
@@ -42,6 +41,8 @@ def write_report(exp, out, local_path: str | None) -> str:
     """Render the report into the store (``report/report.md``, ``report/report.html``,
     ``report/figures/<name>.png``, ``report/<csv>``) and, if given, write ``local_path`` and the HTML
     beside it. Returns the Markdown."""
+    from aal_k8s.report import FIGURE_DIR, render_report  # scipy and matplotlib: not for `--help`
+
     rep = render_report(out, exp.experiment)
     for name, png in sorted(rep.figures.items()):
         exp.store.put_bytes(exp.key("report", FIGURE_DIR, f"{name}.png"), png)

@@ -6,8 +6,6 @@ import sys
 
 from aal_k8s.backends import Backend, SubmitReport
 from aal_k8s.config import Config
-from aal_k8s.planner import plan_stage
-from aal_k8s.reduce import load_plan_inputs
 from aal_k8s.runspec import DISCOVERY_STAGES, RunSpec
 from aal_k8s.store import ExperimentStore
 
@@ -34,6 +32,10 @@ def stage_runs(args):
 
 
 def plan(cfg: Config, exp: ExperimentStore, stage: str, attributes: list[str] | None = None) -> list[RunSpec]:
+    # here, not at the top: the planner imports torch, and `--help` imports this module
+    from aal_k8s.planner import plan_stage
+    from aal_k8s.reduce import load_plan_inputs
+
     if stage in DISCOVERY_STAGES:
         return plan_stage(stage, cfg, attributes=attributes)
     given = load_plan_inputs(exp, cfg, stage)

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 from aal_k8s.cli.common import add_config_args, examples
 from aal_k8s.cli.stages import add_stage_args, execute_stage, print_failures, stage_runs
-from aal_k8s.data.common import check_source
 
 HELP = "submit the runs of one stage"
 EXAMPLES = examples(
@@ -30,6 +29,8 @@ def run(args) -> int:
     if args.dry_run:
         print(backend.render(specs, exp), end="")
         return 0
+    from aal_k8s.data.common import check_source
+
     check_source(cfg.dataset, exp.store, local=cfg.executor.backend == "local")
     report = execute_stage(backend, exp, args.stage, specs)
     print_failures(report, args.stage)
