@@ -1,8 +1,10 @@
 """Every run keeps per-image correctness (val at the best epoch, test), and the worker commits it."""
 
 import io
+import os
 
 import numpy as np
+import pytest
 import torch
 
 from aal_k8s import predictions
@@ -57,3 +59,53 @@ def test_the_worker_commits_the_predictions_beside_the_weights(tiny_cfg, tmp_pat
     head = spec.primary[0]
     assert np.mean(back["val"][head]) == record["val_acc"][head]
     assert np.mean(back["test"][head]) == record["test_acc"][head]
+
+
+def test_the_worker_writes_tensorboard_curves_of_every_epoch_into_the_store(tiny_cfg, tmp_path):
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    from aal_k8s.worker import execute
+
+    exp = ExperimentStore(LocalStore(str(tmp_path / "store")), tiny_cfg.experiment_name)
+    spec = plan_stage("pairwise", tiny_cfg)[0]
+    exp.write_spec(spec)
+    assert execute(exp.store.uri, exp.experiment, spec.run_id, log=io.StringIO()) == 0
+    record = exp.read_metrics(spec.run_id)
+    keys = [k for k in exp.store.list(exp.key("runs", spec.run_id)) if "/tensorboard/events.out.tfevents" in k]
+    assert len(keys) == 1 and f"/attempts/{record['attempt']}/" in keys[0]
+    acc = EventAccumulator(os.path.dirname(os.path.join(exp.store.root, keys[0])))
+    acc.Reload()
+    for head in spec.heads:
+        curve = [(e.step, e.value) for e in acc.Scalars(f"val_acc/{head}")]
+        assert curve == [(h["epoch"], pytest.approx(h["val_acc"][head])) for h in record["history"]]
+        (test,) = acc.Scalars(f"test_acc/{head}")
+        assert (test.step, test.value) == (record["best_epoch"], pytest.approx(record["test_acc"][head]))
+
+
+def test_a_resumed_attempts_event_file_also_holds_the_epochs_it_inherited(tiny_cfg, tmp_path):
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    from aal_k8s.worker import execute
+
+    store = LocalStore(str(tmp_path / "store"))
+    spec = plan_stage("single", tiny_cfg)[0]
+    earlier = ExperimentStore(store, tiny_cfg.experiment_name, attempt="earlier")
+    earlier.write_spec(spec)
+    states = []
+    train_run(spec, load_dataset(tiny_cfg.dataset), on_checkpoint=lambda st: states.append(_bytes(st)))
+    earlier.write_checkpoint(spec.run_id, 1, states[0])  # as if the earlier attempt died after epoch 1
+    log = io.StringIO()
+    assert execute(store.uri, tiny_cfg.experiment_name, spec.run_id, log=log) == 0
+    assert "resuming after epoch 1" in log.getvalue()
+    exp = ExperimentStore(store, tiny_cfg.experiment_name)
+    record = exp.read_metrics(spec.run_id)
+    (key,) = [k for k in store.list(exp.key("runs", spec.run_id)) if f"{record['attempt']}/tensorboard/" in k]
+    acc = EventAccumulator(os.path.dirname(os.path.join(store.root, key)))
+    acc.Reload()
+    assert [e.step for e in acc.Scalars(f"val_acc/{spec.primary[0]}")] == [1, 2]
+
+
+def _bytes(state) -> bytes:
+    buf = io.BytesIO()
+    torch.save(state, buf)
+    return buf.getvalue()
