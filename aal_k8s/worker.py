@@ -102,6 +102,9 @@ def _load_checkpoint(exp, spec, log):
 
 def _train_and_commit(exp, spec, log, checkpoint_keep: int = 2) -> int:
     import io
+    import time
+
+    started = time.perf_counter()  # wall time of the whole attempt (imports, data, training): the live view's ETA
 
     import torch
     from safetensors.torch import save as save_safetensors
@@ -161,7 +164,9 @@ def _train_and_commit(exp, spec, log, checkpoint_keep: int = 2) -> int:
 
     weights = save_safetensors(result.state_dict, metadata={"run_id": spec.run_id})
     preds = predictions.pack({split: c.numpy() for split, c in result.correct.items()}, result.heads)
-    record = exp.commit_run(spec, {"best.safetensors": weights, predictions.ARTIFACT: preds}, result.metrics())
+    metrics = result.metrics()
+    metrics["timings"] = {**metrics["timings"], "worker": time.perf_counter() - started}
+    record = exp.commit_run(spec, {"best.safetensors": weights, predictions.ARTIFACT: preds}, metrics)
     if record.get("attempt") != exp.attempt:
         print(f"run {spec.run_id}: attempt {record.get('attempt')} committed it first; "
               f"this attempt ({exp.attempt}) discarded its files", file=log)  # fmt: skip

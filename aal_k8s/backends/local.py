@@ -40,10 +40,16 @@ class LocalBackend(Backend):
         self.progress = progress
         self._procs: set[subprocess.Popen] = set()
         self._lock = threading.Lock()
+        # run ids of the submit in progress, for states() (the live view polls it from another thread)
+        self._queued: set[str] = set()
+        self._running: set[str] = set()
+
+    def slots(self) -> int:
+        """How many runs execute at once (before capping by a stage's run count)."""
+        return self.cfg.executor.parallel or default_parallel(self.cfg.train.device)
 
     def _parallel(self, n_runs: int) -> tuple[int, int]:
-        par = self.cfg.executor.parallel or default_parallel(self.cfg.train.device)
-        par = max(1, min(par, n_runs))
+        par = max(1, min(self.slots(), n_runs))
         threads = self.cfg.train.threads or max(1, (os.cpu_count() or 1) // par)
         return par, threads
 
@@ -59,11 +65,14 @@ class LocalBackend(Backend):
         proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, env=env)
         with self._lock:
             self._procs.add(proc)
+            self._queued.discard(spec.run_id)
+            self._running.add(spec.run_id)
         try:
             output, _ = proc.communicate()
         finally:
             with self._lock:
                 self._procs.discard(proc)
+                self._running.discard(spec.run_id)
         text = output.decode(errors="replace")
         exp.store.put_bytes(exp.run_key(spec.run_id, LOG_NAME), output)
         last = next((ln for ln in reversed(text.strip().splitlines()) if ln.strip()), "")
@@ -81,6 +90,8 @@ class LocalBackend(Backend):
         if not todo:
             return report
         par, threads = self._parallel(len(todo))
+        with self._lock:
+            self._queued.update(s.run_id for s in todo)
         bar = _progress(len(todo), self.progress)
         try:
             with ThreadPoolExecutor(max_workers=par) as pool:
@@ -97,6 +108,8 @@ class LocalBackend(Backend):
             raise
         finally:
             bar.close()
+            with self._lock:
+                self._queued.clear()
         report.submitted.sort()
         return report
 
@@ -116,9 +129,15 @@ class LocalBackend(Backend):
 
     def states(self, specs: list[RunSpec], exp) -> dict[str, RunState]:
         out = {}
+        with self._lock:
+            running, queued = set(self._running), set(self._queued)
         for spec in specs:
             if exp.is_committed(spec.run_id):
                 out[spec.run_id] = RunState(spec.run_id, "complete")
+            elif spec.run_id in running:
+                out[spec.run_id] = RunState(spec.run_id, "running")
+            elif spec.run_id in queued:
+                out[spec.run_id] = RunState(spec.run_id, "pending", "waiting for a free local worker slot")
             else:
                 failure = exp.read_failure(spec.run_id)
                 if failure:

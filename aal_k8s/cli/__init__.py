@@ -20,7 +20,7 @@ from aal_k8s.errors import AALError
 SUBCOMMANDS = ["pipeline", "submit", "status", "reduce", "final", "report", "worker", "prepare"]
 SUBCOMMANDS += ["logs", "cancel"]  # a run's log, cancelling a stage (both backends; see docs/kubernetes.md)
 SUBCOMMANDS += ["download", "predict", "doctor"]
-SUBCOMMANDS += ["completion"]
+SUBCOMMANDS += ["watch", "completion"]
 
 
 class _Parser(argparse.ArgumentParser):

@@ -58,6 +58,7 @@ def run(args) -> int:
     # here, not at the top: they import torch, and `aal-k8s --help` imports this module
     from aal_k8s.data.common import check_source
     from aal_k8s.final import build_final
+    from aal_k8s.progress import live_view
     from aal_k8s.reduce import reduce_experiment, write_reduce
 
     stages = parse_stages(args.stages)
@@ -82,16 +83,17 @@ def run(args) -> int:
         [n for n in stages if n in ABLATION_STAGES],
     ]
     out = None
-    for phase in phases:
-        if not phase:
-            continue
-        if out is not None:
-            write_reduce(exp, out)
-        for name in phase:
-            if not stage(name):
-                print(f"pipeline stopped: stage {name} has failed runs (see `aal-k8s status`)", file=sys.stderr)
-                return 1
-        out = reduce_experiment(exp, cfg)
+    with live_view(cfg, exp, backend, stages):
+        for phase in phases:
+            if not phase:
+                continue
+            if out is not None:
+                write_reduce(exp, out)
+            for name in phase:
+                if not stage(name):
+                    print(f"pipeline stopped: stage {name} has failed runs (see `aal-k8s status`)", file=sys.stderr)
+                    return 1
+            out = reduce_experiment(exp, cfg)
     write_reduce(exp, out)
     complete = len(out.final) == len(out.attributes)
     if complete:

@@ -32,7 +32,13 @@ def run(args) -> int:
     from aal_k8s.data.common import check_source
 
     check_source(cfg.dataset, exp.store, local=cfg.executor.backend == "local")
-    report = execute_stage(backend, exp, args.stage, specs)
+    if backend.name == "local":  # runs execute now: show them (k8s returns at once: `aal-k8s watch`)
+        from aal_k8s.progress import live_view
+
+        with live_view(cfg, exp, backend, [args.stage]):
+            report = execute_stage(backend, exp, args.stage, specs)
+    else:
+        report = execute_stage(backend, exp, args.stage, specs)
     print_failures(report, args.stage)
     print(f"stage {args.stage}: {len(report.submitted)} submitted, {len(report.skipped)} already complete, "
           f"{len(report.failed)} failed")
