@@ -49,6 +49,21 @@ class Choice:
     test: float
 
 
+#: The config sections that decide results (the store, executor and cluster ones do not).
+RESULT_SECTIONS = ("dataset", "model", "train", "adversarial", "affinity")
+
+
+@dataclass
+class Provenance:
+    """Where a reduce output comes from, for the report's provenance paragraph."""
+
+    code: str = ""  # aal-k8s version (and git commit) that reduced the runs
+    config: dict = field(default_factory=dict)  # RESULT_SECTIONS of the config
+    split_sizes: dict[str, int] = field(default_factory=dict)  # images per split (train/val/test)
+    first_commit: str = ""  # committed_at of the oldest and the newest run read (UTC)
+    last_commit: str = ""
+
+
 @dataclass
 class ReduceOutput:
     dataset: str
@@ -93,6 +108,7 @@ class ReduceOutput:
     # against that baseline on test, paired by image and attribute
     paired_test: dict[str, dict] = field(default_factory=dict)
     final_same_as: list[str] = field(default_factory=list)  # baseline keys whose runs are the final set's
+    provenance: Provenance = field(default_factory=Provenance)
 
     def to_json(self) -> dict:
         return asdict(self)
@@ -101,6 +117,7 @@ class ReduceOutput:
     def from_json(cls, d: dict) -> "ReduceOutput":
         d = dict(d)
         d["final"] = {a: Choice(**c) for a, c in d.get("final", {}).items()}
+        d["provenance"] = Provenance(**d.get("provenance", {}))
         return cls(**d)
 
 
@@ -157,11 +174,16 @@ PARTNER_METHODS = ("pairwise", "affinity", "correlation")
 
 def reduce_experiment(exp: ExperimentStore, cfg: Config) -> ReduceOutput:
     attrs = attribute_names(cfg.dataset.name)
+    from aal_k8s.version import code_version
+
     adv_cfg = cfg.adversarial
+    config = cfg.to_dict()
     out = ReduceOutput(
         dataset=cfg.dataset.name, attributes=attrs, partners_from=adv_cfg.partners_from,
         partner_test=adv_cfg.partner_test, min_drop=adv_cfg.min_drop,
+        provenance=Provenance(code=code_version(), config={k: config[k] for k in RESULT_SECTIONS}),
     )  # fmt: skip
+    prov = out.provenance
     seen: set[str] = set()  # run ids already counted in stage_seconds
     preds = _Predictions(exp)
     single_run: dict[str, str] = {}  # a -> its single-task run
@@ -188,8 +210,13 @@ def reduce_experiment(exp: ExperimentStore, cfg: Config) -> ReduceOutput:
                 out.stage_seconds[stage] = out.stage_seconds.get(stage, 0.0) + float(rec.get("timings", {}).get("total", 0.0))
                 out.stage_runs[stage] = out.stage_runs.get(stage, 0) + 1
             for split, n in rec.get("split_sizes", {}).items():
+                prov.split_sizes.setdefault(split, int(n))
                 if split in ("val", "test"):
                     out.eval_images.setdefault(split, int(n))
+            when = rec.get("committed_at", "")  # ISO 8601 UTC: compares as text
+            if when:
+                prov.first_commit = min(prov.first_commit or when, when)
+                prov.last_commit = max(prov.last_commit, when)
         return found
 
     for spec, rec in committed("single", plan_stage("single", cfg)):

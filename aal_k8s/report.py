@@ -618,6 +618,29 @@ def _partner_drops(out: ReduceOutput) -> list:
     ]
 
 
+def _lambda_curves(out: ReduceOutput) -> list:
+    """Validation accuracy of each attribute's adversarial runs against λ (how λ was chosen)."""
+    attrs = [a for a in out.attributes if out.adversarial.get(a)]
+    if not attrs:
+        return []
+    grid = sorted({r["lam"] for a in attrs for r in out.adversarial[a].values()})
+    rows = []
+    for a in attrs:
+        runs = {r["lam"]: r["val"] for r in out.adversarial[a].values()}
+        chosen = out.chosen_lambda.get(a)
+        cells = ["" if lam not in runs else (f"**{_pct(runs[lam])}**" if lam == chosen else _pct(runs[lam])) for lam in grid]
+        rows.append([str(out.attributes.index(a) + 1), a, _partner_cell(out, out.partners.get(a)), _pct(out.single_val.get(a)), *cells])
+    return [
+        Heading(2, "Validation accuracy against λ"),
+        Para(
+            "Each attribute's gradient-reversal runs with its partner, validation accuracy (%) per λ; bold: the λ chosen "
+            "(highest; ties go to the first λ of the grid); empty: run missing. Single: the single-task accuracy the final selection "
+            "compares with. Training curves per epoch: the TensorBoard event files of each run in the store."
+        ),
+        Table(["#", "Attribute", "Partner", "Single", *(f"λ={lam:g}" for lam in grid)], "rllr" + "r" * len(grid), rows),
+    ]
+
+
 def _figure2(out: ReduceOutput, figures: dict[str, bytes]) -> list:
     blocks: list = [Heading(2, "Accuracy per attribute (the paper's Figure 2)")]
     if "accuracy_bars" not in figures:
@@ -944,9 +967,68 @@ def _missing(out: ReduceOutput) -> list:
     return blocks + [Bullets(items)]
 
 
+def _summary(out: ReduceOutput) -> list:
+    """What improved, by how much, on which split and how sure: the opening paragraph."""
+    label, _, p1_test = ours(out)
+    single = next(r for r in ablation_rows(out) if r.key == "single")
+    m = len(out.attributes)
+    if p1_test is None or single.test is None:
+        return [Para("**Summary.** No complete result yet: see the missing runs at the end.")]
+    diff = 100 * (p1_test - single.test)
+    text = (
+        f"**Summary.** {label[0].upper() + label[1:]}: mean test accuracy {_pct(p1_test)}% over {m} attributes, "
+        f"{diff:+.2f} points over single-task training"
+    )
+    paired = out.paired_test.get("single")
+    if paired:
+        verdict = "significant" if paired["p"] < ALPHA else "not significant"
+        text += (
+            f" (95% bootstrap interval over test images [{100 * paired['ci_low']:+.2f}, {100 * paired['ci_high']:+.2f}]; "
+            f"McNemar p = {_p_text(paired['p'])}: {verdict} at {ALPHA})"
+        )
+    else:
+        z_row = next((r for r in significance_rows(out) if r["split"] == "test" and r["key"] == "single"), None)
+        if z_row and z_row["p"] is not None:
+            text += f" (the paper's z-test: p = {_p_text(z_row['p'])})"
+    with_partner = [a for a in out.attributes if out.partners.get(a)]
+    not_sig = [a for a in with_partner if drop_significant(out, a) is False]
+    adv = [a for a in out.attributes if a in out.final and out.final[a].source == "adversarial"]
+    text += (
+        f". {len(with_partner)} of {m} attributes have a negative partner ({out.partners_from}"
+        + (f"; {len(not_sig)} of those drops not significant" if not_sig else "")
+        + f"); {len(adv)} use their adversarial model in the final set. Validation chose partners, λ and epochs, "
+        "so the test numbers are untouched by those choices."
+    )
+    return [Para(text)]
+
+
+def _provenance(out: ReduceOutput) -> list:
+    prov = out.provenance
+    if not prov.code:
+        return []  # reduced by a version that did not record it
+    cfg = prov.config
+    model, train, adv, data = cfg.get("model", {}), cfg.get("train", {}), cfg.get("adversarial", {}), cfg.get("dataset", {})
+    sizes = " / ".join(f"{prov.split_sizes[s]} {s}" for s in ("train", "val", "test") if s in prov.split_sizes)
+    lams = ", ".join(f"{x:g}" for x in adv.get("lambdas", []))
+    when = f"Runs committed {prov.first_commit} to {prov.last_commit} (UTC). " if prov.first_commit else ""
+    return [
+        Para(
+            f"**Provenance.** Code: aal-k8s {prov.code}. Data: {out.dataset}"
+            + (f", {sizes} images" if sizes else "")
+            + f" (seed {data.get('seed', '?')}). Config: {model.get('backbone', '?')} ({model.get('pretrained', '?')} init), "
+            f"lr {train.get('lr', '?'):g}, {train.get('epochs', '?')} epochs, batch {train.get('batch_size', '?')}, "
+            f"λ grid [{lams}], partners from {adv.get('partners_from', '?')} (test {adv.get('partner_test', '?')}, "
+            f"min drop {adv.get('min_drop', 0):g}), final selection {adv.get('final_selection', '?')}. {when}"
+            "The full config is `provenance.config` in `reduce/summary.json`."
+        )
+    ]
+
+
 def report_blocks(out: ReduceOutput, experiment: str, figures: dict[str, bytes]) -> list:
     blocks: list = [
-        Heading(1, f"AAL report: {experiment} ({out.dataset})"),
+        Heading(1, _title(out, experiment)),
+        *_summary(out),
+        *_provenance(out),
         Para(
             f"{len(out.attributes)} attributes. Accuracies in percent. Figures: embedded in `report.html`; the "
             f"links below resolve in the store next to `report.md` (`{FIGURE_DIR}/`)."
@@ -954,6 +1036,7 @@ def report_blocks(out: ReduceOutput, experiment: str, figures: dict[str, bytes])
     ]
     blocks += _per_attribute(out)
     blocks += _partner_drops(out)
+    blocks += _lambda_curves(out)
     blocks += _figure2(out, figures)
     blocks += _final_and_multi(out)
     blocks += _pairwise(out, figures)
@@ -967,6 +1050,11 @@ def report_blocks(out: ReduceOutput, experiment: str, figures: dict[str, bytes])
     return blocks
 
 
+def _title(out: ReduceOutput, experiment: str) -> str:
+    """``AAL report: celeba-rerun (celeba)``; the dataset only once when the experiment is named after it."""
+    return f"AAL report: {experiment}" + ("" if experiment == out.dataset else f" ({out.dataset})")
+
+
 def render_report(out: ReduceOutput, experiment: str) -> Report:
     """Markdown, HTML, figures (PNG) and CSVs of the report."""
     figures = render_figures(out, table_rows(out, "val"))
@@ -974,7 +1062,7 @@ def render_report(out: ReduceOutput, experiment: str) -> Report:
     used = {b.name for b in blocks if isinstance(b, Fig)}
     figures = {k: v for k, v in figures.items() if k in used}
     files = {RELATIVE_CSV: relative_csv(out), ACCURACY_CSV: accuracy_csv(out)}
-    title = f"AAL report: {experiment} ({out.dataset})"
+    title = _title(out, experiment)
     return Report(to_markdown(blocks), to_html(blocks, title, figures), figures, files)
 
 

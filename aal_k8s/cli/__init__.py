@@ -16,6 +16,7 @@ import importlib
 import sys
 
 from aal_k8s.errors import AALError
+from aal_k8s.version import package_version
 
 SUBCOMMANDS = ["pipeline", "submit", "status", "reduce", "final", "report", "worker", "prepare"]
 SUBCOMMANDS += ["logs", "cancel"]  # a run's log, cancelling a stage (both backends; see docs/kubernetes.md)
@@ -28,22 +29,11 @@ class _Parser(argparse.ArgumentParser):
         self.exit(2, f"aal-k8s: error: {message}\n")
 
 
-def version() -> str:
-    """The installed package's version (pyproject.toml is its one source)."""
-    from importlib.metadata import PackageNotFoundError
-    from importlib.metadata import version as dist_version
-
-    try:
-        return dist_version("aal-k8s")
-    except PackageNotFoundError:  # run from a source tree that was never installed
-        return "unknown (not installed)"
-
-
 # the final model set outside the store: fetch it verified, predict with it
 
 def build_parser() -> argparse.ArgumentParser:
     parser = _Parser(prog="aal-k8s", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--version", action="version", version=f"aal-k8s {version()}")
+    parser.add_argument("--version", action="version", version=f"aal-k8s {package_version()}")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND", parser_class=_Parser)
     for name in SUBCOMMANDS:
         mod = importlib.import_module(f"aal_k8s.cli.{name}")
