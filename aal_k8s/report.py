@@ -602,7 +602,7 @@ def _partner_drops(out: ReduceOutput) -> list:
             [str(out.attributes.index(a) + 1), a, _partner_cell(out, b), f"{100 * t['drop']:.2f}", str(t["only_alone"]),
              str(t["only_with"]), _p_text(t["p"]), "yes" if sig else f"no {NOT_SIGNIFICANT}"]
         )  # fmt: skip
-    rule = {"none": "any drop (the paper's rule)", "mcnemar": "a significant drop in this test"}[out.partner_test]
+    rule = {"none": "any drop, the paper's rule", "mcnemar": "a significant drop in this test"}[out.partner_test]
     bar = f" larger than {100 * out.min_drop:g} points" if out.min_drop else ""
     n_not = sum(1 for a in tested if not drop_significant(out, a))
     return [
@@ -611,7 +611,7 @@ def _partner_drops(out: ReduceOutput) -> list:
             f"Partners chosen for {rule}{bar} (`adversarial.partner_test: {out.partner_test}`, "
             f"`adversarial.min_drop: {out.min_drop:g}`). Lost: images a gets right alone and wrong when trained with "
             f"its partner; gained: the other way round. McNemar's exact test on those discordant images, two-sided; "
-            f"the drop counts as significant at p < {ALPHA} with more images lost than gained. "
+            f"a drop counts as significant at p < {ALPHA}. "
             f"{n_not} of {len(tested)} partners' drops are not significant ({NOT_SIGNIFICANT} in the tables above)."
         ),
         Table(["#", "Attribute", "Partner", "Drop (points)", "Lost", "Gained", "p", f"Significant at {ALPHA}"], "rllrrrrl", rows),

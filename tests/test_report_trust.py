@@ -38,7 +38,7 @@ def test_partner_drops_section_lists_lost_and_gained_images_with_mcnemar_p():
     assert _row(section, "| 1 | square |")[3:] == ["17.50", "12", "5", "0.143463", "no †"]
     assert _row(section, "| 2 | ring |")[3:] == ["15.00", "6", "0", "0.031250", "yes"]
     assert "1 of 2 partners' drops are not significant" in section
-    assert "`adversarial.partner_test: none`" in section and "any drop (the paper's rule)" in section
+    assert "`adversarial.partner_test: none`" in section and "any drop, the paper's rule" in section
 
 
 def test_without_per_image_predictions_nothing_is_marked():
