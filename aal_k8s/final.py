@@ -100,4 +100,7 @@ def build_final(exp: ExperimentStore, cfg: Config, out: ReduceOutput) -> dict:
         "models": entries,
     }
     exp.put_json("final", "manifest.json", obj=manifest)
+    from aal_k8s.modelcard import CARD_NAME, model_card
+
+    exp.put_text("final", CARD_NAME, text=model_card(out, manifest))
     return manifest

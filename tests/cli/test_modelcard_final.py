@@ -1,0 +1,10 @@
+"""`build_final` writes the model card beside the manifest."""
+
+from test_download_predict import build_model_set  # committed single-task runs, reduced, final/ built
+
+
+def test_build_final_writes_the_card_beside_the_manifest(tiny_cfg):
+    exp, _ = build_model_set(tiny_cfg)
+    card = exp.store.get_bytes(exp.key("final", "MODEL_CARD.md")).decode()
+    assert card.startswith(f"# Model card: {exp.experiment} (synthetic)")
+    assert "| 1 | square | single |" in card
