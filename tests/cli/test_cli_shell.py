@@ -56,3 +56,12 @@ def test_completion_for_an_unknown_shell_is_one_line_exit_2(capsys):
     assert main(["completion", "fish"]) == 2
     err = capsys.readouterr().err
     assert len(err.strip().splitlines()) == 1 and "invalid choice: 'fish'" in err
+
+
+def test_predict_on_cuda_without_a_gpu_is_one_line_exit_2(tmp_path, monkeypatch, capsys):
+    import torch
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    assert main(["predict", "--models", str(tmp_path), str(tmp_path / "x.png"), "--device", "cuda"]) == 2
+    err = capsys.readouterr().err
+    assert len(err.strip().splitlines()) == 1 and "--device cuda: no CUDA device is available" in err
