@@ -194,6 +194,12 @@ def _partner_boxes(out: ReduceOutput) -> dict[int, int]:
     return {idx[a]: idx[b] for a, b in out.partners.items() if b is not None and a in idx and b in idx}
 
 
+def pairwise_legend(out: ReduceOutput, values: list[list[float | None]]) -> str:
+    """The heatmap's key line; hatching is explained only when a cell is hatched (a run missing)."""
+    missing = any(v is None for i, row in enumerate(values) for j, v in enumerate(row) if i != j)
+    return f"boxes: each attribute's partner ({out.partners_from})" + ("; hatched: run missing" if missing else "")
+
+
 def pairwise_heatmap(out: ReduceOutput) -> bytes | None:
     values = relative_matrix(out)
     if all(v is None for row in values for v in row):
@@ -205,7 +211,7 @@ def pairwise_heatmap(out: ReduceOutput) -> bytes | None:
         "Pairwise multi-task vs single task, validation: acc(a with b) − single(a)",
         "accuracy change of a (percentage points)",
         _partner_boxes(out),
-        f"boxes: each attribute's partner ({out.partners_from}); hatched: run missing",
+        pairwise_legend(out, values),
         "partner b (trained together with a)",
         2,
     )

@@ -103,3 +103,19 @@ def test_reduce_records_code_version_result_config_split_sizes_and_commit_times(
     assert prov.config["adversarial"]["min_drop"] == 0.01
     assert prov.split_sizes == {"train": 30, "val": 10, "test": 20}
     assert (prov.first_commit, prov.last_commit) == ("2026-12-01T10:00:00Z", "2026-12-01T10:05:00Z")
+
+
+def test_the_heatmap_explains_hatching_only_when_a_cell_is_hatched():
+    from aal_k8s.figures import pairwise_legend, relative_matrix
+
+    out = sample()  # every pairwise run committed
+    assert pairwise_legend(out, relative_matrix(out)) == "boxes: each attribute's partner (pairwise)"
+    del out.pair_val["square"]["ring"]
+    assert pairwise_legend(out, relative_matrix(out)).endswith("; hatched: run missing")
+
+
+def test_a_wgan_stage_never_run_has_no_ablation_row_but_a_note():
+    md = render_markdown(sample(), "exp")  # the sample has no wgan runs
+    section = md[md.index("## Ablations") :]
+    assert "| Pairwise adversarial with Wasserstein-GAN loss |" not in section
+    assert "Not run: Pairwise adversarial with Wasserstein-GAN loss" in section
