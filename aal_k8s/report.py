@@ -335,11 +335,16 @@ def method_adversarial_row(out: ReduceOutput, method: str, partners: dict[str, s
         runs = {a: {"val": adv["val"][a], "test": adv["test"][a]} for a in out.attributes if adv["val"][a] is not None}
     runs = runs or {}
     needs = lambda a: partners.get(a) is not None  # noqa: E731
-    return _mean_row(
+    row = _mean_row(
         method, method, out,
         lambda a, split: runs[a][split] if a in runs and needs(a) else None,
         needs, bool(runs), bool(partners),
     )  # fmt: skip
+    if row.status.startswith("missing") and method != out.partners_from and not out.missing.get("adversarial"):
+        # the runs it has are another method's (same partner); its own were never submitted (reduce
+        # lists submitted runs that did not commit)
+        row.status = "not run"
+    return row
 
 
 def comparison(out: ReduceOutput) -> dict | None:

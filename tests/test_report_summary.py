@@ -119,3 +119,17 @@ def test_a_wgan_stage_never_run_has_no_ablation_row_but_a_note():
     section = md[md.index("## Ablations") :]
     assert "| Pairwise adversarial with Wasserstein-GAN loss |" not in section
     assert "Not run: Pairwise adversarial with Wasserstein-GAN loss" in section
+
+
+def _comparison_row(out, method):
+    md = render_markdown(out, "exp")
+    return _row(md[md.index("## Partner discovery") :], f"| {method} |")
+
+
+def test_a_method_whose_adversarial_runs_were_never_submitted_reads_not_run_not_missing():
+    out = sample()  # correlation partners: square's coincides with pairwise (red_tint), its run exists
+    out.method_adversarial["correlation"] = {"square": dict(out.method_adversarial["affinity"]["square"])}
+    out.missing["adversarial"] = []  # no submitted adversarial run lacks its commit
+    assert _comparison_row(out, "correlation")[3:5] == ["not run", "not run"]
+    out.missing["adversarial"] = ["adv-red_tint-lam1"]  # submitted and not committed: really missing
+    assert _comparison_row(out, "correlation")[3].startswith("missing (")
