@@ -123,13 +123,12 @@ def _train_and_commit(exp, spec, log, checkpoint_keep: int = 2) -> int:
 
     from aal_k8s.events import open_events
 
-    events = open_events(exp, spec.run_id, log)
+    events = open_events(exp, spec, log)
 
     def progress(epoch: int, entry: dict) -> None:
         acc = " ".join(f"{k}={v:.4f}" for k, v in entry["val_acc"].items())
         print(f"run {spec.run_id}: epoch {epoch} lr={entry['lr']:g} val {acc} ({entry['seconds']:.1f}s)", file=log)
-        if events is not None:
-            events.epoch(entry)
+        events.epoch(entry)
 
     def checkpoint(state: dict) -> None:
         buf = io.BytesIO()
@@ -148,18 +147,16 @@ def _train_and_commit(exp, spec, log, checkpoint_keep: int = 2) -> int:
 
         init_state = load_safetensors(exp.read_artifact(spec.init_from, "best.safetensors"))
     resume = _load_checkpoint(exp, spec, log)
-    if events is not None and resume is not None:
+    if resume is not None:
         for entry in resume["history"]:  # this attempt's event file gets the whole curves
             events.epoch(entry)
     try:
         result = train_run(
             spec, data, on_epoch_end=progress, resume_state=resume, on_checkpoint=checkpoint, init_state=init_state
         )
-        if events is not None:
-            events.result(result.best_epoch, result.val_acc, result.test_acc)
+        events.result(result.best_epoch, result.val_acc, result.test_acc)
     finally:
-        if events is not None:
-            events.close()
+        events.close()
     from aal_k8s import predictions
 
     weights = save_safetensors(result.state_dict, metadata={"run_id": spec.run_id})

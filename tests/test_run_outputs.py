@@ -1,4 +1,5 @@
-"""Every run keeps per-image correctness (val at the best epoch, test), and the worker commits it."""
+"""What every run leaves besides its weights: per-image correctness (val at the best epoch, test),
+TensorBoard event files in the store, MLflow runs when MLFLOW_TRACKING_URI is set."""
 
 import io
 import os
@@ -109,3 +110,58 @@ def _bytes(state) -> bytes:
     buf = io.BytesIO()
     torch.save(state, buf)
     return buf.getvalue()
+
+
+def test_with_mlflow_tracking_uri_set_each_attempt_is_an_mlflow_run_with_the_curves(tiny_cfg, tmp_path, monkeypatch):
+    mlflow = pytest.importorskip("mlflow")
+    from aal_k8s.worker import execute
+
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", (tmp_path / "mlruns").as_uri())
+    monkeypatch.setenv("MLFLOW_ALLOW_FILE_STORE", "true")  # a file store keeps the test self-contained
+    exp = ExperimentStore(LocalStore(str(tmp_path / "store")), tiny_cfg.experiment_name)
+    spec = plan_stage("pairwise", tiny_cfg)[0]
+    exp.write_spec(spec)
+    assert execute(exp.store.uri, exp.experiment, spec.run_id, log=io.StringIO()) == 0
+    record = exp.read_metrics(spec.run_id)
+    client = mlflow.MlflowClient()
+    (run,) = client.search_runs([client.get_experiment_by_name(exp.experiment).experiment_id])
+    assert run.info.run_name == spec.run_id and run.info.status == "FINISHED"
+    assert run.data.params["primary"] == ",".join(spec.primary) and run.data.tags["aal_k8s.attempt"] == record["attempt"]
+    head = spec.heads[0]
+    curve = [(m.step, m.value) for m in client.get_metric_history(run.info.run_id, f"val_acc/{head}")]
+    assert sorted(curve) == [(h["epoch"], pytest.approx(h["val_acc"][head])) for h in record["history"]]
+    assert run.data.metrics[f"test_acc/{head}"] == pytest.approx(record["test_acc"][head])
+
+
+def test_an_unreachable_mlflow_server_costs_a_log_line_not_the_run(tiny_cfg, tmp_path, monkeypatch):
+    pytest.importorskip("mlflow")
+    from aal_k8s.worker import execute
+
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", "http://127.0.0.1:9")  # discard port: connection refused
+    monkeypatch.setenv("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "0")
+    monkeypatch.setenv("MLFLOW_HTTP_REQUEST_TIMEOUT", "2")
+    exp = ExperimentStore(LocalStore(str(tmp_path / "store")), tiny_cfg.experiment_name)
+    spec = plan_stage("single", tiny_cfg)[0]
+    exp.write_spec(spec)
+    log = io.StringIO()
+    assert execute(exp.store.uri, exp.experiment, spec.run_id, log=log) == 0
+    assert exp.is_committed(spec.run_id)
+    assert f"run {spec.run_id}: no MLflow logging (" in log.getvalue()
+
+
+def test_a_tracking_server_failing_mid_run_drops_mlflow_with_one_log_line():
+    from aal_k8s.events import MlflowRun, Sinks
+
+    class Gone:
+        def log_batch(self, *args, **kwargs):
+            raise ConnectionError("server gone")
+
+    sink = MlflowRun.__new__(MlflowRun)  # as opened, with a client whose server has gone away
+    sink.client, sink.run_id = Gone(), "m1"
+    log = io.StringIO()
+    sinks = Sinks([sink], "sin-a01", log)
+    entry = {"epoch": 1, "val_acc": {"a": 0.5}, "train_loss": {"a": 0.1}, "lr": 0.1, "seconds": 1.0}
+    sinks.epoch(entry)
+    sinks.epoch(entry)
+    assert sinks.sinks == []
+    assert log.getvalue() == "run sin-a01: MLflow logging stopped (ConnectionError: server gone)\n"
