@@ -46,7 +46,6 @@ def test_dry_run_prints_valid_jobs_for_every_pair_and_writes_nothing(tmp_path, c
 
 
 def test_dry_run_for_all_780_celeba_pairs_prints_780_valid_jobs(tmp_path, capsys):
-    pytest.importorskip("aal_k8s.data.celeba")
     argv = ["submit", "--stage", "pairwise", "--dataset", "celeba", "--backend", "k8s", "--dry-run"]
     assert main([*argv, "--store", str(tmp_path / "store")]) == 0
     jobs = _jobs(capsys.readouterr().out)

@@ -16,6 +16,7 @@ from k8s_schema import kv, validate_strict
 
 from aal_k8s.backends.k8s_manifests import WORKER_UID, job_manifest, job_name, label_value, run_labels, selector
 from aal_k8s.config import load_config
+from aal_k8s.backends.k8s import KubernetesError
 from aal_k8s.planner import plan_stage
 from aal_k8s.runspec import RunSpec
 
@@ -374,7 +375,7 @@ def test_everything_the_controller_calls_is_allowed_by_the_role(make_backend, cf
     backend.states([a, b], exp)
     cluster.logs[next(iter(cluster.pods))] = "log\n"
     backend.logs(a.run_id, exp)
-    with pytest.raises(Exception):
+    with pytest.raises(KubernetesError, match="no pod yet"):  # b's Job exists, its pod does not
         backend.logs(b.run_id, exp)
     cluster.on_watch = lambda n: [cluster.fail(job_name(s.experiment, s.run_id)) for s in (a, b)]
     backend.wait([a, b], exp)
