@@ -36,6 +36,13 @@ def _check_manifest(manifest, where: str) -> dict:
         ok = ok and isinstance(manifest.get("backbone"), str)
     if not ok:
         raise AALError(f"{where}: not a final model set manifest (models, input, backbone missing)")
+    for key in ("mean", "std"):
+        # no default: 0/1 instead of the training normalisation would give confident wrong answers
+        v = manifest["input"].get(key)
+        if not (isinstance(v, list) and len(v) == 3 and all(isinstance(x, (int, float)) and not isinstance(x, bool) for x in v)):
+            raise AALError(f"{where}: input.{key} must list 3 numbers (the normalisation the models were trained with), got {v!r}")
+    if not all(x > 0 for x in manifest["input"]["std"]):
+        raise AALError(f"{where}: input.std must be positive, got {manifest['input']['std']!r}")
     for m in manifest["models"]:
         parts = m["file"].replace("\\", "/").split("/")
         if m["file"].startswith("/") or ".." in parts:
@@ -216,8 +223,8 @@ def predict(models_dir: str, inputs: list[str], attrs: list[str] | None = None, 
     manifest, nets = load_classifiers(models_dir, attrs, device)
     inp = manifest["input"]
     size = int(inp["image_size"])
-    mean = torch.tensor(inp.get("mean", [0.0, 0.0, 0.0]), device=device).view(1, -1, 1, 1)
-    std = torch.tensor(inp.get("std", [1.0, 1.0, 1.0]), device=device).view(1, -1, 1, 1)
+    mean = torch.tensor(inp["mean"], device=device).view(1, -1, 1, 1)
+    std = torch.tensor(inp["std"], device=device).view(1, -1, 1, 1)
     if threshold is None:
         threshold = float(manifest.get("output", {}).get("threshold", 0.5))
     rows = []
