@@ -235,7 +235,7 @@ def _bad_cases(dest, images, tmp_path):
     return {
         "missing folder": (["--models", str(tmp_path / "nope"), images[0]], f"{tmp_path / 'nope'}: no such folder"),
         "no manifest": (["--models", str(empty), images[0]], f"{empty / 'manifest.json'}: not found"),
-        "unreadable image": (["--models", str(dest), str(text)], f"{text}: cannot read image"),
+        "unreadable image": (["--models", str(dest), str(text)], f"{text}: unreadable image"),
         "missing image": (["--models", str(dest), str(tmp_path / "x.jpg")], f"{tmp_path / 'x.jpg'}: no such file"),
         "folder without images": (["--models", str(dest), str(empty)], f"{empty}: no images in this folder"),
         "unknown attribute": (["--models", str(dest), "--attrs", "Smiling", images[0]], "no classifier for attribute"),
