@@ -444,10 +444,12 @@ def load_config(
     path: str | os.PathLike | None = None,
     overrides: list[str] | None = None,
     dataset: str | None = None,
+    base: dict | None = None,
 ) -> Config:
-    """Build the experiment config: defaults < dataset preset < YAML file < ``--set`` overrides.
+    """Build the experiment config: defaults < dataset preset < ``base`` < YAML file < ``--set`` overrides.
 
     ``dataset`` (the CLI's ``--dataset``) picks the preset and wins over the file's dataset.name.
+    ``base`` is a pinned experiment's recorded config (aal_k8s.experiment): flags apply on top.
     """
     problems: list[str] = []
     data: dict = {}
@@ -468,11 +470,16 @@ def load_config(
     if dataset is not None:
         _set_dotted(over, "dataset.name", dataset)
 
-    name = over.get("dataset", {}).get("name") or (data.get("dataset") or {}).get("name") or "synthetic"
+    base = base or {}
+    name = (
+        over.get("dataset", {}).get("name") or (data.get("dataset") or {}).get("name")
+        or (base.get("dataset") or {}).get("name") or "synthetic"
+    )  # fmt: skip
     cfg = Config()
     preset = DATASET_PRESETS.get(name) if isinstance(name, str) else None
     if preset:
         _merge(cfg, preset, "", problems)
+    _merge(cfg, base, "", problems)
     _merge(cfg, data, "", problems)
     _merge(cfg, over, "", problems)
     problems += _new_keys(problems, validate(cfg))

@@ -13,12 +13,13 @@ import os
 import sys
 
 from aal_k8s.backends import get_backend
-from aal_k8s.cli.common import add_config_args, config_from_args, examples, experiment_store
+from aal_k8s.cli.common import add_config_args, examples, open_experiment
 from aal_k8s.cli.report import write_report
 from aal_k8s.cli.stages import execute_stage, plan, print_failures
 from aal_k8s.data.common import check_source
 from aal_k8s.final import build_final
 from aal_k8s.errors import AALError
+from aal_k8s.experiment import ensure_pinned
 from aal_k8s.planner import ALL, PIPELINE
 from aal_k8s.reduce import reduce_experiment, write_reduce
 from aal_k8s.runspec import ABLATION_STAGES, DISCOVERY_STAGES
@@ -58,10 +59,10 @@ def parse_stages(text: str) -> list[str]:
 
 def run(args) -> int:
     stages = parse_stages(args.stages)
-    cfg = config_from_args(args)
-    exp = experiment_store(cfg)
+    cfg, exp = open_experiment(args)
     backend = get_backend(cfg.executor.backend, cfg)
     check_source(cfg.dataset, exp.store, local=cfg.executor.backend == "local")
+    ensure_pinned(exp, cfg)
 
     def stage(name: str) -> bool:
         specs = plan(cfg, exp, name)

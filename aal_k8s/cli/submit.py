@@ -10,6 +10,7 @@ from __future__ import annotations
 from aal_k8s.cli.common import add_config_args, examples
 from aal_k8s.cli.stages import add_stage_args, execute_stage, print_failures, stage_runs
 from aal_k8s.data.common import check_source
+from aal_k8s.experiment import ensure_pinned
 
 HELP = "submit the runs of one stage"
 EXAMPLES = examples(
@@ -31,6 +32,7 @@ def run(args) -> int:
         print(backend.render(specs, exp), end="")
         return 0
     check_source(cfg.dataset, exp.store, local=cfg.executor.backend == "local")
+    ensure_pinned(exp, cfg)
     report = execute_stage(backend, exp, args.stage, specs)
     print_failures(report, args.stage)
     print(f"stage {args.stage}: {len(report.submitted)} submitted, {len(report.skipped)} already complete, "

@@ -2,6 +2,7 @@
 
 Layout under ``<store>/<experiment>/``::
 
+    experiment.yaml                          the pinned config (create-only; aal_k8s.experiment)
     runs/<run_id>/spec.json                  the RunSpec (written at submit time)
     runs/<run_id>/attempts/<attempt>/best.safetensors
                                              weights of the best epoch, written by one attempt
