@@ -203,6 +203,14 @@ class K8sConfig:
 
 
 @dataclass
+class PlanConfig:
+    # ``aal-k8s plan`` and the confirmation of submit/pipeline on Kubernetes (aal_k8s.cost).
+    device_class: str = "h100-target"  # rates when no committed run calibrates them (aal_k8s.cost.DEVICE_RATES)
+    gpu_hour_price: float = 3.0  # price of one GPU-hour (any currency) for the plan's cost line
+    confirm_above_jobs: int = 50  # k8s submit/pipeline ask before creating more Jobs than this (--yes skips)
+
+
+@dataclass
 class Config:
     experiment: str = ""  # store prefix of this experiment; "" = the dataset name
     dataset: DatasetConfig = field(default_factory=DatasetConfig)
@@ -213,6 +221,7 @@ class Config:
     store: StoreConfig = field(default_factory=StoreConfig)
     executor: ExecutorConfig = field(default_factory=ExecutorConfig)
     k8s: K8sConfig = field(default_factory=K8sConfig)
+    plan: PlanConfig = field(default_factory=PlanConfig)
 
     @property
     def experiment_name(self) -> str:
@@ -414,6 +423,14 @@ def validate(cfg: Config) -> list[str]:
     if pre not in ("imagenet", "none") and isinstance(pre, str) and not os.path.isfile(pre):
         problems.append(f"model.pretrained: {pre!r} is neither imagenet, none nor an existing file")
     problems += validate_k8s(cfg.k8s)
+    from aal_k8s.cost import DEVICE_RATES  # the rates table lives with the cost model
+
+    if cfg.plan.device_class not in DEVICE_RATES:
+        problems.append(f"plan.device_class: {cfg.plan.device_class!r} is not one of {', '.join(DEVICE_RATES)}")
+    if isinstance(cfg.plan.gpu_hour_price, float) and cfg.plan.gpu_hour_price < 0:
+        problems.append(f"plan.gpu_hour_price: must be >= 0, got {cfg.plan.gpu_hour_price}")
+    if isinstance(cfg.plan.confirm_above_jobs, int) and cfg.plan.confirm_above_jobs < 0:
+        problems.append(f"plan.confirm_above_jobs: must be >= 0, got {cfg.plan.confirm_above_jobs}")
     return problems
 
 

@@ -354,7 +354,8 @@ class KubernetesBackend(Backend):
         header = (
             f"aal-k8s: {len(todo)} Jobs for stage {stages} of experiment {exp.experiment} "
             f"({len(committed)} runs already complete in {self.cfg.store.uri} are left out).\n"
-            f"Apply with: kubectl apply -f -   (namespace {self.ns})"
+            f"To inspect only: do not kubectl apply these. Each Job's worker reads its run's spec from the\n"
+            f"store, which only `aal-k8s submit` writes; create them with aal-k8s submit (namespace {self.ns})."
         )
         return to_yaml([job_manifest(s, self.cfg) for s in todo], header)
 

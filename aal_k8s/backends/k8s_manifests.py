@@ -270,7 +270,8 @@ class _Dumper(getattr(yaml, "CSafeDumper", yaml.SafeDumper)):  # libyaml when pr
 
 
 def to_yaml(manifests: list[dict], header: str = "") -> str:
-    """Multi-document YAML for ``kubectl apply -f -`` (``header``: comment lines on top)."""
+    """Multi-document YAML to inspect (``header``: comment lines on top). Not for ``kubectl apply``:
+    a Job whose spec is not in the store fails at once; ``aal-k8s submit`` writes it first."""
     out = "".join(f"# {ln}\n" if ln else "#\n" for ln in header.splitlines())
     docs = [yaml.dump(m, Dumper=_Dumper, sort_keys=False, default_flow_style=False, width=1 << 16) for m in manifests]
     return out + "".join(f"---\n{d}" for d in docs)

@@ -1,5 +1,6 @@
 """The ``aal-k8s`` command line: one module per subcommand.
 
+    aal-k8s plan --dataset celeba --backend k8s    # runs, GPU-hours, bytes and cost first
     aal-k8s pipeline --dataset synthetic           # the whole protocol, end to end
     aal-k8s submit --stage pairwise --dataset celeba --backend k8s
     aal-k8s status --stage pairwise
@@ -17,7 +18,7 @@ import sys
 
 from aal_k8s.errors import AALError
 
-SUBCOMMANDS = ["pipeline", "submit", "status", "reduce", "final", "report", "worker", "prepare"]
+SUBCOMMANDS = ["plan", "pipeline", "submit", "status", "reduce", "final", "report", "worker", "prepare"]
 SUBCOMMANDS += ["logs", "cancel"]  # a run's log, cancelling a stage (both backends; see docs/kubernetes.md)
 SUBCOMMANDS += ["download", "predict", "doctor"]
 
