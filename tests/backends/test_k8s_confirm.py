@@ -20,3 +20,14 @@ def test_the_dry_run_header_says_the_manifests_are_not_for_kubectl_apply(tmp_pat
     header = [ln for ln in capsys.readouterr().out.splitlines() if ln.startswith("#")]
     assert any("do not kubectl apply" in ln for ln in header)
     assert not any("Apply with" in ln for ln in header)
+
+
+def test_the_in_cluster_pipeline_job_confirms_with_yes_having_no_terminal():
+    from pathlib import Path
+
+    import yaml
+
+    root = Path(__file__).resolve().parents[2]
+    job = next(d for d in yaml.safe_load_all((root / "k8s" / "pipeline-job.yaml").read_text()) if d and d["kind"] == "Job")
+    [c] = job["spec"]["template"]["spec"]["containers"]
+    assert c["args"][:2] == ["pipeline", "--yes"]
