@@ -160,6 +160,10 @@ class ExecutorConfig:
     parallel: int = 0  # concurrent local runs; 0 = number of CPU cores (1 per GPU when on CUDA)
 
 
+#: The default k8s.image: a placeholder that must be replaced (the k8s backend refuses to create Jobs with it).
+PLACEHOLDER_IMAGE = "ghcr.io/your-org/aal-k8s:0.1.0"
+
+
 def _gpu_toleration() -> list[dict]:
     return [{"key": "nvidia.com/gpu", "operator": "Exists", "effect": "NoSchedule"}]
 
@@ -170,7 +174,7 @@ class K8sConfig:
 
     namespace: str = "aal-k8s"  # namespace of the Jobs (k8s/namespace.yaml creates it)
     context: str = ""  # kubeconfig context; "" = the current one (unused inside a cluster)
-    image: str = "ghcr.io/your-org/aal-k8s:0.1.0"  # the worker image built from Dockerfile: push it, set this
+    image: str = PLACEHOLDER_IMAGE  # the worker image built from Dockerfile: push it, set this
     image_pull_policy: str = "IfNotPresent"  # Always | IfNotPresent | Never
     image_pull_secrets: list[str] = field(default_factory=list)  # docker-registry Secrets (private registry)
     gpus: int = 1  # GPUs per run; 0 = CPU-only pods
@@ -194,6 +198,7 @@ class K8sConfig:
     cache_host_path: str = ""  # node folder for dataset packs, shared by the node's pods (AAL_K8S_CACHE); see docs
     cache_volume_claim: str = ""  # or a PVC for that cache (ReadWriteMany: one download per cluster)
     cache_mount_path: str = "/var/cache/aal-k8s"  # where the cache is mounted in the pods
+    store_volume_claim: str = ""  # a (ReadWriteMany) PVC holding a folder store.uri, mounted at that path in every pod
     env: dict[str, str] = field(default_factory=dict)  # extra plain env for the worker; secrets go in store_secret
     api_max_attempts: int = 6  # tries of one API call on 429 / 5xx / connection errors (other 4xx: never retried)
     api_backoff_seconds: float = 1.0  # first retry delay, doubled after each failure
@@ -423,6 +428,8 @@ def validate(cfg: Config) -> list[str]:
     if pre not in ("imagenet", "none") and isinstance(pre, str) and not os.path.isfile(pre):
         problems.append(f"model.pretrained: {pre!r} is neither imagenet, none nor an existing file")
     problems += validate_k8s(cfg.k8s)
+    if cfg.k8s.store_volume_claim and isinstance(cfg.store.uri, str) and cfg.store.uri.startswith("s3://"):
+        problems.append("k8s.store_volume_claim: only for a folder store.uri (an s3:// store needs no volume)")
     from aal_k8s.cost import DEVICE_RATES  # the rates table lives with the cost model
 
     if cfg.plan.device_class not in DEVICE_RATES:
@@ -575,7 +582,7 @@ def validate_k8s(k) -> list[str]:
     names = {
         "priority_class": k.priority_class, "service_account": k.service_account, "queue_name": k.queue_name,
         "store_secret": k.store_secret, "data_volume_claim": k.data_volume_claim,
-        "cache_volume_claim": k.cache_volume_claim,
+        "cache_volume_claim": k.cache_volume_claim, "store_volume_claim": k.store_volume_claim,
     }  # fmt: skip
     names.update({f"image_pull_secrets[{i}]": n for i, n in enumerate(k.image_pull_secrets)})
     for key, value in names.items():

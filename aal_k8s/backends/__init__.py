@@ -45,6 +45,10 @@ class Backend(abc.ABC):
     def states(self, specs: list[RunSpec], experiment_store) -> dict[str, RunState]:
         """Current state of each run (store first: a committed run is complete)."""
 
+    def preflight(self) -> None:
+        """Refuse, before anything is written, a submission that cannot work (k8s: the placeholder
+        image, a store no pod can see)."""
+
     def render(self, specs: list[RunSpec], experiment_store) -> str:
         """What ``submit --dry-run`` prints: one line per run (k8s: the Job manifests)."""
         lines = []

@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 import re
 from dataclasses import asdict
 
@@ -207,6 +208,10 @@ def job_manifest(spec: RunSpec, cfg) -> dict:
             volumes.append({"name": "cache", "hostPath": {"path": k.cache_host_path, "type": "Directory"}})
         else:
             volumes.append({"name": "cache", "persistentVolumeClaim": {"claimName": k.cache_volume_claim}})
+    if k.store_volume_claim:  # a folder store shared through a PVC: the same path in every pod
+        path = os.path.abspath(cfg.store.uri.removeprefix("file://"))
+        container["volumeMounts"].append({"name": "store", "mountPath": path})
+        volumes.append({"name": "store", "persistentVolumeClaim": {"claimName": k.store_volume_claim}})
     pod_spec = {
         "restartPolicy": "Never",
         "automountServiceAccountToken": False,  # the worker never talks to the API server

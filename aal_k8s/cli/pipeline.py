@@ -70,6 +70,7 @@ def run(args) -> int:
     cfg, exp = open_experiment(args)
     backend = get_backend(cfg.executor.backend, cfg)
     check_source(cfg.dataset, exp.store, local=cfg.executor.backend == "local")
+    backend.preflight()
     if cfg.executor.backend == "k8s":
         confirm(protocol_plan(cfg, exp, stages), cfg, args.yes)
     ensure_pinned(exp, cfg)

@@ -34,6 +34,7 @@ def run(args) -> int:
         print(backend.render(specs, exp), end="")
         return 0
     check_source(cfg.dataset, exp.store, local=cfg.executor.backend == "local")
+    backend.preflight()
     if cfg.executor.backend == "k8s":
         confirm(build_plan(cfg, exp, [args.stage], lambda _: specs), cfg, args.yes)
     ensure_pinned(exp, cfg)

@@ -5,7 +5,8 @@ from aal_k8s.cli import main
 
 def test_submit_on_k8s_above_the_threshold_creates_no_job_without_yes(cli_cluster, tmp_path, capsys):
     argv = ["submit", "--stage", "pairwise", "--store", str(tmp_path / "store"), "--backend", "k8s",
-            "--set", "k8s.image=registry.example/aal-k8s:test", "--set", "plan.confirm_above_jobs=10"]  # fmt: skip
+            "--set", "k8s.image=registry.example/aal-k8s:test", "--set", "plan.confirm_above_jobs=10",
+            "--set", "k8s.store_volume_claim=aal-store"]  # fmt: skip
     assert main(argv) == 2
     err = capsys.readouterr().err
     assert "15 Jobs to create" in err and "pass --yes" in err
