@@ -198,6 +198,9 @@ class K8sConfig:
     cache_host_path: str = ""  # node folder for dataset packs, shared by the node's pods (AAL_K8S_CACHE); see docs
     cache_volume_claim: str = ""  # or a PVC for that cache (ReadWriteMany: one download per cluster)
     cache_mount_path: str = "/var/cache/aal-k8s"  # where the cache is mounted in the pods
+    # JSON merge patch (RFC 7386) onto every worker pod template, {metadata: ..., spec: ...}: affinity,
+    # runtimeClassName, labels/annotations for cost attribution... (null deletes; lists replace)
+    pod_template_patch: dict = field(default_factory=dict)
     store_volume_claim: str = ""  # a (ReadWriteMany) PVC holding a folder store.uri, mounted at that path in every pod
     env: dict[str, str] = field(default_factory=dict)  # extra plain env for the worker; secrets go in store_secret
     api_max_attempts: int = 6  # tries of one API call on 429 / 5xx / connection errors (other 4xx: never retried)
@@ -663,6 +666,23 @@ def validate_k8s(k) -> list[str]:
         p.append("k8s.cache_host_path, k8s.cache_volume_claim: set one of them, not both")
     if isinstance(k.cache_host_path, str) and k.cache_host_path and not k.cache_host_path.startswith("/"):
         p.append(f"k8s.cache_host_path: {k.cache_host_path!r} must be an absolute path on the node")
+    patch = k.pod_template_patch
+    if isinstance(patch, dict):
+        unknown = sorted(set(patch) - {"metadata", "spec"})
+        if unknown:
+            p.append(f"k8s.pod_template_patch: unknown field(s) {unknown} (a pod template has metadata and spec)")
+        for key, value in patch.items():
+            if key in ("metadata", "spec") and value is not None and not isinstance(value, dict):
+                p.append(f"k8s.pod_template_patch.{key}: expected a mapping, got {value!r}")
+        spec = patch.get("spec") if isinstance(patch.get("spec"), dict) else {}
+        for key in ("containers", "volumes"):  # lists replace whole: the worker container would be lost
+            if key in spec:
+                p.append(f"k8s.pod_template_patch.spec.{key}: not patchable (use k8s.image, k8s.env, the volume keys)")
+        for key, value in ((patch.get("metadata") or {}) if isinstance(patch.get("metadata"), dict) else {}).items():
+            if key in ("labels", "annotations") and isinstance(value, dict):
+                bad = [n for n in value if not _qualified_name(n)]
+                if bad:
+                    p.append(f"k8s.pod_template_patch.metadata.{key}: {bad} are not valid keys")
     for name in k.env:
         if not _full(_ENV_NAME, name):
             p.append(f"k8s.env: {name!r} is not a valid environment variable name")

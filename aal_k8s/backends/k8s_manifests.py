@@ -158,6 +158,20 @@ def _env(cfg) -> list[dict]:
     return env
 
 
+def merge_patch(target, patch):
+    """``target`` with the JSON merge patch ``patch`` applied (RFC 7386): mappings merge key by key,
+    null deletes a key, anything else (lists too) replaces. Neither argument is modified."""
+    if not isinstance(patch, dict):
+        return patch
+    out = dict(target) if isinstance(target, dict) else {}
+    for key, value in patch.items():
+        if value is None:
+            out.pop(key, None)
+        else:
+            out[key] = merge_patch(out.get(key), value)
+    return out
+
+
 def job_manifest(spec: RunSpec, cfg) -> dict:
     """The Job that runs ``aal-k8s worker`` for ``spec`` (``cfg``: the experiment Config)."""
     k = cfg.k8s
@@ -253,7 +267,7 @@ def job_manifest(spec: RunSpec, cfg) -> dict:
                 },
             ]
         },
-        "template": {"metadata": {"labels": labels}, "spec": pod_spec},
+        "template": merge_patch({"metadata": {"labels": labels}, "spec": pod_spec}, k.pod_template_patch),
     }
     if k.active_deadline_seconds is not None:
         job_spec["activeDeadlineSeconds"] = k.active_deadline_seconds

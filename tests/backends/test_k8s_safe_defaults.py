@@ -49,3 +49,35 @@ def test_a_volume_claim_for_an_s3_store_is_a_config_error():
 
     with pytest.raises(ConfigError, match="k8s.store_volume_claim: only for a folder store.uri"):
         load_config(overrides=["store.uri=s3://bucket/aal", "k8s.store_volume_claim=aal-store"])
+
+
+def test_a_pod_template_patch_adds_affinity_runtime_class_and_cost_labels_and_keeps_the_run_labels(tmp_path):
+    patch = {
+        "metadata": {"labels": {"team": "vision"}, "annotations": {"cost-center": "cv-42"}},
+        "spec": {
+            "runtimeClassName": "nvidia",
+            "affinity": {"nodeAffinity": {"requiredDuringSchedulingIgnoredDuringExecution": {"nodeSelectorTerms": [
+                {"matchExpressions": [{"key": "gpu", "operator": "In", "values": ["h100"]}]}]}}},
+            "enableServiceLinks": None,  # null deletes
+        },
+    }  # fmt: skip
+    cfg = load_config(overrides=[f"store.uri={tmp_path}"])
+    cfg.k8s.pod_template_patch = patch
+    job = job_manifest(plan_stage("multi", cfg)[0], cfg)
+    template = job["spec"]["template"]
+    assert template["metadata"]["labels"]["team"] == "vision" and "aal-k8s/run" in template["metadata"]["labels"]
+    assert template["metadata"]["annotations"] == {"cost-center": "cv-42"}
+    assert template["spec"]["runtimeClassName"] == "nvidia" and template["spec"]["affinity"] == patch["spec"]["affinity"]
+    assert "enableServiceLinks" not in template["spec"] and template["spec"]["containers"][0]["name"]
+    from k8s_schema import validate_strict
+
+    validate_strict(job)
+
+
+def test_a_pod_template_patch_may_not_replace_the_containers_and_names_every_problem():
+    from aal_k8s.errors import ConfigError
+
+    with pytest.raises(ConfigError) as e:
+        load_config(overrides=['k8s.pod_template_patch={"spec": {"containers": []}, "status": {}}'])
+    assert "k8s.pod_template_patch.spec.containers: not patchable" in e.value.message
+    assert "k8s.pod_template_patch: unknown field(s) ['status']" in e.value.message
