@@ -652,6 +652,8 @@ class KubernetesBackend(Backend):
         out = out or sys.stdout
         name = job_name(exp.experiment, run_id)
         pods = self._list_pods(exp.experiment, None, run_id)
+        if not pods and self.stored_logs(run_id, exp, out):  # the Job is gone: the attempts' copies
+            return
         if not pods:
             try:
                 job = self._plain(
