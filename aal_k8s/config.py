@@ -183,6 +183,10 @@ class K8sConfig:
     cpu_limit: str | int | float = "8"  # "" = no CPU limit; equal to the request (with memory too) = Guaranteed QoS
     memory_request: str | int | float = "48Gi"  # memory reserved per run
     memory_limit: str | int | float = "48Gi"  # "" = no limit; above it the pod is OOM-killed (exit 137, retried)
+    # node disk for the pod's /tmp (checkpoint staging; the dataset pack when no cache volume is
+    # set): a request the scheduler places pods by, and the emptyDir's size limit. auto = the pack's
+    # size + 2Gi without a cache volume, 2Gi with one; "" = neither
+    ephemeral_storage: str | int | float = "auto"
     shm_size: str | int | float = "8Gi"  # size of /dev/shm (a memory-backed emptyDir; DataLoader workers need it)
     node_selector: dict[str, str] = field(default_factory=dict)  # e.g. {nvidia.com/gpu.product: NVIDIA-A100-SXM4-80GB}
     tolerations: list[dict] = field(default_factory=_gpu_toleration)  # Kubernetes Toleration objects
@@ -596,9 +600,11 @@ def validate_k8s(k) -> list[str]:
     if not _qualified_name(k.gpu_resource) or "/" not in str(k.gpu_resource):
         p.append(f"k8s.gpu_resource: {k.gpu_resource!r} is not an extended resource name like nvidia.com/gpu")
     amounts = {}
-    for key in ("cpu_request", "cpu_limit", "memory_request", "memory_limit", "shm_size"):
+    for key in ("cpu_request", "cpu_limit", "memory_request", "memory_limit", "shm_size", "ephemeral_storage"):
         value = getattr(k, key)
-        if isinstance(value, bool) or value == "" and key in ("cpu_limit", "memory_limit"):
+        if isinstance(value, bool) or value == "" and key in ("cpu_limit", "memory_limit", "ephemeral_storage"):
+            continue
+        if key == "ephemeral_storage" and value == "auto":
             continue
         try:
             amounts[key] = parse_quantity(str(value))

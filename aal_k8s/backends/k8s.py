@@ -273,6 +273,14 @@ class KubernetesBackend(Backend):
     def _plain(self, obj):
         return obj if isinstance(obj, (dict, list)) or obj is None else self.apis.to_dict(obj)
 
+    def _pack_bytes(self, exp) -> int:
+        """One download of the dataset pack (the store's manifest, else an estimate); once per backend."""
+        if not hasattr(self, "_pack_size"):
+            from aal_k8s.cost import pack_bytes
+
+            self._pack_size = pack_bytes(self.cfg, exp.store)
+        return self._pack_size
+
     def preflight(self) -> None:
         self._check_store()
 
@@ -371,7 +379,7 @@ class KubernetesBackend(Backend):
             f"To inspect only: do not kubectl apply these. Each Job's worker reads its run's spec from the\n"
             f"store, which only `aal-k8s submit` writes; create them with aal-k8s submit (namespace {self.ns})."
         )
-        return to_yaml([job_manifest(s, self.cfg) for s in todo], header)
+        return to_yaml([job_manifest(s, self.cfg, self._pack_bytes(exp)) for s in todo], header)
 
     def submit(self, specs: list[RunSpec], exp) -> SubmitReport:
         self._check_store()
@@ -393,7 +401,7 @@ class KubernetesBackend(Backend):
                         f"{self.ns}/{name}: create Job",
                         self.apis.batch.create_namespaced_job,
                         self.ns,
-                        job_manifest(spec, self.cfg),
+                        job_manifest(spec, self.cfg, self._pack_bytes(exp)),
                     )
                     created += 1
                     if created % 100 == 0:

@@ -119,8 +119,25 @@ def _quantity(q) -> str:
     return str(q)
 
 
-def _resources(k) -> dict:
+#: /tmp besides the pack: checkpoint staging, torch/triton caches.
+TMP_HEADROOM_GI = 2
+
+
+def ephemeral_storage(cfg, pack_bytes: int) -> str:
+    """The pod's /tmp size (request and emptyDir limit): ``k8s.ephemeral_storage``, or with auto the
+    pack's size (it lands in /tmp when no cache volume is mounted) plus TMP_HEADROOM_GI."""
+    k = cfg.k8s
+    if k.ephemeral_storage != "auto":
+        return _quantity(k.ephemeral_storage)
+    shared = k.cache_host_path or k.cache_volume_claim
+    pack_gi = 0 if shared else -(-pack_bytes // 2**30)  # whole GiB, rounded up
+    return f"{pack_gi + TMP_HEADROOM_GI}Gi"
+
+
+def _resources(k, tmp_size: str = "") -> dict:
     requests = {"cpu": _quantity(k.cpu_request), "memory": _quantity(k.memory_request)}
+    if tmp_size:  # scheduled onto a node with that much disk; evicted only above the emptyDir's limit
+        requests["ephemeral-storage"] = tmp_size
     limits = {}
     if k.cpu_limit != "":
         limits["cpu"] = _quantity(k.cpu_limit)
@@ -172,9 +189,11 @@ def merge_patch(target, patch):
     return out
 
 
-def job_manifest(spec: RunSpec, cfg) -> dict:
-    """The Job that runs ``aal-k8s worker`` for ``spec`` (``cfg``: the experiment Config)."""
+def job_manifest(spec: RunSpec, cfg, pack_bytes: int = 0) -> dict:
+    """The Job that runs ``aal-k8s worker`` for ``spec`` (``cfg``: the experiment Config;
+    ``pack_bytes``: one download of the dataset pack, which sizes the pod's /tmp)."""
     k = cfg.k8s
+    tmp_size = ephemeral_storage(cfg, pack_bytes)
     name = job_name(spec.experiment, spec.run_id)
     labels = run_labels(spec)
     job_labels = dict(labels)
@@ -193,7 +212,7 @@ def job_manifest(spec: RunSpec, cfg) -> dict:
         "args": ["worker", "--store", cfg.store.uri, "--experiment", spec.experiment, "--run", spec.run_id],
         "env": _env(cfg),
         "envFrom": [{"secretRef": {"name": k.store_secret}}] if k.store_secret else [],
-        "resources": _resources(k),
+        "resources": _resources(k, tmp_size),
         "securityContext": {
             "runAsNonRoot": True,
             "allowPrivilegeEscalation": False,
@@ -210,7 +229,7 @@ def job_manifest(spec: RunSpec, cfg) -> dict:
     if not container["envFrom"]:
         del container["envFrom"]
     volumes = [
-        {"name": "tmp", "emptyDir": {}},
+        {"name": "tmp", "emptyDir": {"sizeLimit": tmp_size} if tmp_size else {}},
         {"name": "dshm", "emptyDir": {"medium": "Memory", "sizeLimit": _quantity(k.shm_size)}},
     ]
     if k.data_volume_claim:

@@ -173,7 +173,7 @@ def test_resources_scheduling_and_security_come_from_the_config():
     pod = job["spec"]["template"]["spec"]
     [c] = pod["containers"]
     assert c["resources"] == {
-        "requests": {"cpu": "8", "memory": "48Gi", "nvidia.com/gpu": "1"},
+        "requests": {"cpu": "8", "memory": "48Gi", "nvidia.com/gpu": "1", "ephemeral-storage": "2Gi"},  # synthetic: no pack
         "limits": {"cpu": "8", "memory": "48Gi", "nvidia.com/gpu": "1"},
     }
     assert c["image"] == "registry.example/aal-k8s:1" and c["imagePullPolicy"] == "IfNotPresent"

@@ -81,3 +81,22 @@ def test_a_pod_template_patch_may_not_replace_the_containers_and_names_every_pro
         load_config(overrides=['k8s.pod_template_patch={"spec": {"containers": []}, "status": {}}'])
     assert "k8s.pod_template_patch.spec.containers: not patchable" in e.value.message
     assert "k8s.pod_template_patch: unknown field(s) ['status']" in e.value.message
+
+
+def _pod(out: str) -> dict:
+    import yaml
+
+    return next(d for d in yaml.safe_load_all(out) if d)["spec"]["template"]["spec"]
+
+
+def test_each_pod_requests_node_disk_for_the_pack_it_downloads_and_less_with_a_node_cache(tmp_path, capsys):
+    argv = ["submit", "--stage", "multi", "--dataset", "celeba", "--backend", "k8s", "--dry-run", "--store", str(tmp_path)]
+    assert main(argv) == 0
+    pod = _pod(capsys.readouterr().out)
+    # CelebA's pack: 202,599 images x 218 x 178 x 3 bytes = 23.6 GB = 22 GiB rounded up, + 2 GiB headroom
+    assert pod["containers"][0]["resources"]["requests"]["ephemeral-storage"] == "24Gi"
+    assert {"name": "tmp", "emptyDir": {"sizeLimit": "24Gi"}} in pod["volumes"]
+    assert main([*argv, "--set", "k8s.cache_host_path=/mnt/aal-cache"]) == 0
+    pod = _pod(capsys.readouterr().out)
+    assert pod["containers"][0]["resources"]["requests"]["ephemeral-storage"] == "2Gi"
+
