@@ -14,7 +14,9 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import signal
 import sys
+import threading
 
 from aal_k8s.errors import AALError
 
@@ -47,16 +49,33 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+class Terminated(KeyboardInterrupt):
+    """SIGTERM, raised like Ctrl-C's KeyboardInterrupt so that the same cleanup runs (local workers
+    stopped, queued runs never started, a worker's log copied to the store)."""
+
+
+def _terminate(signum, frame):
+    raise Terminated()
+
+
 def main(argv: list[str] | None = None) -> int:
     try:
         args = build_parser().parse_args(argv)
     except SystemExit as e:  # --help, or an argparse error already printed on one line
         return int(e.code or 0)
+    in_main = threading.current_thread() is threading.main_thread()  # only there can handlers be set
+    previous = signal.signal(signal.SIGTERM, _terminate) if in_main else None
     try:
         return int(args.func(args) or 0)
     except AALError as e:
         print(f"aal-k8s: error: {e.message}", file=sys.stderr)
         return e.exit_code
+    except Terminated:
+        print("aal-k8s: terminated", file=sys.stderr)
+        return 143
     except KeyboardInterrupt:
         print("aal-k8s: interrupted", file=sys.stderr)
         return 130
+    finally:
+        if in_main:
+            signal.signal(signal.SIGTERM, previous)
