@@ -126,6 +126,7 @@ def ensure_pinned(exp, cfg: Config) -> None:
     it), or record the overrides ``resolve`` let through (when, each key's old and new value)."""
     record = read_pinned(exp)
     if record is None:
+        _check_unpinned_runs(exp, cfg)
         if exp.store.put_if_absent(pinned_key(exp), _dump(new_record(cfg))):
             return
         record = read_pinned(exp)
@@ -140,6 +141,29 @@ def ensure_pinned(exp, cfg: Config) -> None:
             {"at": _now(), "changes": {k: {"old": old, "new": new} for k, old, new in changes}}
         )
         exp.store.put_bytes(pinned_key(exp), _dump(record))
+
+
+def _check_unpinned_runs(exp, cfg: Config) -> None:
+    """An experiment made before pinning existed has committed runs and no record: pin it only
+    with flags that its runs were made with (some committed run is one of the flags' discovery
+    runs), not with a forgotten flag that would orphan all of them."""
+    from aal_k8s.planner import plan_stage
+    from aal_k8s.runspec import DISCOVERY_STAGES
+    from aal_k8s.store.layout import COMMIT_FILE
+
+    root = exp.key("runs") + "/"
+    committed = {
+        k[len(root) :].split("/")[0] for k in exp.store.list(exp.key("runs")) if k.endswith("/" + COMMIT_FILE)
+    }
+    if not committed:
+        return
+    planned = {s.run_id for st in DISCOVERY_STAGES for s in plan_stage(st, cfg)}
+    if not committed & planned:
+        raise DriftError(
+            f"experiment {exp.experiment!r} has {len(committed)} committed runs and no {PINNED_FILE} yet, and none "
+            "of them is a run of these flags: pass the flags it was run with (the experiment is then pinned "
+            "with them), or name a new experiment (--experiment)"
+        )
 
 
 def _dump(record: dict) -> bytes:

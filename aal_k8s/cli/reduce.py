@@ -21,8 +21,8 @@ def add_arguments(p) -> None:
 
 def run(args) -> int:
     cfg, exp = open_experiment(args)
-    out = reduce_experiment(exp, cfg)
     ensure_pinned(exp, cfg)
+    out = reduce_experiment(exp, cfg)
     write_reduce(exp, out)
     for stage, ids in sorted(out.missing.items()):
         print(f"{stage}: {len(ids)} runs not committed")

@@ -71,3 +71,18 @@ def test_a_new_experiment_name_is_pinned_afresh(tiny_overrides, tmp_path, capsys
 def test_a_dry_run_pins_nothing(tmp_path, capsys):
     assert main(["submit", "--stage", "single", "--dry-run", "--store", str(tmp_path / "s")]) == 0
     assert not (tmp_path / "s").exists()
+
+
+def test_an_experiment_from_before_pinning_is_not_pinned_with_flags_that_orphan_its_runs(
+    tiny_overrides, tmp_path, capsys
+):
+    store = tmp_path / "store"
+    assert main(["submit", "--stage", "single", "--attrs", "square", *_sets(tiny_overrides)]) == 0
+    (store / "synthetic" / "experiment.yaml").unlink()  # as a store made before pinning existed
+    capsys.readouterr()
+    code = main(["reduce", *_sets(tiny_overrides), "--set", "train.epochs=3"])
+    err = capsys.readouterr().err
+    assert code == 2 and "has 1 committed runs and no experiment.yaml yet" in err and len(err.splitlines()) == 1
+    assert not (store / "synthetic" / "experiment.yaml").exists() and not (store / "synthetic" / "reduce").exists()
+    assert main(["reduce", *_sets(tiny_overrides)]) == 0  # the flags it was made with pin it
+    assert (store / "synthetic" / "experiment.yaml").exists()
