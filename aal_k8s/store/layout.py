@@ -9,6 +9,8 @@ Layout under ``<store>/<experiment>/``::
     runs/<run_id>/attempts/<attempt>/checkpoints/epoch-0003.pt     a checkpoint (torch.save of
     runs/<run_id>/attempts/<attempt>/checkpoints/epoch-0003.json   tensors/primitives) and its
                                              record (size, sha256), written after it
+    runs/<run_id>/attempts/<attempt>/worker.log
+                                             that attempt's log, copied when it ends (aal_k8s.worker)
     runs/<run_id>/failure.json               the last failed attempt (ignored once committed)
     runs/<run_id>/local.log                  worker output (local backend)
     runs/<run_id>/metrics.json               the commit record, written LAST, create-only
