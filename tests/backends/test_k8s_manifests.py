@@ -174,7 +174,7 @@ def test_resources_scheduling_and_security_come_from_the_config():
     pod = job["spec"]["template"]["spec"]
     [c] = pod["containers"]
     assert c["resources"] == {
-        "requests": {"cpu": "8", "memory": "48Gi", "nvidia.com/gpu": "1"},
+        "requests": {"cpu": "8", "memory": "48Gi", "nvidia.com/gpu": "1", "ephemeral-storage": "2Gi"},  # synthetic: no pack
         "limits": {"cpu": "8", "memory": "48Gi", "nvidia.com/gpu": "1"},
     }
     assert c["image"] == "registry.example/aal-k8s:1" and c["imagePullPolicy"] == "IfNotPresent"
@@ -331,7 +331,8 @@ def test_kustomizations_list_existing_files_and_cover_all_but_the_pipeline_job()
             listed.add(os.path.normpath(os.path.join(base, res)))
     files = {p for p, d in _k8s_docs() if d["kind"] != "Kustomization"}
     # on purpose: the pipeline Job starts training; the dataset PVC is for folders instead of packs
-    assert files - listed == {"pipeline-job.yaml", "dataset-pvc.yaml"}
+    # never the example Secret: applying the kustomization would overwrite a real one with placeholders
+    assert files - listed == {"pipeline-job.yaml", "dataset-pvc.yaml", "store-secret.example.yaml"}
 
 
 def _role_rules() -> set[tuple[str, str, str]]:
