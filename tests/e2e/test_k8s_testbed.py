@@ -203,3 +203,95 @@ def test_an_unschedulable_run_shows_the_schedulers_reason_and_the_pipeline_gives
     named = f"{e2e.ns.name}/{job_name(exp.experiment, sorted(s.run_id for s in plan(cfg, exp, 'single'))[0])}"
     assert f"{named}: Unschedulable: 0/1 nodes are available: 1 Insufficient nvidia.com/gpu" in last, last
     assert "Traceback" not in err
+
+
+# -- 3, 6: disruptions and cancel; runs resume from their checkpoints ------------------------------
+#: Long enough (several 1-2 s epochs) to disrupt a run between its first checkpoint and its commit.
+LONGER = ("train.epochs=6", "dataset.synthetic.n_train=1024", "train.lr_decay_epoch=3")
+
+
+def comparable(record: dict) -> dict:
+    """What must be identical between a disturbed and an undisturbed run (all but wall-clock)."""
+    return {
+        "best_epoch": record["best_epoch"],
+        "val_acc": record["val_acc"],
+        "test_acc": record["test_acc"],
+        "history": [{k: v for k, v in e.items() if k != "seconds"} for e in record["history"]],
+        "weights_sha256": record["artifacts"]["best.safetensors"]["sha256"],
+    }
+
+
+def has_checkpoint(exp, run_id: str) -> bool:
+    keys = exp.store.list(exp.key("runs", run_id, "attempts"))
+    return any("/checkpoints/epoch-" in k and k.endswith(".json") for k in keys)
+
+
+def running_pod(ns, run_id: str) -> str | None:
+    for p in pods_of(ns, f"{RUN_LABEL}={run_id}"):
+        if p["status"].get("phase") == "Running" and not p["metadata"].get("deletionTimestamp"):
+            return p["metadata"]["name"]
+    return None
+
+
+def pod_log(pod_name: str) -> str:
+    """The stand-in kubelet keeps a pod's output in /tmp/pod-<pod>/output.log (no pods/log API)."""
+    with open(f"/tmp/pod-{pod_name}/output.log", errors="replace") as f:
+        return f.read()
+
+
+def undisturbed(e2e, attrs: str, *extra: str) -> dict:
+    """The same runs with the local backend, into another experiment of the same bucket."""
+    sets = e2e.sets(*extra, "executor.backend=local", "experiment=reference", "executor.parallel=1")
+    code, _, err = e2e.cli("submit", "--stage", "single", "--attrs", attrs, *sets)
+    assert code == 0, err
+    cfg = e2e.config(*extra, "experiment=reference")
+    exp, specs = specs_for(e2e, cfg, "single", attrs)
+    return {s.run_id: comparable(exp.read_metrics(s.run_id)) for s in specs}
+
+
+def test_a_deleted_pod_and_a_killed_worker_resume_from_their_checkpoints_and_end_bitwise_as_undisturbed_runs(e2e):
+    sets = e2e.sets(*LONGER)
+    cfg = e2e.config(*LONGER)
+    exp, specs = specs_for(e2e, cfg, "single", "1,2")
+    assert e2e.cli("submit", "--stage", "single", "--attrs", "1,2", *sets)[0] == 0
+    disturbed = {}
+    for spec, how in zip(specs, ("delete the pod", "SIGKILL the worker")):
+        pod = until(f"a checkpoint of {spec.run_id}",
+                    lambda: has_checkpoint(exp, spec.run_id) and running_pod(e2e.ns, spec.run_id), every=0.2)  # fmt: skip
+        assert not exp.is_committed(spec.run_id)
+        if how == "delete the pod":
+            e2e.ns.core.delete_namespaced_pod(pod, e2e.ns.name)
+        else:
+            os.kill(until(f"the worker process of pod {pod}", lambda: pod_pid(pod)), signal.SIGKILL)
+        disturbed[spec.run_id] = pod
+    until("both runs to commit", lambda: all(exp.is_committed(s.run_id) for s in specs))
+    want = undisturbed(e2e, "1,2", *LONGER)
+    for spec in specs:
+        record = exp.read_metrics(spec.run_id)
+        assert not record["attempt"].startswith(disturbed[spec.run_id] + "-")  # a new pod committed it
+        pods = {p["metadata"]["name"] for p in pods_of(e2e.ns, f"{RUN_LABEL}={spec.run_id}")}
+        (winner,) = [p for p in pods if record["attempt"].startswith(p + "-")]
+        assert "resuming after epoch" in pod_log(winner)
+        assert int(record["environment"].get("resumed_after_epoch") or 0) >= 1
+        assert comparable(record) == want[spec.run_id]
+    job = jobs_of(e2e.ns)[job_name(exp.experiment, specs[1].run_id)]
+    assert job["status"].get("failed") == 1 and job["status"].get("succeeded") == 1  # exit 137, retried once
+
+
+def test_cancel_removes_jobs_and_pods_leaves_the_store_alone_and_a_later_submit_continues(e2e):
+    sets = e2e.sets(*LONGER)
+    cfg = e2e.config(*LONGER)
+    exp, specs = specs_for(e2e, cfg, "single", "1")
+    run_id = specs[0].run_id
+    assert e2e.cli("submit", "--stage", "single", "--attrs", "1", *sets)[0] == 0
+    until(f"a checkpoint of {run_id}", lambda: has_checkpoint(exp, run_id) and running_pod(e2e.ns, run_id), every=0.2)
+    before = set(exp.store.list(""))
+    code, out, err = e2e.cli("cancel", "--stage", "single", *sets)
+    assert code == 0 and f"cancelled {run_id}" in out and "1 runs cancelled" in out, (out, err)
+    until("the Job and its pod to be gone", lambda: not jobs_of(e2e.ns) and not pods_of(e2e.ns), timeout=120)
+    assert before <= set(exp.store.list("")) and not exp.is_committed(run_id)  # nothing deleted from the store
+    assert e2e.cli("submit", "--stage", "single", "--attrs", "1", *sets)[0] == 0
+    until("the run to commit", lambda: exp.is_committed(run_id))
+    record = exp.read_metrics(run_id)
+    assert int(record["environment"].get("resumed_after_epoch") or 0) >= 1
+    assert comparable(record) == undisturbed(e2e, "1", *LONGER)[run_id]
