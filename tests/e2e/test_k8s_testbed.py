@@ -21,6 +21,8 @@ from aal_k8s.backends.k8s_manifests import RUN_LABEL, job_name, selector
 from aal_k8s.cli.stages import plan
 from aal_k8s.data import resolve_attributes
 
+REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
 pytestmark = [pytest.mark.k8s_e2e, pytest.mark.slow]
 
 TIMEOUT = 300.0  # seconds any one wait below may take on a loaded 2-core machine
@@ -295,3 +297,81 @@ def test_cancel_removes_jobs_and_pods_leaves_the_store_alone_and_a_later_submit_
     record = exp.read_metrics(run_id)
     assert int(record["environment"].get("resumed_after_epoch") or 0) >= 1
     assert comparable(record) == undisturbed(e2e, "1", *LONGER)[run_id]
+
+
+# -- 7: least rights -------------------------------------------------------------------------------
+def controller_kubeconfig(e2e, path) -> str:
+    """k8s/rbac.yaml applied to the test namespace, and a kubeconfig with a token of its
+    aal-k8s-controller ServiceAccount (nothing else bound to it)."""
+    import yaml
+
+    with open(os.path.join(REPO, "k8s", "rbac.yaml")) as f:
+        docs = [d for d in yaml.safe_load_all(f) if d]
+    ns = e2e.ns
+    for d in docs:
+        d["metadata"]["namespace"] = ns.name
+        for s in d.get("subjects") or []:
+            s["namespace"] = ns.name
+        create = {"ServiceAccount": ns.core.create_namespaced_service_account,
+                  "Role": ns.rbac.create_namespaced_role,
+                  "RoleBinding": ns.rbac.create_namespaced_role_binding}[d["kind"]]  # fmt: skip
+        create(ns.name, d)
+    token = ns.core.create_namespaced_service_account_token(
+        "aal-k8s-controller", ns.name, {"spec": {"expirationSeconds": 3600}}
+    ).status.token
+    with open(e2e.testbed.kubeconfig) as f:
+        admin = yaml.safe_load(f)
+    cluster = admin["clusters"][0]
+    config = {
+        "apiVersion": "v1", "kind": "Config", "clusters": [cluster],
+        "users": [{"name": "controller", "user": {"token": token}}],
+        "contexts": [{"name": "controller", "context": {"cluster": cluster["name"], "user": "controller",
+                                                         "namespace": ns.name}}],
+        "current-context": "controller",
+    }  # fmt: skip
+    with open(path, "w") as f:
+        yaml.safe_dump(config, f)
+    return str(path)
+
+
+def test_the_controller_role_of_rbac_yaml_is_enough_to_submit_watch_explain_and_cancel(e2e, tmp_path, monkeypatch):
+    from kubernetes import client
+
+    kubeconfig = controller_kubeconfig(e2e, tmp_path / "controller.kubeconfig")
+    monkeypatch.setenv("KUBECONFIG", kubeconfig)
+    monkeypatch.setattr("kubernetes.config.kube_config.KUBE_CONFIG_DEFAULT_LOCATION", kubeconfig)
+    as_controller = e2e.testbed.api(kubeconfig)
+    with pytest.raises(client.ApiException) as denied:  # the Role is not more than it says
+        client.CoreV1Api(as_controller).read_namespaced_secret("aal-k8s-store", e2e.ns.name)
+    assert denied.value.status == 403
+    cfg = e2e.config()
+    exp, specs = specs_for(e2e, cfg, "single", "1,2,3")
+    outputs = []
+    # run 1 trains; run 2 cannot be scheduled; run 3's Job (applied from --dry-run, no spec in the
+    # store) fails with exit 2 -- all through the controller's token
+    code, out, err = e2e.cli("submit", "--stage", "single", "--attrs", "1", *e2e.sets())
+    outputs += [out, err]
+    assert code == 0, err
+    code, out, err = e2e.cli("submit", "--stage", "single", "--attrs", "2", *e2e.sets("k8s.gpus=99"))
+    outputs += [out, err]
+    assert code == 0, err
+    code, out, err = e2e.cli("submit", "--stage", "single", "--attrs", "3", "--dry-run", *e2e.sets())
+    import yaml
+
+    (manifest,) = [d for d in yaml.safe_load_all(out) if d]
+    client.BatchV1Api(as_controller).create_namespaced_job(e2e.ns.name, manifest)
+    backend = KubernetesBackend(cfg)
+    final = backend.wait([specs[0], specs[2]], exp)  # list + watch
+    assert final[specs[0].run_id].state == "complete" and final[specs[2].run_id].state == "failed"
+    code, out, err = e2e.cli("status", "--stage", "single", *e2e.sets())  # jobs, pods, events, the store
+    outputs += [out, err]
+    row = next(ln for ln in out.splitlines() if ln.startswith("single "))
+    assert code == 0 and row.split()[1:] == ["1", "0", "1", "1", "3"], out
+    assert "Unschedulable: 0/1 nodes are available: 1 Insufficient nvidia.com/gpu" in out
+    assert f"worker: run {specs[2].run_id}: no spec at" in out
+    code, out, err = e2e.cli("cancel", "--stage", "single", *e2e.sets())
+    outputs += [out, err]
+    assert code == 0 and "2 runs cancelled" in out, err
+    until("the cancelled Jobs to be gone", lambda: list(jobs_of(e2e.ns)) == [job_name(exp.experiment, specs[0].run_id)])
+    for text in outputs:
+        assert "403" not in text and "forbidden" not in text.lower(), text
