@@ -212,6 +212,9 @@ class K8sConfig:
     api_backoff_max_seconds: float = 60.0  # cap of one retry delay, Retry-After included
     api_timeout_seconds: float = 60.0  # client-side timeout of one API request
     watch_timeout_seconds: int = 300  # server-side timeout of one watch request; the watch then resumes
+    # `wait` (pipeline) gives up, naming the pending runs and why, once no run has started or finished
+    # for this long while some are pending (unschedulable, never admitted by a queue); null = forever
+    wait_patience_seconds: int | None = 3600
 
 
 @dataclass
@@ -646,7 +649,7 @@ def validate_k8s(k) -> list[str]:
     for key in ("backoff_limit",):
         if isinstance(getattr(k, key), int) and getattr(k, key) < 0:
             p.append(f"k8s.{key}: must be >= 0, got {getattr(k, key)}")
-    for key in ("active_deadline_seconds", "watch_timeout_seconds", "api_max_attempts"):
+    for key in ("active_deadline_seconds", "watch_timeout_seconds", "api_max_attempts", "wait_patience_seconds"):
         value = getattr(k, key)
         if isinstance(value, int) and value < 1:
             p.append(f"k8s.{key}: must be >= 1, got {value}")

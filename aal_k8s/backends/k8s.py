@@ -9,6 +9,9 @@
   Kueue admission); failed with the Job's reason, the container's exit and the worker's message.
 * ``wait`` lists the Jobs once, then watches them from that resourceVersion; 410 Gone re-lists
   (nothing finished in between is lost: the list shows it), a dropped connection re-watches.
+  Every ``min(30 s, patience / 2)`` it looks at the runs still open: their pending reasons are logged,
+  and once none has started or finished for ``k8s.wait_patience_seconds`` while some are pending,
+  it gives up with one error naming each such ``namespace/job-name`` and why it waits.
 * ``cancel`` deletes Jobs with background propagation; the store is never touched.
 * Every API call retries 429, 5xx and connection errors with exponential backoff bounded by
   ``k8s.api_backoff_max_seconds`` (Retry-After wins when the server sends it), at most
@@ -56,6 +59,13 @@ class KubernetesError(AALError):
     def __init__(self, message: str, status: int | None = None):
         super().__init__(message)
         self.status = status
+
+
+class WaitGaveUp(KubernetesError):
+    """``wait`` ran out of ``k8s.wait_patience_seconds``: runs stay pending and nothing moves.
+    Exit 1, not 2: the input may be fine (a full cluster, a paused queue) and a later run goes on."""
+
+    exit_code = 1
 
 
 class _Gone(Exception):
@@ -549,6 +559,43 @@ class KubernetesBackend(Backend):
                 self.log(f"{'/'.join(stages)}: {counts[0]}/{len(by_name)} complete, {counts[1]} failed")
                 progress.update(shown=counts, at=now)
 
+        patience = self.k.wait_patience_seconds
+        # the watch returns this often (server-side timeout) so that waiting runs are looked at
+        every = min(float(self.k.watch_timeout_seconds), PROGRESS_EVERY_S, max(1.0, patience / 2 if patience else 1e9))
+        watch = {"seen": None, "changed": self.clock(), "checked": self.clock(), "told": None}
+
+        def look() -> None:
+            """The open runs' states: log why they wait; give up after ``patience`` without change."""
+            now = self.clock()
+            if now - watch["checked"] < every:
+                return
+            watch["checked"] = now
+            rest = [s for s in specs if s.run_id not in done]
+            if not rest:
+                return
+            states = self.states(rest, exp)
+            seen = {r: (st.state, st.reason) for r, st in states.items()}
+            if seen != watch["seen"] or any(st.state == "running" for st in states.values()):
+                watch.update(seen=seen, changed=now)
+            pending = {r: st for r, st in states.items() if st.state == "pending"}
+            if not pending:
+                return
+            names = {r: f"{self.ns}/{job_name(exp.experiment, r)}" for r in pending}
+            if watch["told"] is None or now - watch["told"] >= PROGRESS_EVERY_S:
+                first = sorted(pending)[0]
+                self.log(f"{'/'.join(stages)}: {len(pending)} pending, e.g. {names[first]}: {pending[first].reason}")
+                watch["told"] = now
+            idle = now - watch["changed"]
+            if patience and idle >= patience:
+                why = "; ".join(f"{names[r]}: {pending[r].reason or 'pending'}" for r in sorted(pending)[:3])
+                more = f" (+{len(pending) - 3} more)" if len(pending) > 3 else ""
+                raise WaitGaveUp(
+                    f"gave up waiting: {len(pending)} runs of stage {'/'.join(stages)} still pending after "
+                    f"{idle:.0f}s in which no run started or finished (k8s.wait_patience_seconds={patience}): "
+                    f"{why}{more}; their Jobs are left in place: fix the cause and run again, or "
+                    f"`aal-k8s cancel --stage {stages[0]}`"
+                )
+
         while len(done) < len(by_name):
             jobs, rv = self._list_jobs(exp.experiment, stages)
             for name, run_id in by_name.items():
@@ -557,7 +604,8 @@ class KubernetesBackend(Backend):
             if len(done) == len(by_name):
                 break
             try:
-                self._watch(exp.experiment, stages, rv, by_name, settle, report, lambda: len(done) == len(by_name))
+                self._watch(exp.experiment, stages, rv, by_name, settle, report, lambda: len(done) == len(by_name),
+                            look, int(every))  # fmt: skip
             except _Gone:
                 self.log("watch expired (410 Gone): listing the Jobs again")
         report(force=True)
@@ -567,8 +615,9 @@ class KubernetesBackend(Backend):
                 final[run_id] = RunState(run_id, "failed", st.reason or final[run_id].reason or "its Job failed")
         return final
 
-    def _watch(self, experiment: str, stages, rv, by_name, settle, report, finished) -> None:
-        """Follow Job events from ``rv`` until every run has settled; raises _Gone on 410."""
+    def _watch(self, experiment: str, stages, rv, by_name, settle, report, finished, idle=None, timeout=None) -> None:
+        """Follow Job events from ``rv`` until every run has settled; raises _Gone on 410. Each watch
+        request ends after ``timeout`` seconds (server side); ``idle()`` then runs before the next."""
         sel = selector(experiment, stages)
         what = f"{self._what('jobs', experiment, stages)}: watch"
         failures = 0
@@ -580,7 +629,7 @@ class KubernetesBackend(Backend):
                     self.ns,
                     label_selector=sel,
                     resource_version=rv,
-                    timeout_seconds=self.k.watch_timeout_seconds,
+                    timeout_seconds=timeout or self.k.watch_timeout_seconds,
                     allow_watch_bookmarks=True,
                     _request_timeout=(self.k.api_timeout_seconds, self.k.watch_timeout_seconds + 30),
                 ):
@@ -628,6 +677,8 @@ class KubernetesBackend(Backend):
                 self.log(f"watch dropped ({describe(e)}); reconnecting in {delay:g}s from resourceVersion {rv}")
                 self.sleep(delay)
             # a watch that ended normally (server timeout) resumes from the last resourceVersion
+            if idle is not None and not finished():
+                idle()
 
     # -- cancel / logs -----------------------------------------------------------------------
     def cancel(self, specs: list[RunSpec], exp) -> list[str]:
