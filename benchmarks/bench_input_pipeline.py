@@ -250,8 +250,8 @@ def bench(args) -> dict:
             rates["eval"][name].append(got_eval)
             print(f"round {r + 1}: {name}: input {rates['input'][name][-1]:.1f}, train {rates['train'][name][-1]:.1f}, "
                   f"eval {rates['eval'][name][-1]:.1f} images/s", file=sys.stderr)  # fmt: skip
-        if args.json:  # after every round, so a run stopped early keeps what it measured
-            write_json({**partial, "rates": rates, "load_end": os.getloadavg()[0]}, args, args.json)
+            if args.json:  # after every measurement, so a run stopped early keeps what it measured
+                write_json({**partial, "rates": rates, "load_end": os.getloadavg()[0]}, args, args.json)
     return {**partial, "rates": rates, "load_end": os.getloadavg()[0]}
 
 

@@ -47,7 +47,7 @@ def test_the_dry_run_goes_through_every_step_on_the_cpu_and_writes_the_record(tm
     assert proc.returncode == 0, proc.stdout[-4000:] + proc.stderr[-2000:]
     doc = json.loads((out / "campaign.json").read_text())
     steps = {s["name"]: s for s in doc["steps"]}
-    assert list(steps) == ["env", "build", "tests", "fused_heads", "input_pipeline", "worker_epoch"]
+    assert list(steps) == ["env", "build", "tests", "fused_heads", "worker_epoch", "input_pipeline"]
     assert {s["status"] for s in steps.values()} == {"ok"}, {n: s["note"] for n, s in steps.items()}
 
     # what BENCHMARKS.md records: device, date, commit, torch and CUDA versions
@@ -129,7 +129,7 @@ def test_an_unknown_step_is_a_one_line_error_with_status_2(tmp_path):
     proc = run_campaign(tmp_path, "--only", "tests,nonsense")
     assert proc.returncode == 2
     assert proc.stderr.strip().splitlines()[-1].endswith(
-        "--only: unknown step(s) nonsense; steps: env, build, tests, fused_heads, input_pipeline, worker_epoch"
+        "--only: unknown step(s) nonsense; steps: env, build, tests, fused_heads, worker_epoch, input_pipeline"
     )
 
 
