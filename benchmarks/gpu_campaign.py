@@ -115,26 +115,21 @@ class Campaign:
     def run_cmd(self, res: StepResult, cmd: list[str], limit: float, env: dict | None = None) -> int | None:
         """Run ``cmd`` in its own process group with a time limit; its output goes to the log.
         Returns the exit code, or None when it was killed at the limit (the whole group: a
-        DataLoader worker or a compile worker must not outlive the step)."""
+        DataLoader worker or a compile worker must not outlive the step). Its own process group,
+        not a new session: the device tool ends a command's leftovers unless they made a session."""
         res.command = " ".join(str(c) for c in cmd)
         self.log(f"\n===== {res.name}: {res.command}\n")
         with open(self.out / "campaign.log", "ab") as log:
             proc = subprocess.Popen([str(c) for c in cmd], cwd=REPO, env=env or self.env, stdout=log,
-                                    stderr=subprocess.STDOUT, start_new_session=True)  # fmt: skip
+                                    stderr=subprocess.STDOUT, preexec_fn=os.setpgrp)  # fmt: skip
             try:
                 return proc.wait(timeout=limit)
             except subprocess.TimeoutExpired:
-                for sig, grace in ((signal.SIGTERM, 10), (signal.SIGKILL, 10)):
-                    try:
-                        os.killpg(proc.pid, sig)
-                    except ProcessLookupError:
-                        break
-                    try:
-                        proc.wait(timeout=grace)
-                        break
-                    except subprocess.TimeoutExpired:
-                        continue
+                _kill_group(proc)
                 return None
+            except BaseException:  # SIGTERM/Ctrl-C of the driver: the step goes with it
+                _kill_group(proc)
+                raise
 
     def step(self, name: str, fn) -> None:
         res = StepResult(name)
@@ -413,6 +408,23 @@ class Campaign:
         return 1 if bad else 0
 
 
+def _kill_group(proc: subprocess.Popen) -> None:
+    for sig in (signal.SIGTERM, signal.SIGKILL):
+        try:
+            os.killpg(proc.pid, sig)
+        except ProcessLookupError:
+            return
+        try:
+            proc.wait(timeout=10)
+            return
+        except subprocess.TimeoutExpired:
+            continue
+
+
+def _terminate(signum, _frame):
+    raise SystemExit(128 + signum)  # unwinds through run_cmd, which ends the running step's group
+
+
 class StepFailed(Exception):
     def __init__(self, status: str, message: str):
         super().__init__(message)
@@ -577,6 +589,7 @@ def main(argv=None) -> int:
         shutil.rmtree(work, ignore_errors=True)
     work.mkdir(parents=True, exist_ok=True)
     args.work = str(work)
+    signal.signal(signal.SIGTERM, _terminate)
     try:
         return Campaign(args).run()
     finally:
