@@ -211,6 +211,7 @@ class Campaign:
             raise StepFailed("failed", f"the CUDA kernels do not load: {after.get('cuda_kernels_error')}")
         stamp.parent.mkdir(exist_ok=True)
         stamp.write_text(json.dumps({"fingerprint": fingerprint}))
+        res.note = f"built: {after.get('active')}" + (f", TORCH_CUDA_ARCH_LIST={res.data['arch']}" if res.data["arch"] else "")
 
     def describe_ops(self, res: StepResult) -> dict:
         code = "import json; from aal_k8s import ops; print(json.dumps(ops.describe(), default=str))"
