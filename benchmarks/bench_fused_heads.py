@@ -39,7 +39,7 @@ import statistics
 import subprocess
 import sys
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
@@ -94,6 +94,34 @@ class Row:
     B: int
     K: int
     times: dict[str, float]  # variant -> median ms
+    profile: dict[str, dict] = field(default_factory=dict)  # variant -> per-step launches and kernel time
+
+
+PROFILE_STEPS = 5
+
+
+def _profile(fns: dict, device: str) -> dict[str, dict]:
+    """Per variant and step, from torch.profiler: on CUDA the kernels launched and their summed
+    device time (against the measured step time: the share that is not host or launch overhead);
+    on the CPU the operators run and their self CPU time."""
+    from torch.autograd import DeviceType
+    from torch.profiler import ProfilerActivity, profile
+
+    activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if device == "cuda" else [])
+    out = {}
+    for name, fn in fns.items():
+        with profile(activities=activities) as prof:
+            for _ in range(PROFILE_STEPS):
+                fn()
+            _sync(device)
+        if device == "cuda":
+            events = [e for e in prof.events() if e.device_type == DeviceType.CUDA]
+            busy = sum(e.time_range.elapsed_us() for e in events)  # a kernel event's span is its run time
+        else:
+            events = [e for e in prof.events() if e.device_type == DeviceType.CPU and e.name.startswith("aten::")]
+            busy = sum(e.self_cpu_time_total for e in events)
+        out[name] = {"events": len(events) / PROFILE_STEPS, "busy_ms": busy / 1e3 / PROFILE_STEPS}
+    return out
 
 
 def _sync(device: str) -> None:
@@ -229,7 +257,7 @@ def _variants(B, K, dtype, device, which, compile_backend="inductor"):
 
 
 def run(devices, shapes, dtypes, which, repeats_scale: float = 1.0, compile_backend: str = "inductor",
-        on_row=None) -> list[Row]:
+        on_row=None, profile: bool = False) -> list[Row]:
     rows = []
     for device in devices:
         for dtype_name in dtypes:
@@ -242,7 +270,7 @@ def run(devices, shapes, dtypes, which, repeats_scale: float = 1.0, compile_back
                 repeats = max(10, int((40 if big else 300) * repeats_scale))
                 warmup = 5 if big else 30
                 times = _time_all(fns, device, warmup, repeats)
-                rows.append(Row(device, dtype_name, B, K, times))
+                rows.append(Row(device, dtype_name, B, K, times, _profile(fns, device) if profile else {}))
                 print(_format_row(rows[-1], which), flush=True)
                 if on_row is not None:
                     on_row(rows)
@@ -267,6 +295,23 @@ def table(rows: list[Row], which) -> str:
     head += [f"{v}/fused" for v in which if v != "fused"]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     lines += [_format_row(r, which) for r in rows]
+    return "\n".join(lines)
+
+
+def profile_table(rows: list[Row], which) -> str:
+    """Per case and variant: events per step (CUDA kernels, or aten operators on the CPU), their
+    time per step, and that time over the measured median step time."""
+    if not any(r.profile for r in rows):
+        return ""
+    what = "kernels" if any(r.device == "cuda" for r in rows) else "aten ops"
+    head = ["device", "dtype", "B", "K", *[f"{v} {what} / ms / busy" for v in which]]
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    for r in rows:
+        cells = [r.device, r.dtype, str(r.B), str(r.K)]
+        for v in which:
+            p, t = r.profile.get(v), r.times.get(v)
+            cells.append(f"{p['events']:.0f} / {p['busy_ms']:.3f} / {p['busy_ms'] / t:.0%}" if p and t else "–")
+        lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines)
 
 
@@ -351,7 +396,8 @@ def write_json(rows: list[Row], which, devices, path: Path) -> None:
         "fused_path": ops.describe()["active"],
         "variants": which,
         "D": D,
-        "rows": [{"device": r.device, "dtype": r.dtype, "B": r.B, "K": r.K, "ms": r.times} for r in rows],
+        "rows": [{"device": r.device, "dtype": r.dtype, "B": r.B, "K": r.K, "ms": r.times, "profile": r.profile}
+                 for r in rows],
         "failures": FAILURES,
     }
     tmp = path.with_suffix(path.suffix + ".tmp")
@@ -372,6 +418,8 @@ def main(argv=None) -> int:
     p.add_argument("--record", action="store_true", help="update BENCHMARKS.md")
     p.add_argument("--out", type=Path, default=REPO / "BENCHMARKS.md")
     p.add_argument("--json", type=Path, help="also write the rows as JSON to this file")
+    p.add_argument("--profile", action="store_true",
+                   help=f"after timing each case, profile {PROFILE_STEPS} steps of each variant (kernels and kernel time per step)")
     p.add_argument("--markdown", type=Path, help="also write the table (with device, torch, commit) to this file")
     args = p.parse_args(argv)
 
@@ -401,7 +449,7 @@ def main(argv=None) -> int:
         if args.json:
             write_json(rows, which, devices, args.json)
 
-    rows = run(devices, shapes, dtypes, which, args.repeats_scale, args.compile_backend, on_row)
+    rows = run(devices, shapes, dtypes, which, args.repeats_scale, args.compile_backend, on_row, args.profile)
     if FAILURES:
         print("dropped variants:\n" + "\n".join(FAILURES), file=sys.stderr)
     if args.json:
@@ -411,6 +459,9 @@ def main(argv=None) -> int:
             f"- torch {torch.__version__} (CUDA {torch.version.cuda}), git {_git_commit()}, "
             f"{'; '.join(device_label(d) for d in devices)}, fused path: {ops.describe()['active']}, "
             f"compile backend: {args.compile_backend}\n\n{table(rows, which)}\n"
+            + (f"\nProfile, per step ({PROFILE_STEPS} profiled): events, their time in ms, and that time over the "
+               f"measured step time (on CUDA, the rest is host and launch overhead):\n\n{profile_table(rows, which)}\n"
+               if args.profile else "")
             + "".join(f"\n- dropped: {f}" for f in FAILURES) + ("\n" if FAILURES else ""))
     if args.record:
         record(rows, which, args.out)

@@ -249,10 +249,11 @@ class Campaign:
         if self.dry:
             args = ["--device", "cpu", "--shapes", "16x2,32x4", "--dtypes", "float32,bfloat16", "--variants",
                     "eager,compile,reference,fused", "--compile-backend", "aot_eager", "--repeats-scale", "0.03",
-                    "--threads", "1"]  # fmt: skip
+                    "--threads", "1", "--profile"]  # fmt: skip
         else:
             args = ["--device", "cuda", "--shapes", "256x2,256x40,4096x2,4096x40", "--dtypes", "float32,bfloat16",
-                    "--variants", "eager,compile,compile-ro,reference,fused,graph", "--repeats-scale", "0.5"]  # fmt: skip
+                    "--variants", "eager,compile,compile-ro,reference,fused,graph", "--repeats-scale", "0.5",
+                    "--profile"]  # fmt: skip
         try:
             self.checked(res, self.python("bench_fused_heads.py", *args, "--json", js, "--markdown", md))
         finally:
