@@ -61,6 +61,7 @@ def test_the_dry_run_goes_through_every_step_on_the_cpu_and_writes_the_record(tm
     assert {(r["dtype"], r["B"], r["K"]) for r in rows} == {(d, b, k) for d in ("float32", "bfloat16")
                                                              for b, k in ((16, 2), (32, 4))}  # fmt: skip
     assert all({"eager", "compile", "reference", "fused"} <= set(r["ms"]) for r in rows)
+    assert all(r["profile"]["fused"]["events"] > 0 and r["profile"]["eager"]["busy_ms"] > 0 for r in rows)
     pipelines = steps["input_pipeline"]["data"]["summary"]
     assert "naive fp32 NCHW (PIL + DataLoader)" in pipelines
     assert any("bf16" in n and "compiled" in n for n in pipelines) and any("compiled" not in n and "packed bf16" in n for n in pipelines)
@@ -72,7 +73,7 @@ def test_the_dry_run_goes_through_every_step_on_the_cpu_and_writes_the_record(tm
     assert set(targets) == {"fused_vs_eager", "fused_vs_compile", "train_vs_naive", "train_images_per_s",
                             "protocol_hours", "protocol_hours_worker"}  # fmt: skip
     assert all(t["value"] is not None for t in targets.values())
-    for title in ("### Fused heads", "### Input pipeline", "### One AAL run through the worker"):
+    for title in ("### Fused heads", "Profile, per step", "### Input pipeline", "### One AAL run through the worker"):
         assert title in md
     # the device tool brings back at most 8 plain files with plain names
     files = sorted(p.name for p in out.iterdir())
