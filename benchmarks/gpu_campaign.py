@@ -10,6 +10,11 @@ Anywhere (CI runs this through tests/test_gpu_campaign.py, so the campaign never
 
     python benchmarks/gpu_campaign.py --dry-run --out /tmp/campaign    # the same steps, tiny, on the CPU
 
+Back on the development machine, with the campaign.md the device tool fetched:
+
+    python benchmarks/gpu_campaign.py --record /path/to/campaign.md     # into BENCHMARKS.md (replaces the
+                                                                        # earlier record of the same device)
+
 Steps, in order (each a subprocess with its own time limit, inside one overall --budget; a step that
 fails or times out is recorded with its log and the next one runs; a step whose budget is gone is
 recorded as skipped):
@@ -555,6 +560,30 @@ def probe(path: str, dry: bool) -> int:
     return 0
 
 
+RECORD_BEGIN, RECORD_END = "<!-- gpu-campaign:begin -->", "<!-- gpu-campaign:end -->"
+
+
+def record(campaign_md: Path, benchmarks_md: Path) -> str:
+    """Put a campaign.md into BENCHMARKS.md between the campaign markers, replacing an earlier record
+    of the same device (its '## GPU campaign: DEVICE' heading); returns the heading."""
+    text = campaign_md.read_text()
+    heading = text.splitlines()[0] if text.startswith("## GPU campaign") else ""
+    if not heading:
+        raise SystemExit(f"error: {campaign_md} is not a campaign.md (it must start with '## GPU campaign')")
+    body = "#" + text.strip().replace("\n### ", "\n#### ")  # one level down: a subsection here
+    doc = benchmarks_md.read_text()
+    if RECORD_BEGIN not in doc:
+        doc = doc.rstrip("\n") + f"\n\n{RECORD_BEGIN}\n{RECORD_END}\n"
+    head, rest = doc.split(RECORD_BEGIN, 1)
+    block, tail = rest.split(RECORD_END, 1)
+    # records are separated by their '### GPU campaign' headings; keep the other devices' ones
+    records = [r for r in block.split("\n### GPU campaign") if r.strip()]
+    kept = [r for r in records if ("### GPU campaign" + r).splitlines()[0].strip() != "#" + heading.strip()]
+    block = "".join("\n### GPU campaign" + r.rstrip("\n") + "\n" for r in kept) + "\n" + body + "\n"
+    benchmarks_md.write_text(head + RECORD_BEGIN + block + RECORD_END + tail)
+    return heading
+
+
 def main(argv=None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0], epilog="Steps: " + ", ".join(STEPS))
@@ -567,10 +596,18 @@ def main(argv=None) -> int:
     p.add_argument("--budget", type=float, default=None,
                    help="overall seconds (default 470 on a GPU, 300 for a dry run)")  # fmt: skip
     p.add_argument("--cap-scale", type=float, default=1.0, help="multiply every step's own time limit")
+    p.add_argument("--record", metavar="CAMPAIGN_MD", type=Path,
+                   help="put a fetched campaign.md into BENCHMARKS.md (--benchmarks) and exit")
+    p.add_argument("--benchmarks", type=Path, default=REPO / "BENCHMARKS.md", help=argparse.SUPPRESS)
     p.add_argument("--probe", metavar="FILE", help=argparse.SUPPRESS)  # the env step's subprocess
     args = p.parse_args(argv)
     if args.probe:
         return probe(args.probe, args.dry_run)
+    if args.record:
+        if not args.record.is_file():
+            p.error(f"--record {args.record}: no such file")
+        print(f"recorded in {args.benchmarks}: {record(args.record, args.benchmarks)}")
+        return 0
     only = [s.strip() for s in args.only.split(",") if s.strip()]
     unknown = [s for s in only if s not in STEPS]
     if unknown or not only:

@@ -162,3 +162,25 @@ def test_targets_are_judged_met_or_missed_from_the_measured_figures(tmp_path):
     camp.write()
     assert "| fused head >= 1.3x torch.compile (the faster mode, worst case) | 1.20x (float32 B=256 K=2)" in (
         tmp_path / "campaign.md").read_text()  # fmt: skip
+
+
+def test_recording_a_campaign_replaces_the_same_devices_earlier_record_and_keeps_the_others(tmp_path):
+    mod = load_campaign()
+    bench = tmp_path / "BENCHMARKS.md"
+    bench.write_text(f"# Benchmarks\n\n## GPU campaign\n\n{mod.RECORD_BEGIN}\n{mod.RECORD_END}\n\n## Later section\n")
+
+    def campaign(device, date):
+        path = tmp_path / f"{device}-{date}.md"
+        path.write_text(f"## GPU campaign: {device}\n\n- date: {date}\n\n### Fused heads\n\n| a |\n")
+        return path
+
+    mod.record(campaign("NVIDIA H200", "d1"), bench)
+    mod.record(campaign("NVIDIA H100", "d2"), bench)
+    mod.record(campaign("NVIDIA H200", "d3"), bench)
+    text = bench.read_text()
+    assert text.count("### GPU campaign: NVIDIA H200") == 1 and "- date: d3" in text and "- date: d1" not in text
+    assert text.count("### GPU campaign: NVIDIA H100") == 1 and "- date: d2" in text
+    assert text.count("#### Fused heads") == 2 and text.rstrip().endswith("## Later section")
+    proc = subprocess.run([sys.executable, str(SCRIPT), "--record", str(tmp_path / "missing.md")],
+                          capture_output=True, text=True)  # fmt: skip
+    assert proc.returncode == 2 and "no such file" in proc.stderr.strip().splitlines()[-1]
