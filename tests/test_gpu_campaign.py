@@ -184,3 +184,15 @@ def test_recording_a_campaign_replaces_the_same_devices_earlier_record_and_keeps
     proc = subprocess.run([sys.executable, str(SCRIPT), "--record", str(tmp_path / "missing.md")],
                           capture_output=True, text=True)  # fmt: skip
     assert proc.returncode == 2 and "no such file" in proc.stderr.strip().splitlines()[-1]
+
+
+def test_outside_a_dry_run_cuda_tests_that_skip_fail_the_tests_step(tmp_path):
+    # on this CPU machine every cuda test skips, as they would on a GPU machine whose build failed
+    mod = load_campaign()
+    args = types.SimpleNamespace(dry_run=False, out=str(tmp_path), work=str(tmp_path), budget=300, commit="",
+                                 cap_scale=1.0, argv=[], only=[])  # fmt: skip
+    camp = mod.Campaign(args)
+    camp.step("tests", camp.step_tests)
+    res = camp.results["tests"]
+    assert res.status == "failed" and res.note.startswith("cuda tests skipped on a GPU machine")
+    assert res.data["skipped"] > 0 and res.data["passed"] == 0
