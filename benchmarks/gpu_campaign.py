@@ -597,12 +597,17 @@ def main(argv=None) -> int:
                    help="overall seconds (default 470 on a GPU, 300 for a dry run)")  # fmt: skip
     p.add_argument("--cap-scale", type=float, default=1.0, help="multiply every step's own time limit")
     p.add_argument("--record", metavar="CAMPAIGN_MD", type=Path,
-                   help="put a fetched campaign.md into BENCHMARKS.md (--benchmarks) and exit")
+                   help="put a fetched campaign.md into BENCHMARKS.md and exit")
     p.add_argument("--benchmarks", type=Path, default=REPO / "BENCHMARKS.md", help=argparse.SUPPRESS)
+    p.add_argument("--fingerprint", action="store_true",
+                   help="print this tree's source fingerprint (to match a record's header) and exit")
     p.add_argument("--probe", metavar="FILE", help=argparse.SUPPRESS)  # the env step's subprocess
     args = p.parse_args(argv)
     if args.probe:
         return probe(args.probe, args.dry_run)
+    if args.fingerprint:
+        print(source_fingerprint(FINGERPRINTED))
+        return 0
     if args.record:
         if not args.record.is_file():
             p.error(f"--record {args.record}: no such file")
