@@ -411,6 +411,10 @@ class Campaign:
             self.step(name, getattr(self, f"step_{name}"))
         self.write()
         self.say("\n" + (self.out / "campaign.md").read_text())
+        # the device tool returns the output's tail: end with the verdicts, short
+        recap = [f"{r.name}: {r.status} ({r.seconds:.0f} s){' - ' + r.note if r.note else ''}" for r in self.results.values()]
+        recap += [f"{t['label']}: {t['figure']}: {t['verdict']}" for t in self.targets()]
+        self.say("\n== recap ==\n" + "\n".join(recap) + f"\noutput: {', '.join(sorted(p.name for p in self.out.iterdir()))}")
         bad = [r.name for r in self.results.values() if r.status != "ok"]
         return 1 if bad else 0
 
