@@ -439,7 +439,7 @@ def test_the_dockerfile_builds_the_extension_for_sm80_and_sm90_and_runs_as_the_p
     text = open(os.path.join(ROOT, "Dockerfile")).read()
     assert re.search(r'TORCH_CUDA_ARCH_LIST="8\.0;9\.0\+PTX"', text)
     assert "--no-build-isolation" in text and re.search(
-        r"FROM pytorch/pytorch:\$\{PYTORCH_VERSION\}-\$\{CUDA_TAG\}-devel AS build", text
+        r"FROM nvidia/cuda:\$\{CUDA_VERSION\}-devel-ubuntu\$\{UBUNTU_VERSION\} AS build", text
     )
     assert re.search(r"^USER (\d+):(\d+)$", text, re.M).group(1) == str(WORKER_UID)
     assert re.search(r'^ENTRYPOINT \["aal-k8s"\]$', text, re.M)
