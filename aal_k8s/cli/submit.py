@@ -9,6 +9,8 @@ from __future__ import annotations
 
 from aal_k8s.cli.common import add_config_args, examples
 from aal_k8s.cli.stages import add_stage_args, execute_stage, print_failures, stage_runs
+from aal_k8s.cost import build_plan, confirm
+from aal_k8s.experiment import ensure_pinned
 
 HELP = "submit the runs of one stage"
 EXAMPLES = examples(
@@ -20,7 +22,8 @@ EXAMPLES = examples(
 
 def add_arguments(p) -> None:
     add_stage_args(p, "only these attributes (names or 1-based indices)")
-    p.add_argument("--dry-run", action="store_true", help="print the runs (k8s: the manifests) and exit")
+    p.add_argument("--dry-run", action="store_true", help="print the runs (k8s: the manifests, to inspect) and exit")
+    p.add_argument("--yes", "-y", action="store_true", help="k8s: create the Jobs without asking, however many")
     add_config_args(p)
 
 
@@ -32,6 +35,10 @@ def run(args) -> int:
     from aal_k8s.data.common import check_source
 
     check_source(cfg.dataset, exp.store, local=cfg.executor.backend == "local")
+    backend.preflight()
+    if cfg.executor.backend == "k8s":
+        confirm(build_plan(cfg, exp, [args.stage], lambda _: specs), cfg, args.yes)
+    ensure_pinned(exp, cfg)
     if backend.name == "local":  # runs execute now: show them (k8s returns at once: `aal-k8s watch`)
         from aal_k8s.progress import live_view
 

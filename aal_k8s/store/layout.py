@@ -2,6 +2,7 @@
 
 Layout under ``<store>/<experiment>/``::
 
+    experiment.yaml                          the pinned config (create-only; aal_k8s.experiment)
     runs/<run_id>/spec.json                  the RunSpec (written at submit time)
     runs/<run_id>/attempts/<attempt>/best.safetensors
                                              weights of the best epoch, written by one attempt
@@ -10,6 +11,8 @@ Layout under ``<store>/<experiment>/``::
                                              record (size, sha256), written after it
     runs/<run_id>/attempts/<attempt>/tensorboard/events.out.tfevents.*
                                              TensorBoard scalars per epoch (aal_k8s/events.py)
+    runs/<run_id>/attempts/<attempt>/worker.log
+                                             that attempt's log, copied when it ends (aal_k8s.worker)
     runs/<run_id>/failure.json               the last failed attempt (ignored once committed)
     runs/<run_id>/local.log                  worker output (local backend)
     runs/<run_id>/metrics.json               the commit record, written LAST, create-only
