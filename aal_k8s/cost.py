@@ -255,19 +255,22 @@ def build_plan(cfg: Config, exp, stages: list[str], plan_fn) -> Plan:
 
 
 def confirm(plan: Plan, cfg: Config, yes: bool, stdin=None, stderr=None) -> None:
-    """On Kubernetes, above ``plan.confirm_above_jobs`` Jobs: show the plan and ask (``--yes``
-    skips); without a terminal to ask on, an error that says to pass --yes."""
+    """On Kubernetes: show the plan; above ``plan.confirm_above_jobs`` Jobs also ask (``--yes``
+    skips), and without a terminal to ask on refuse with one line that says to pass --yes."""
     from aal_k8s.errors import AALError
 
     stdin, stderr = stdin or sys.stdin, stderr or sys.stderr
-    if cfg.executor.backend != "k8s" or yes or plan.jobs <= cfg.plan.confirm_above_jobs:
+    if cfg.executor.backend != "k8s" or not plan.jobs:
         return
-    if not stdin.isatty():
+    ask = not yes and plan.jobs > cfg.plan.confirm_above_jobs
+    if ask and not stdin.isatty():
         raise AALError(
             f"{plan.jobs} Jobs to create, more than plan.confirm_above_jobs={cfg.plan.confirm_above_jobs}: "
             "pass --yes to create them without asking (`aal-k8s plan` shows what they cost)"
         )
     stderr.write(plan.render())
+    if not ask:
+        return
     stderr.write(f"create {plan.jobs} Jobs? [y/N] ")
     stderr.flush()
     if stdin.readline().strip().lower() not in ("y", "yes"):
