@@ -178,15 +178,12 @@ def seconds_per_run(cfg: Config, rates: Rates) -> float:
 def _committed(exp) -> set[str]:
     """Ids of the experiment's committed runs, from one listing (none when the store is unreadable:
     a plan must work without store credentials)."""
-    from aal_k8s.store.layout import COMMIT_FILE
-
-    root = exp.key("runs") + "/"
     try:
-        keys = exp.store.list(exp.key("runs"))
+        return exp.committed_ids()
     except Exception as e:
-        print(f"warning: cannot list {exp.store.url(root)} ({type(e).__name__}); counting no run as committed", file=sys.stderr)
+        print(f"warning: cannot list {exp.store.url(exp.key('runs'))}/ ({type(e).__name__}); counting no run as committed",
+              file=sys.stderr)  # fmt: skip
         return set()
-    return {k[len(root) :].split("/")[0] for k in keys if k.startswith(root) and k.endswith("/" + COMMIT_FILE)}
 
 
 def _committed_seconds(exp, specs: list[RunSpec]) -> dict[str, float]:
