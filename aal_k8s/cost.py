@@ -109,10 +109,11 @@ class Plan:
             f"{'total':<12}{runs:>8}{done:>11}{self.jobs:>8}{'':>9}{total_h:>11.1f}{self.jobs * self.run_bytes / 1e9:>10.2f}"
         )
         egress = self._downloads_count() * self.pack_bytes
+        pack_gb = self.pack_bytes / 1e9
         if self.pack_bytes and self.downloads == "per node":
-            lines.append(f"dataset egress: {self.pack_bytes / 1e9:.1f} GB per node that runs a pod (the pack, downloaded per node)")
+            lines.append(f"dataset egress: {pack_gb:.1f} GB per node that runs a pod (the pack, downloaded per node)")
         elif self.pack_bytes:
-            lines.append(f"dataset egress: {egress / 1e9:,.1f} GB ({self.pack_bytes / 1e9:.1f} GB pack, downloaded {self.downloads})")
+            lines.append(f"dataset egress: {egress / 1e9:,.1f} GB ({pack_gb:.1f} GB pack, downloaded {self.downloads})")
         else:
             lines.append("dataset egress: none (the dataset is generated in each worker)")
         lines.append(
@@ -172,7 +173,9 @@ def weights_bytes(cfg: Config) -> int:
 def seconds_per_run(cfg: Config, rates: Rates) -> float:
     train, val, test = split_sizes(cfg)
     epochs = cfg.train.epochs
-    return epochs * train / rates.train_images_per_s + (epochs * val + test) / rates.eval_images_per_s + rates.fixed_seconds_per_run
+    training = epochs * train / rates.train_images_per_s
+    evaluation = (epochs * val + test) / rates.eval_images_per_s  # a validation pass per epoch, one test pass
+    return training + evaluation + rates.fixed_seconds_per_run
 
 
 def _committed(exp) -> set[str]:
