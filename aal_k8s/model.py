@@ -103,3 +103,16 @@ class AttributeNet(nn.Module):
         """Plain logits ``[B, K]`` (inference; training goes through ``aal_k8s.heads``)."""
         h = self.features(x)
         return h @ self.head_weight.t().to(h.dtype) + self.head_bias.to(h.dtype)
+
+
+class Classifier(nn.Module):
+    """One attribute of the final model set: the backbone and a ``[1, D]`` linear head; ``forward``
+    gives logits ``[B]``. At module level so that loaded model sets pickle (multiprocessing, Ray...)."""
+
+    def __init__(self, backbone: str):
+        super().__init__()
+        self.backbone = build_backbone(backbone, "none")
+        self.head = nn.Linear(self.backbone.out_dim, 1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.head(self.backbone(x)).squeeze(1)

@@ -15,6 +15,7 @@ from __future__ import annotations
 import glob
 import json
 import os
+from dataclasses import dataclass
 
 from aal_k8s.data import DATASETS
 from aal_k8s.errors import AALError, StageOrderError, StoreError
@@ -134,22 +135,9 @@ def read_manifest(models_dir: str) -> dict:
 
 
 def _classifier(backbone: str):
-    from torch import nn
+    from aal_k8s.model import Classifier
 
-    from aal_k8s.model import build_backbone
-
-    class Classifier(nn.Module):
-        """One attribute: the backbone and a [1, D] linear head; ``forward`` gives logits [B]."""
-
-        def __init__(self):
-            super().__init__()
-            self.backbone = build_backbone(backbone, "none")
-            self.head = nn.Linear(self.backbone.out_dim, 1)
-
-        def forward(self, x):
-            return self.head(self.backbone(x)).squeeze(1)
-
-    return Classifier()
+    return Classifier(backbone)
 
 
 def load_classifiers(models_dir: str, attrs: list[str] | None = None, device: str = "cpu"):
@@ -205,21 +193,30 @@ def preprocess(paths: list[str], manifest: dict, device: str = "cpu"):
     dataset's decoding size where its loader does that (Duke), then through the evaluation
     transform (``aal_k8s.data.pipeline.model_inputs``: bilinear resize to the input size,
     normalisation with the manifest's mean/std). ``manifest``: a checked final model set manifest."""
+    from aal_k8s.data.common import read_image
+    from aal_k8s.errors import DatasetError
+
+    images = []
+    for path in paths:
+        try:
+            images.append(read_image(path, any_format=True))
+        except DatasetError as e:
+            raise AALError(e.message) from None
+    return preprocess_decoded(images, manifest, device)
+
+
+def preprocess_decoded(images, manifest: dict, device: str = "cpu"):
+    """``preprocess`` for images already decoded: uint8 tensors ``[3, H, W]`` (RGB)."""
     import torch
 
     from aal_k8s.data import decode_size
-    from aal_k8s.data.common import read_image, resize_decoded
+    from aal_k8s.data.common import resize_decoded
     from aal_k8s.data.pipeline import model_inputs
-    from aal_k8s.errors import DatasetError
 
     inp = manifest["input"]
     first = decode_size(manifest["dataset"])
     out = []
-    for path in paths:
-        try:
-            img = read_image(path, any_format=True)
-        except DatasetError as e:
-            raise AALError(e.message) from None
+    for img in images:
         if first is not None and tuple(img.shape[1:]) != first:
             img = resize_decoded(img, first)
         # one image at a time: sizes differ, and the result does not depend on the batch
@@ -282,3 +279,92 @@ def format_csv(result: dict) -> str:
             v = r["attributes"][a]
             w.writerow([r["image"], a, f"{v['probability']:.6f}", int(v["decision"])])
     return buf.getvalue()
+
+
+# -- the Python API: aal_k8s.load_model_set ---------------------------------------------------------
+
+
+@dataclass
+class Predictions:
+    """``probabilities[i, j]``: P(attribute j | image i); ``decisions``: probabilities >= threshold."""
+
+    attributes: list[str]
+    probabilities: "torch.Tensor"  # float64 [N, A], on the CPU
+    decisions: "torch.Tensor"  # bool [N, A]
+    threshold: float
+
+    def as_dicts(self) -> list[dict[str, dict]]:
+        """Per image: attribute -> {"probability", "decision"} (what ``aal-k8s predict`` prints)."""
+        return [
+            {a: {"probability": float(p[j]), "decision": bool(d[j])} for j, a in enumerate(self.attributes)}
+            for p, d in zip(self.probabilities, self.decisions)
+        ]
+
+
+class ModelSet:
+    """A final model set loaded for inference; see ``load_model_set``. Picklable."""
+
+    def __init__(self, manifest: dict, classifiers: dict, device: str = "cpu"):
+        self.manifest, self.classifiers, self.device = manifest, classifiers, device
+
+    @property
+    def attributes(self) -> list[str]:
+        return list(self.classifiers)
+
+    def inputs(self, images) -> "torch.Tensor":
+        """Model inputs ``[N, 3, S, S]`` through the one shared preprocessing (``preprocess``):
+        a path or a list of paths, PIL images, or a uint8 tensor ``[N, 3, H, W]`` / ``[3, H, W]``
+        of RGB pixels. A float tensor is taken as model inputs already (normalised, S x S)."""
+        import numpy as np
+        import torch
+
+        if isinstance(images, torch.Tensor):
+            if images.dtype != torch.uint8:
+                return images.to(self.device)
+            batch = images[None] if images.dim() == 3 else images
+            return preprocess_decoded(list(batch), self.manifest, self.device)
+        items = list(images) if isinstance(images, (list, tuple)) else [images]
+        if all(isinstance(x, (str, os.PathLike)) for x in items):
+            return preprocess([os.fspath(x) for x in items], self.manifest, self.device)
+        decoded = []
+        for x in items:
+            if not hasattr(x, "convert"):
+                raise AALError(f"predict: expected image paths, PIL images or a tensor, got {type(x).__name__}")
+            decoded.append(torch.from_numpy(np.asarray(x.convert("RGB"), dtype=np.uint8).copy()).permute(2, 0, 1))
+        return preprocess_decoded(decoded, self.manifest, self.device)
+
+    def predict(self, images, threshold: float | None = None, batch_size: int = 64) -> Predictions:
+        import torch
+
+        if threshold is None:
+            threshold = float(self.manifest.get("output", {}).get("threshold", 0.5))
+        x = self.inputs(images)
+        probs = []
+        with torch.inference_mode():
+            for start in range(0, x.shape[0], batch_size):
+                xb = x[start : start + batch_size]
+                probs.append(torch.stack([torch.sigmoid(net(xb)) for net in self.classifiers.values()], 1).double().cpu())
+        p = torch.cat(probs) if probs else torch.zeros(0, len(self.classifiers), dtype=torch.float64)
+        return Predictions(self.attributes, p, p >= threshold, threshold)
+
+
+def load_model_set(path_or_uri: str, attrs: list[str] | None = None, device: str = "cpu", cache_dir: str | None = None) -> ModelSet:
+    """A final model set, ready to ``predict``: a folder made by ``aal-k8s download``, or an
+    experiment in a store (``s3://bucket/prefix/<experiment>``, ``/path/store/<experiment>``),
+    which is downloaded (verified, resumable) into ``cache_dir`` (default ``~/.cache/aal-k8s/models``)
+    first. ``attrs``: only these attributes."""
+    import hashlib
+
+    from aal_k8s.store import open_store
+
+    path = os.path.expanduser(path_or_uri)
+    if not os.path.isfile(os.path.join(path, MANIFEST)):
+        root, _, experiment = path_or_uri.rstrip("/").rpartition("/")
+        if not root or not experiment:
+            raise AALError(f"{path_or_uri}: neither a downloaded model set nor <store>/<experiment>")
+        exp = ExperimentStore(open_store(root), experiment)
+        cache = cache_dir or os.path.join(os.path.expanduser("~/.cache/aal-k8s"), "models")
+        path = os.path.join(cache, hashlib.sha256(path_or_uri.encode()).hexdigest()[:16])
+        download_final(exp, path, attrs)
+    manifest, nets = load_classifiers(path, attrs, device)
+    return ModelSet(manifest, {m["attribute"]: net for m, net in nets}, device)
