@@ -23,7 +23,7 @@ from aal_k8s.version import package_version
 
 SUBCOMMANDS = ["plan", "pipeline", "submit", "status", "reduce", "final", "report", "worker", "prepare"]
 SUBCOMMANDS += ["logs", "cancel"]  # a run's log, cancelling a stage (both backends; see docs/kubernetes.md)
-SUBCOMMANDS += ["download", "predict", "doctor"]
+SUBCOMMANDS += ["download", "predict", "export", "doctor"]
 SUBCOMMANDS += ["watch", "completion"]
 
 
