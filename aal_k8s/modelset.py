@@ -167,19 +167,23 @@ def load_classifiers(models_dir: str, attrs: list[str] | None = None, device: st
     return manifest, out
 
 
-def find_images(inputs: list[str]) -> list[str]:
-    """Image files named directly, or found (sorted, not recursive) in named folders."""
+def find_images(inputs: list[str], skipped: list[str] | None = None) -> list[str]:
+    """Image files named directly, or found in named folders and their subfolders (sorted by
+    path); ``skipped`` receives the other files found in those folders."""
     found = []
     for p in inputs:
         if os.path.isdir(p):
-            files = sorted(
-                os.path.join(p, f)
-                for f in os.listdir(p)
-                if f.lower().endswith(IMAGE_EXTENSIONS) and os.path.isfile(os.path.join(p, f))
-            )
+            files, others = [], []
+            for folder, dirs, names in os.walk(p):
+                dirs.sort()
+                for f in sorted(names):
+                    (files if f.lower().endswith(IMAGE_EXTENSIONS) else others).append(os.path.join(folder, f))
+            files.sort()
             if not files:
-                raise AALError(f"{p}: no images in this folder ({', '.join(IMAGE_EXTENSIONS)})")
+                raise AALError(f"{p}: no images in this folder or below ({', '.join(IMAGE_EXTENSIONS)})")
             found += files
+            if skipped is not None:
+                skipped += others
         elif os.path.isfile(p):
             found.append(p)
         else:
@@ -229,7 +233,8 @@ def predict(models_dir: str, inputs: list[str], attrs: list[str] | None = None, 
     """Per image and attribute: probability (sigmoid of the logit) and decision (p >= threshold)."""
     import torch
 
-    images = find_images(inputs)
+    skipped: list[str] = []
+    images = find_images(inputs, skipped)
     manifest, nets = load_classifiers(models_dir, attrs, device)
     if threshold is None:
         threshold = float(manifest.get("output", {}).get("threshold", 0.5))
@@ -249,7 +254,7 @@ def predict(models_dir: str, inputs: list[str], attrs: list[str] | None = None, 
                     }
                 )
     return {"models": os.path.abspath(models_dir), "threshold": threshold,
-            "attributes": [m["attribute"] for m, _ in nets], "predictions": rows}  # fmt: skip
+            "attributes": [m["attribute"] for m, _ in nets], "predictions": rows, "skipped": skipped}  # fmt: skip
 
 
 def format_table(result: dict) -> str:

@@ -46,6 +46,9 @@ def run(args) -> int:
     attrs = [a.strip() for a in args.attrs.split(",") if a.strip()] if args.attrs else None
     device = str(pick_device(args.device))
     result = predict(args.models, args.images, attrs, device=device, threshold=args.threshold)
+    if result["skipped"]:  # files in the folders given that are not images: say so, on stderr
+        names = ", ".join(result["skipped"][:3]) + (f" and {len(result['skipped']) - 3} more" if len(result["skipped"]) > 3 else "")
+        print(f"predict: skipped {len(result['skipped'])} file(s) that are not images: {names}", file=sys.stderr)
     if args.format == "json":
         sys.stdout.write(json.dumps(result, indent=1) + "\n")
     elif args.format == "csv":

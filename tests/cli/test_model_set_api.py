@@ -65,3 +65,20 @@ def test_a_model_set_loads_straight_from_the_store_and_pickles(tiny_cfg, images,
 def test_anything_but_paths_images_or_tensors_is_a_one_line_error(models):
     with pytest.raises(AALError, match="expected image paths, PIL images or a tensor, got int"):
         aal_k8s.load_model_set(models).predict([1, 2])
+
+
+def test_predict_searches_folders_recursively_and_says_what_it_skipped(models, images, tmp_path, capsys):
+    import shutil
+
+    from aal_k8s.cli import main
+
+    top = tmp_path / "photos"
+    (top / "b" / "deeper").mkdir(parents=True)
+    shutil.copy(images[0], top / "z.png")
+    shutil.copy(images[1], top / "b" / "deeper" / "a.png")
+    (top / "b" / "notes.txt").write_text("not an image")
+    assert main(["predict", "--models", models, "--format", "csv", str(top)]) == 0
+    captured = capsys.readouterr()
+    rows = captured.out.strip().splitlines()[1:]  # one row per image and attribute
+    assert list(dict.fromkeys(r.split(",")[0] for r in rows)) == [str(top / "b" / "deeper" / "a.png"), str(top / "z.png")]
+    assert captured.err.strip() == f"predict: skipped 1 file(s) that are not images: {top / 'b' / 'notes.txt'}"
