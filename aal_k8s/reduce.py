@@ -36,6 +36,7 @@ from aal_k8s.planner import plan_stage
 from aal_k8s.runspec import ABLATION_STAGES
 from aal_k8s.significance import ALPHA
 from aal_k8s.store import ExperimentStore
+from aal_k8s.version import code_version
 
 
 @dataclass
@@ -174,8 +175,6 @@ PARTNER_METHODS = ("pairwise", "affinity", "correlation")
 
 def reduce_experiment(exp: ExperimentStore, cfg: Config) -> ReduceOutput:
     attrs = attribute_names(cfg.dataset.name)
-    from aal_k8s.version import code_version
-
     adv_cfg = cfg.adversarial
     config = cfg.to_dict()
     out = ReduceOutput(
