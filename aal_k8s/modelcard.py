@@ -35,8 +35,9 @@ def model_card(out: ReduceOutput, manifest: dict) -> str:
     prov = out.provenance
     n_test = out.eval_images.get("test")
     sizes = ", ".join(f"{s} {n}" for s, n in prov.split_sizes.items()) or "not recorded"
+    name, dataset = manifest["experiment"], manifest["dataset"]
     lines = [
-        f"# Model card: {manifest['experiment']} ({manifest['dataset']})",
+        f"# Model card: {name}" + ("" if name == dataset else f" ({dataset})"),
         "",
         f"{len(manifest['models'])} stand-alone binary classifiers, one per attribute: a {manifest['backbone']} "
         "backbone and one linear head each, in safetensors (`models/<attribute>.safetensors`, listed with their "

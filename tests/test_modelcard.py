@@ -35,3 +35,9 @@ def test_card_lists_each_classifier_with_its_test_interval_partner_and_lambda():
     assert "images per split: train 300, val 64, test 64" in card
     assert "## Intended use and limits" in card and "Not for identifying people" in card
 
+
+
+def test_card_title_names_the_dataset_only_when_the_experiment_is_named_otherwise():
+    out = sample()
+    assert model_card(out, _manifest(out)).startswith("# Model card: exp (synthetic)\n")
+    assert model_card(out, dict(_manifest(out), experiment="synthetic")).startswith("# Model card: synthetic\n")
