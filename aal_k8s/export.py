@@ -98,11 +98,10 @@ def _torch_export(module: nn.Module, x: torch.Tensor, path: str) -> torch.Tensor
 
 def _onnx(module: nn.Module, x: torch.Tensor, path: str) -> torch.Tensor:
     try:
-        import onnxruntime  # noqa: F401 - the check below needs it
+        import onnxruntime  # the check below runs the exported file in it
         import onnxscript  # noqa: F401 - torch.onnx's exporter needs it
     except ImportError:
         raise AALError('export: ONNX needs onnx, onnxscript and onnxruntime (pip install "aal-k8s[onnx]")') from None
-    import onnxruntime
 
     torch.onnx.export(module, (x,), path, input_names=["x"], output_names=["logits"],
                       dynamic_shapes={"x": {0: "batch"}}, dynamo=True)  # fmt: skip
