@@ -65,3 +65,13 @@ def test_an_export_that_deviates_from_the_eager_model_is_not_written(models, tmp
     err = capsys.readouterr().err
     assert "deviates from the eager model by 1" in err and len(err.strip().splitlines()) == 1
     assert not out.exists() and not (tmp_path / "bad.pt.json").exists()
+
+
+def test_onnx_without_its_packages_is_a_one_line_error(models, tmp_path, monkeypatch, capsys):
+    import sys
+
+    monkeypatch.setitem(sys.modules, "onnxscript", None)  # as if not installed
+    assert main(["export", "--models", models, "--format", "onnx", "-o", str(tmp_path / "x.onnx")]) == 2
+    err = capsys.readouterr().err
+    assert err.strip() == 'aal-k8s: error: export: ONNX needs onnx, onnxscript and onnxruntime (pip install "aal-k8s[onnx]")'
+    assert not (tmp_path / "x.onnx").exists()
