@@ -172,11 +172,14 @@ def test_two_concurrent_workers_of_one_run_commit_exactly_one_result(s3_uri, tin
     keys = exp.store.list(exp.key("runs", spec.run_id))
     logs = [k for k in keys if k.endswith("/worker.log")]  # each attempt's log (aal_k8s.worker.ATTEMPT_LOG)
     assert len(logs) == 2 and any(f"/{winner}/" in k for k in logs)
-    keys = [k for k in keys if k not in logs]
+    events = [k for k in keys if "/tensorboard/events.out.tfevents" in k]  # aal_k8s.events: the winner's only
+    assert len(events) == 1 and f"/{winner}/" in events[0]
+    keys = [k for k in keys if k not in logs and k not in events]
     assert keys == sorted([
         exp.run_key(spec.run_id, "spec.json"),
         exp.run_key(spec.run_id, "metrics.json"),
         exp.attempt_key(spec.run_id, "best.safetensors", winner),
+        exp.attempt_key(spec.run_id, "predictions.safetensors", winner),
     ])  # fmt: skip
     assert exp.read_artifact(spec.run_id, "best.safetensors")
     for o, e in outs:
