@@ -109,6 +109,8 @@ class ReduceOutput:
     # against that baseline on test, paired by image and attribute
     paired_test: dict[str, dict] = field(default_factory=dict)
     final_same_as: list[str] = field(default_factory=list)  # baseline keys whose runs are the final set's
+    # a -> {"val": [val accuracy of a per epoch], "best_epoch": n}: the final classifier's training curve
+    final_curves: dict[str, dict] = field(default_factory=dict)
     provenance: Provenance = field(default_factory=Provenance)
 
     def to_json(self) -> dict:
@@ -314,6 +316,10 @@ def reduce_experiment(exp: ExperimentStore, cfg: Config) -> ReduceOutput:
         else:
             out.final[a] = single
     out.missing = {stage: list(dict.fromkeys(ids)) for stage, ids in out.missing.items()}  # a run may serve two methods
+    for a, c in out.final.items():
+        history = (preds.records.get(c.run_id) or {}).get("history") or []
+        if history:
+            out.final_curves[a] = {"val": [h["val_acc"][a] for h in history], "best_epoch": preds.records[c.run_id]["best_epoch"]}
     if out.final and len(out.final) == len(attrs):
         baselines = _baseline_runs(out, single_run, pair_run, multi_run)
         final_runs = {a: out.final[a].run_id for a in attrs}

@@ -646,6 +646,30 @@ def _lambda_curves(out: ReduceOutput) -> list:
     ]
 
 
+def _training_curves(out: ReduceOutput) -> list:
+    """Validation accuracy per epoch of each final classifier's run (best epoch in bold)."""
+    attrs = [a for a in out.attributes if a in out.final_curves]
+    if not attrs:
+        return []
+    epochs = max(len(out.final_curves[a]["val"]) for a in attrs)
+    rows = []
+    for a in attrs:
+        curve = out.final_curves[a]
+        cells = [
+            "" if e >= len(curve["val"]) else (f"**{_pct(curve['val'][e])}**" if e + 1 == curve["best_epoch"] else _pct(curve["val"][e]))
+            for e in range(epochs)
+        ]
+        rows.append([str(out.attributes.index(a) + 1), a, out.final[a].source, *cells])
+    return [
+        Heading(2, "Training curves of the final classifiers"),
+        Para(
+            "Validation accuracy (%) after each epoch of the run each final classifier comes from; bold: the epoch kept "
+            "(best on validation). Every run's full curves (losses, learning rate): its TensorBoard event file in the store."
+        ),
+        Table(["#", "Attribute", "Source", *(f"Epoch {e + 1}" for e in range(epochs))], "rll" + "r" * epochs, rows),
+    ]
+
+
 def _figure2(out: ReduceOutput, figures: dict[str, bytes]) -> list:
     blocks: list = [Heading(2, "Accuracy per attribute (the paper's Figure 2)")]
     if "accuracy_bars" not in figures:
@@ -1047,6 +1071,7 @@ def report_blocks(out: ReduceOutput, experiment: str, figures: dict[str, bytes])
     blocks += _per_attribute(out)
     blocks += _partner_drops(out)
     blocks += _lambda_curves(out)
+    blocks += _training_curves(out)
     blocks += _figure2(out, figures)
     blocks += _final_and_multi(out)
     blocks += _pairwise(out, figures)

@@ -133,3 +133,30 @@ def test_a_method_whose_adversarial_runs_were_never_submitted_reads_not_run_not_
     assert _comparison_row(out, "correlation")[3:5] == ["not run", "not run"]
     out.missing["adversarial"] = ["adv-red_tint-lam1"]  # submitted and not committed: really missing
     assert _comparison_row(out, "correlation")[3].startswith("missing (")
+
+
+def test_training_curves_of_the_final_classifiers_mark_the_epoch_kept():
+    out = sample()
+    out.final_curves = {"square": {"val": [0.70, 0.83, 0.80], "best_epoch": 2}, "ring": {"val": [0.75, 0.80], "best_epoch": 2}}
+    md = render_markdown(out, "exp")
+    section = md[md.index("## Training curves of the final classifiers") :]
+    assert _row(section, "| 1 | square |")[2:] == ["adversarial", "70.00", "**83.00**", "80.00"]
+    assert _row(section, "| 2 | ring |")[2:] == ["single", "75.00", "**80.00**", ""]
+
+
+def test_reduce_keeps_the_final_runs_validation_curve(tmp_path):
+    from aal_k8s.config import load_config
+    from aal_k8s.planner import plan_stage
+    from aal_k8s.reduce import reduce_experiment
+    from aal_k8s.store import ExperimentStore, LocalStore
+
+    cfg = load_config(dataset="synthetic", overrides=[f"store.uri={tmp_path}"])
+    exp = ExperimentStore(LocalStore(str(tmp_path)), cfg.experiment_name)
+    for spec in plan_stage("single", cfg):
+        a = spec.primary[0]
+        history = [{"val_acc": {a: 0.6}}, {"val_acc": {a: 0.9}}, {"val_acc": {a: 0.8}}]
+        exp.commit_run(spec, {}, {"val_acc": {a: 0.9}, "test_acc": {a: 0.9}, "history": history, "best_epoch": 2})
+    for spec in plan_stage("pairwise", cfg):  # nothing drops: no partner, the final set is single-task
+        exp.commit_run(spec, {}, {"val_acc": {h: 0.95 for h in spec.heads}, "test_acc": {h: 0.9 for h in spec.heads}})
+    out = reduce_experiment(exp, cfg)
+    assert out.final_curves["square"] == {"val": [0.6, 0.9, 0.8], "best_epoch": 2}
