@@ -120,6 +120,10 @@ def head_losses(h, weight, bias, labels, loss_w, feat_c, mask=None, impl: str = 
         from aal_k8s import ops
 
         if ops.extension_available():
+            if h.dtype != weight.dtype and not torch.is_autocast_enabled(h.device.type):
+                # bf16 features from an autocast backbone with fp32 heads (the trainer's CUDA
+                # default): the op takes one dtype, so upcast h (exact), as the reference does
+                h = h.to(weight.dtype)
             return ops.fused_heads(h, weight, bias, labels, loss_w, feat_c, mask)
         if impl == "fused":
             raise RuntimeError(f"the fused head extension is not built: {ops.extension_error()}")

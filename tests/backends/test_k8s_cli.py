@@ -251,7 +251,7 @@ def test_the_pipeline_stops_on_a_run_that_fails_in_the_cluster(cli_cluster, k8s_
                 cli_cluster.fail(name, "DeadlineExceeded", "Job was active longer than specified deadline")
 
     cli_cluster.on_watch = fail_all
-    assert main(["pipeline", "--dataset", "synthetic", *_sets(k8s_overrides)]) == 1
+    assert main(["pipeline", "--yes", "--dataset", "synthetic", *_sets(k8s_overrides)]) == 1
     err = capsys.readouterr().err
     assert "failed: DeadlineExceeded: Job was active longer than specified deadline" in err
     assert "pipeline stopped: stage single has failed runs" in err
