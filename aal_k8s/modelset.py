@@ -210,16 +210,12 @@ def preprocess(paths: list[str], manifest: dict, device: str = "cpu"):
     from aal_k8s.data import decode_size
     from aal_k8s.data.common import read_image, resize_decoded
     from aal_k8s.data.pipeline import model_inputs
-    from aal_k8s.errors import DatasetError
 
     inp = manifest["input"]
     first = decode_size(manifest["dataset"])
     out = []
     for path in paths:
-        try:
-            img = read_image(path, any_format=True)
-        except DatasetError as e:
-            raise AALError(e.message) from None
+        img = read_image(path, any_format=True)  # unreadable: a one-line DatasetError naming the file
         if first is not None and tuple(img.shape[1:]) != first:
             img = resize_decoded(img, first)
         # one image at a time: sizes differ, and the result does not depend on the batch
