@@ -40,8 +40,11 @@ def _check_manifest(manifest, where: str) -> dict:
     for key in ("mean", "std"):
         # no default: 0/1 instead of the training normalisation would give confident wrong answers
         v = manifest["input"].get(key)
-        if not (isinstance(v, list) and len(v) == 3 and all(isinstance(x, (int, float)) and not isinstance(x, bool) for x in v)):
-            raise AALError(f"{where}: input.{key} must list 3 numbers (the normalisation the models were trained with), got {v!r}")
+        numbers = isinstance(v, list) and all(isinstance(x, (int, float)) and not isinstance(x, bool) for x in v)
+        if not (numbers and len(v) == 3):
+            raise AALError(
+                f"{where}: input.{key} must list 3 numbers (the normalisation the models were trained with), got {v!r}"
+            )
     if not all(x > 0 for x in manifest["input"]["std"]):
         raise AALError(f"{where}: input.std must be positive, got {manifest['input']['std']!r}")
     if manifest.get("dataset") not in DATASETS:  # it decides how images are decoded and resized
