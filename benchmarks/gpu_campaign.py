@@ -447,7 +447,8 @@ def _target(key, label, target, value, figure, op) -> dict:
         verdict = "not measured"
     else:
         met = value >= target if op == ">=" else value <= target
-        verdict = "met" if met else f"missed ({value / target:.2g}x the target)"
+        r = value / target
+        verdict = "met" if met else f"missed ({r:,.0f}x the target)" if r >= 100 else f"missed ({r:.2g}x the target)"
     return {"key": key, "label": label, "target": target, "value": value, "figure": figure, "verdict": verdict}
 
 
