@@ -206,7 +206,7 @@ def _step(spec, data, at: int = 0, init_state=None) -> Step:
     return seen["step"]
 
 
-def _expected_grads(mode: str, step: Step, n_p: int, lam: float, clip=None) -> dict[str, torch.Tensor]:
+def _expected_grads(mode: str, step: Step, n_p: int, lam: float) -> dict[str, torch.Tensor]:
     """The gradients of each player's objective, written out with plain autograd (paper eq. 4-6 and
     the WGAN critic), on the model and batch of ``step``."""
     net = copy.deepcopy(step.model)
