@@ -41,8 +41,11 @@ def _check_manifest(manifest, where: str) -> dict:
     for key in ("mean", "std"):
         # no default: 0/1 instead of the training normalisation would give confident wrong answers
         v = manifest["input"].get(key)
-        if not (isinstance(v, list) and len(v) == 3 and all(isinstance(x, (int, float)) and not isinstance(x, bool) for x in v)):
-            raise AALError(f"{where}: input.{key} must list 3 numbers (the normalisation the models were trained with), got {v!r}")
+        numbers = isinstance(v, list) and all(isinstance(x, (int, float)) and not isinstance(x, bool) for x in v)
+        if not (numbers and len(v) == 3):
+            raise AALError(
+                f"{where}: input.{key} must list 3 numbers (the normalisation the models were trained with), got {v!r}"
+            )
     if not all(x > 0 for x in manifest["input"]["std"]):
         raise AALError(f"{where}: input.std must be positive, got {manifest['input']['std']!r}")
     if manifest.get("dataset") not in DATASETS:  # it decides how images are decoded and resized
@@ -198,15 +201,9 @@ def preprocess(paths: list[str], manifest: dict, device: str = "cpu"):
     transform (``aal_k8s.data.pipeline.model_inputs``: bilinear resize to the input size,
     normalisation with the manifest's mean/std). ``manifest``: a checked final model set manifest."""
     from aal_k8s.data.common import read_image
-    from aal_k8s.errors import DatasetError
 
-    images = []
-    for path in paths:
-        try:
-            images.append(read_image(path, any_format=True))
-        except DatasetError as e:
-            raise AALError(e.message) from None
-    return preprocess_decoded(images, manifest, device)
+    # unreadable: a one-line DatasetError naming the file
+    return preprocess_decoded([read_image(path, any_format=True) for path in paths], manifest, device)
 
 
 def preprocess_decoded(images, manifest: dict, device: str = "cpu"):
