@@ -124,6 +124,21 @@ class StoreConfig:
     checkpoint_keep: int = 2  # newest checkpoints kept per run attempt (>= 1; older ones deleted)
 
 
+#: botocore's own check of region names (botocore.utils.validate_region_name)
+_REGION = r"[a-zA-Z0-9](?:[a-zA-Z0-9\-]{0,61}[a-zA-Z0-9])?"
+
+
+def _endpoint_ok(url: str) -> bool:
+    from urllib.parse import urlsplit
+
+    try:
+        parts = urlsplit(url)
+        parts.port  # noqa: B018 - raises ValueError on a port that is not a number
+    except ValueError:
+        return False
+    return bool(parts.hostname) and not any(c.isspace() or ord(c) < 32 for c in url)
+
+
 def validate_store(st: StoreConfig) -> list[str]:
     """Impossible ``store.*`` values (choices are checked with the other CHOICES)."""
     problems: list[str] = []
@@ -137,6 +152,10 @@ def validate_store(st: StoreConfig) -> list[str]:
         problems.append("store.endpoint_url: must start with http:// or https://")
     if isinstance(ep, str) and "@" in ep.split("//", 1)[-1].split("/", 1)[0]:
         problems.append("store.endpoint_url: must not contain credentials (user:password@)")
+    elif isinstance(ep, str) and ep.startswith(("http://", "https://")) and not _endpoint_ok(ep):
+        problems.append(f"store.endpoint_url: {ep!r} is not a URL (scheme://host[:port], no spaces)")
+    if isinstance(st.region, str) and st.region and not _full(_REGION, st.region):
+        problems.append(f"store.region: {st.region!r} is not a region name (letters, digits and '-')")
     if isinstance(st.max_attempts, int) and not 1 <= st.max_attempts <= 20:
         problems.append(f"store.max_attempts: must be within [1, 20], got {st.max_attempts}")
     for key in ("connect_timeout", "read_timeout"):

@@ -20,7 +20,7 @@ import os
 import sys
 import traceback
 
-from aal_k8s.errors import EXIT_USAGE, AALError
+from aal_k8s.errors import EXIT_USAGE, AALError, scrub
 
 EXIT_CRASH = 1
 
@@ -35,6 +35,7 @@ def _threads(cfg_threads: int) -> int:
 def execute(store_uri: str, experiment: str, run_id: str, log=None) -> int:
     """Run ``run_id`` to its commit; returns the process exit code."""
     log = log if log is not None else sys.stderr  # resolved per call: a captured stream may be gone
+    log = _Scrubbed(log)  # pod logs and local.log are read by people who must not see credentials
     from aal_k8s.store import ExperimentStore, open_store, store_options_from_env
 
     try:
@@ -65,7 +66,21 @@ def execute(store_uri: str, experiment: str, run_id: str, log=None) -> int:
         return EXIT_CRASH
 
 
+class _Scrubbed:
+    """A text stream that removes credentials (``aal_k8s.errors.scrub``) from what is written."""
+
+    def __init__(self, stream):
+        self.stream = stream
+
+    def write(self, text: str) -> int:
+        return self.stream.write(scrub(text))
+
+    def flush(self) -> None:
+        self.stream.flush()
+
+
 def _record(exp, run_id: str, message: str, code: int, log) -> None:
+    message = scrub(message)
     print(f"run {run_id}: failed: {message}", file=log)
     try:
         exp.record_failure(run_id, message, code)

@@ -15,7 +15,7 @@ import argparse
 import importlib
 import sys
 
-from aal_k8s.errors import AALError
+from aal_k8s.errors import AALError, scrub
 
 SUBCOMMANDS = ["pipeline", "submit", "status", "reduce", "final", "report", "worker", "prepare"]
 SUBCOMMANDS += ["logs", "cancel"]  # a run's log, cancelling a stage (both backends; see docs/kubernetes.md)
@@ -54,8 +54,13 @@ def main(argv: list[str] | None = None) -> int:
     try:
         return int(args.func(args) or 0)
     except AALError as e:
-        print(f"aal-k8s: error: {e.message}", file=sys.stderr)
+        print(f"aal-k8s: error: {scrub(e.message)}", file=sys.stderr)
         return e.exit_code
     except KeyboardInterrupt:
         print("aal-k8s: interrupted", file=sys.stderr)
         return 130
+    except Exception:  # a bug: its traceback helps, but library messages may quote credentials
+        import traceback
+
+        print(scrub(traceback.format_exc()), file=sys.stderr, end="")
+        return 1
