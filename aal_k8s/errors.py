@@ -39,6 +39,11 @@ class StoreError(AALError):
     """The store is unreachable, or an artifact is missing or fails its checksum."""
 
 
+class CorruptRecordError(StoreError):
+    """A run's commit record exists but is truncated, unsealed or altered: the run counts as not
+    committed, and ``submit`` (or its worker) moves the record aside so that the run is retrained."""
+
+
 class StageOrderError(AALError):
     """A stage was asked for before the results it depends on exist."""
 

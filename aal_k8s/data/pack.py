@@ -24,7 +24,6 @@ one machine take a file lock, so one downloads and the others wait.
 from __future__ import annotations
 
 import fcntl
-import hashlib
 import json
 import os
 import sys
@@ -35,6 +34,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
+from aal_k8s.checksums import check_bytes, sha256_hex
 from aal_k8s.errors import DatasetError
 
 FORMAT = "aal-k8s-pack/1"
@@ -52,10 +52,6 @@ def pack_prefix(dataset: str) -> str:
 
 def _join(prefix: str, key: str) -> str:
     return f"{prefix.rstrip('/')}/{key}" if prefix else key
-
-
-def _sha256(data) -> str:
-    return hashlib.sha256(data).hexdigest()
 
 
 def cache_root(cfg=None) -> str:
@@ -101,7 +97,7 @@ def build_pack(
             data = buf.tobytes()
             key = f"{split}/images-{k:05d}.u8"
             store.put_bytes(_join(prefix, key), data)
-            shards.append({"key": key, "count": len(idx), "size": len(data), "sha256": _sha256(data)})
+            shards.append({"key": key, "count": len(idx), "size": len(data), "sha256": sha256_hex(data)})
             total += len(idx)
             rate = total / max(1e-9, time.perf_counter() - t0)
             print(f"prepare {mod.NAME}: {split} {idx[-1] + 1:,}/{n:,} images ({rate:.0f} images/s)", file=log)
@@ -110,7 +106,7 @@ def build_pack(
         entry = {"count": n, "images": shards}
         for name, key, data in (("labels", f"{split}/labels.u8", labels), ("names", f"{split}/names.txt", names)):
             store.put_bytes(_join(prefix, key), data)
-            entry[name] = {"key": key, "size": len(data), "sha256": _sha256(data)}
+            entry[name] = {"key": key, "size": len(data), "sha256": sha256_hex(data)}
         splits[split] = entry
     from aal_k8s.data.common import decoder_name
 
@@ -180,11 +176,7 @@ def parse_manifest(raw: bytes, where: str) -> dict:
 
 
 def _check(data: bytes, f: dict, where: str) -> None:
-    if len(data) != f["size"] or _sha256(data) != f["sha256"]:
-        raise DatasetError(
-            f"{where}: checksum mismatch (expected {f['size']} bytes sha256 {f['sha256'][:12]}..., "
-            f"got {len(data)} bytes sha256 {_sha256(data)[:12]}...)"
-        )
+    check_bytes(where, data, f["sha256"], f["size"], DatasetError)
 
 
 @dataclass
@@ -260,7 +252,7 @@ def fetch(src, prefix: str, cache: str, threads: int = DOWNLOAD_THREADS) -> Loca
     where = src.url(prefix) if prefix else src.url("").rstrip("/")
     raw = src.get_bytes(_join(prefix, MANIFEST))
     manifest = parse_manifest(raw, src.url(_join(prefix, MANIFEST)))
-    folder = os.path.join(cache, PACKS_PREFIX, manifest["dataset"], _sha256(raw)[:16])
+    folder = os.path.join(cache, PACKS_PREFIX, manifest["dataset"], sha256_hex(raw)[:16])
     local = LocalPack(folder, manifest, where)
     os.makedirs(folder, exist_ok=True)
     with open(folder + ".lock", "w") as lock:

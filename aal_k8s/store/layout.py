@@ -11,6 +11,7 @@ Layout under ``<store>/<experiment>/``::
     runs/<run_id>/failure.json               the last failed attempt (ignored once committed)
     runs/<run_id>/local.log                  worker output (local backend)
     runs/<run_id>/metrics.json               the commit record, written LAST, create-only
+    runs/<run_id>/quarantine/metrics-*.json  commit records that failed verification, moved aside
     reduce/summary.json                      reduce output (matrix, partners, lambda, final choice)
     reduce/pairwise_matrix.csv               row = attribute, column = partner, diagonal = single
     reduce/final.csv                         one row per attribute: the chosen classifier
@@ -28,6 +29,11 @@ and carries a sha256 of itself. A run is complete exactly when ``metrics.json`` 
 see only committed runs, and verify size and sha256 of every artifact (and of the record) they
 read. A losing attempt deletes its own files and leaves the winner's alone.
 
+A record that exists but fails verification (truncated by a crashed writer or a broken copy,
+edited, or without its ``record_sha256``) makes the run *not* committed: readers report it by
+name (``record_problem``), and ``submit`` or the run's next worker moves it to
+``quarantine/`` (``quarantine_record``) so that the run is trained and committed again.
+
 Checkpoints are written every epoch under the attempt; the newest ``checkpoint_keep`` of each
 attempt are kept (older ones are deleted only after a newer one is complete). A restarted worker
 (a new attempt) resumes from the newest checkpoint of any attempt whose record and sha256 check
@@ -37,7 +43,6 @@ once the run is committed.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import re
@@ -45,18 +50,17 @@ import socket
 import time
 import uuid
 
-from aal_k8s.errors import StoreError, StoreUnavailableError
+from aal_k8s.checksums import check_bytes, check_file, file_sha256, seal, sha256_hex, unseal
+from aal_k8s.errors import CorruptRecordError, StoreError, StoreUnavailableError
 from aal_k8s.runspec import RunSpec
 from aal_k8s.store.base import Store
+
+__all__ = ["ExperimentStore", "attempt_id", "check_bytes", "check_file", "file_sha256", "sha256_hex"]
 
 COMMIT_FILE = "metrics.json"
 ATTEMPTS = "attempts"
 CHECKPOINTS = "checkpoints"
 _CKPT_RECORD = re.compile(r"attempts/([^/]+)/checkpoints/epoch-(\d+)\.json$")
-
-
-def sha256_hex(data: bytes) -> str:
-    return hashlib.sha256(data).hexdigest()
 
 
 def attempt_id() -> str:
@@ -70,9 +74,8 @@ def attempt_id() -> str:
     return f"{base}-{uuid.uuid4().hex[:8]}"
 
 
-def _self_sha(record: dict) -> str:
-    body = {k: v for k, v in record.items() if k != "record_sha256"}
-    return sha256_hex(json.dumps(body, sort_keys=True).encode())
+RECORD_SHA = "record_sha256"  # the commit record's checksum of itself (aal_k8s.checksums.seal)
+QUARANTINE = "quarantine"
 
 
 class ExperimentStore:
@@ -114,7 +117,41 @@ class ExperimentStore:
             raise StoreError(f"{self.store.url(key)}: not a valid run spec") from None
 
     def is_committed(self, run_id: str) -> bool:
-        return self.store.exists(self.run_key(run_id, COMMIT_FILE))
+        """True when the run's commit record exists and verifies (a corrupt one: False)."""
+        try:
+            return self.read_metrics(run_id) is not None
+        except CorruptRecordError:
+            return False
+
+    def record_problem(self, run_id: str) -> str | None:
+        """Why the run's commit record cannot be trusted (one line, naming it); None when there is
+        no record or it verifies."""
+        try:
+            self.read_metrics(run_id)
+        except CorruptRecordError as e:
+            return e.message
+        return None
+
+    def quarantine_record(self, run_id: str) -> str | None:
+        """Move a commit record that fails verification to ``quarantine/`` so that the run can be
+        trained and committed again; returns the quarantine key, or None when the record is fine
+        or absent. A valid record is never touched: the bytes are checked again right before the
+        delete, so a record another attempt has just committed in its place stays."""
+        key = self.run_key(run_id, COMMIT_FILE)
+        if not self.store.exists(key):
+            return None
+        raw = self.store.get_bytes(key)
+        try:
+            self._parse_record(key, raw)
+            return None
+        except CorruptRecordError:
+            pass
+        stamp = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime())
+        aside = self.run_key(run_id, f"{QUARANTINE}/metrics-{stamp}-{uuid.uuid4().hex[:8]}.json")
+        self.store.put_bytes(aside, raw)
+        if self.store.exists(key) and self.store.get_bytes(key) == raw:
+            self.store.delete(key)
+        return aside
 
     def commit_run(self, spec: RunSpec, artifacts: dict[str, bytes], metrics: dict) -> dict:
         """Upload ``artifacts`` under this attempt, then create the commit record (create-only).
@@ -122,6 +159,7 @@ class ExperimentStore:
         Returns the run's commit record: this attempt's if it won, else the winner's (compare
         ``record["attempt"]`` with ``self.attempt``). The loser's files are deleted."""
         run_id = spec.run_id
+        self.quarantine_record(run_id)  # a corrupt record must not block the create-only write
         existing = self.read_metrics(run_id)
         if existing is not None:
             self.discard_attempt(run_id)
@@ -138,7 +176,7 @@ class ExperimentStore:
             "attempt": self.attempt,
             "committed_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
         }
-        record["record_sha256"] = _self_sha(record)
+        record = seal(record, RECORD_SHA)
         body = json.dumps(record, indent=1).encode()
         if self.store.put_if_absent(self.run_key(run_id, COMMIT_FILE), body):
             won = record
@@ -148,7 +186,7 @@ class ExperimentStore:
             won = self.read_metrics(run_id)
             if won is None:
                 raise StoreError(f"{self.store.url(self.run_key(run_id, COMMIT_FILE))}: commit failed")
-        if won.get("attempt") == self.attempt and won.get("record_sha256") == record["record_sha256"]:
+        if won.get("attempt") == self.attempt and won.get(RECORD_SHA) == record[RECORD_SHA]:
             self.delete_checkpoints(run_id)
         else:
             self.discard_attempt(run_id)
@@ -160,36 +198,43 @@ class ExperimentStore:
             self.store.delete(key)
 
     def read_metrics(self, run_id: str) -> dict | None:
-        """The commit record of ``run_id`` (its own sha256 verified), or None when not committed."""
+        """The commit record of ``run_id`` (its own sha256 verified), or None when not committed;
+        ``CorruptRecordError`` naming it when it is truncated, unsealed or altered."""
         key = self.run_key(run_id, COMMIT_FILE)
         if not self.store.exists(key):
             return None
-        try:
-            record = json.loads(self.store.get_bytes(key))
-        except (json.JSONDecodeError, UnicodeDecodeError):
-            raise StoreError(
-                f"{self.store.url(key)}: commit record is not valid JSON (truncated or corrupted)"
-            ) from None
-        if not isinstance(record, dict):
-            raise StoreError(f"{self.store.url(key)}: commit record is not a JSON object")
-        if "record_sha256" in record and record["record_sha256"] != _self_sha(record):
-            raise StoreError(f"{self.store.url(key)}: checksum mismatch (the commit record was altered)")
+        return self._parse_record(key, self.store.get_bytes(key))
+
+    def _parse_record(self, key: str, raw: bytes) -> dict:
+        where = self.store.url(key)
+        record = unseal(raw, RECORD_SHA, where, "commit record", CorruptRecordError)
+        if not isinstance(record.get("artifacts"), dict):
+            raise CorruptRecordError(f"{where}: commit record lists no artifacts")
         return record
 
     def artifact_key(self, run_id: str, name: str, record: dict | None = None) -> str:
+        """The store key of a committed run's artifact, as its (verified) record lists it."""
         record = record if record is not None else self.read_metrics(run_id)
-        meta = (record or {}).get("artifacts", {}).get(name) or {}
-        return self.key(meta["key"]) if "key" in meta else self.run_key(run_id, name)
+        meta = self._artifact_meta(run_id, name, record)
+        return self.key(meta["key"])
+
+    def _artifact_meta(self, run_id: str, name: str, record: dict | None) -> dict:
+        if record is None:
+            raise StoreError(f"run {run_id} is not committed in {self.store.url(self.key('runs'))}")
+        meta = record["artifacts"].get(name)
+        if meta is None:
+            raise StoreError(f"run {run_id} has no artifact {name!r}")
+        ok = isinstance(meta, dict) and isinstance(meta.get("key"), str) and isinstance(meta.get("sha256"), str)
+        if not ok or isinstance(meta.get("size"), bool) or not isinstance(meta.get("size"), int):
+            # no fallback to a conventional key or to an unchecked read: the record is sealed, so
+            # this only happens with a record from another program
+            raise CorruptRecordError(f"run {run_id}: artifact {name!r} in its commit record lacks key, size or sha256")
+        return meta
 
     def read_artifact(self, run_id: str, name: str) -> bytes:
         """An artifact of a committed run, verified against the size and sha256 in its record."""
-        record = self.read_metrics(run_id)
-        if record is None:
-            raise StoreError(f"run {run_id} is not committed in {self.store.url(self.key('runs'))}")
-        meta = record.get("artifacts", {}).get(name)
-        if meta is None:
-            raise StoreError(f"run {run_id} has no artifact {name!r}")
-        return self.read_verified(self.artifact_key(run_id, name, record), meta["sha256"], meta["size"])
+        meta = self._artifact_meta(run_id, name, self.read_metrics(run_id))
+        return self.read_verified(self.key(meta["key"]), meta["sha256"], meta["size"])
 
     def read_verified(self, key: str, sha256: str, size: int) -> bytes:
         data = self.store.get_bytes(key)
@@ -298,34 +343,22 @@ class ExperimentStore:
         except (json.JSONDecodeError, UnicodeDecodeError):
             raise StoreError(f"{self.store.url(key)}: not valid JSON (truncated or corrupted)") from None
 
+    def put_sealed(self, *parts: str, obj: dict, field: str) -> dict:
+        """Write ``obj`` with its own sha256 under ``field`` (``aal_k8s.checksums.seal``); returns
+        what was written."""
+        sealed = seal(obj, field)
+        self.put_json(*parts, obj=sealed)
+        return sealed
+
+    def get_sealed(self, *parts: str, field: str, what: str) -> dict | None:
+        """A document written by ``put_sealed``, its checksum verified and ``field`` removed; None
+        when absent; ``StoreError`` naming it when truncated, unsealed or altered."""
+        key = self.key(*parts)
+        if not self.store.exists(key):
+            return None
+        doc = unseal(self.store.get_bytes(key), field, self.store.url(key), what)
+        doc.pop(field)
+        return doc
+
     def put_text(self, *parts: str, text: str) -> None:
         self.store.put_bytes(self.key(*parts), text.encode())
-
-
-def check_bytes(where: str, data: bytes, sha256: str, size: int) -> None:
-    """StoreError naming ``where`` unless ``data`` has the expected size and sha256."""
-    got = sha256_hex(data)
-    if len(data) != size or got != sha256:
-        raise StoreError(
-            f"{where}: checksum mismatch (expected {size} bytes sha256 {sha256[:12]}..., "
-            f"got {len(data)} bytes sha256 {got[:12]}...)"
-        )
-
-
-def file_sha256(path: str) -> tuple[int, str]:
-    h = hashlib.sha256()
-    size = 0
-    with open(path, "rb") as f:
-        while chunk := f.read(1 << 20):
-            h.update(chunk)
-            size += len(chunk)
-    return size, h.hexdigest()
-
-
-def check_file(where: str, path: str, sha256: str, size: int) -> None:
-    got_size, got = file_sha256(path)
-    if got_size != size or got != sha256:
-        raise StoreError(
-            f"{where}: checksum mismatch (expected {size} bytes sha256 {sha256[:12]}..., "
-            f"got {got_size} bytes sha256 {got[:12]}...)"
-        )

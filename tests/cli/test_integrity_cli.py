@@ -73,3 +73,168 @@ def test_scrub_removes_userinfo_env_secrets_and_signatures(monkeypatch):
     monkeypatch.setenv("AWS_SESSION_TOKEN", "tok-abcdef")
     out = scrub("GET https://k:s@h/x?X-Amz-Signature=deadbeef token tok-abcdef")
     assert out == "GET https://***@h/x?X-Amz-Signature=*** token ***"
+
+
+# -- corruption that used to be used silently --------------------------------------------------
+import json  # noqa: E402
+import os  # noqa: E402
+
+from test_download_predict import ATTRS, build_model_set  # noqa: E402
+
+from aal_k8s.errors import CorruptRecordError  # noqa: E402
+from aal_k8s.store import ExperimentStore, open_store  # noqa: E402
+
+
+def _flags(overrides):
+    return [x for o in overrides for x in ("--set", o)]
+
+
+def _edit_json(path, change) -> None:
+    doc = json.loads(path.read_text())
+    change(doc)
+    path.write_text(json.dumps(doc, indent=1))
+
+
+def test_an_edited_mean_in_the_stored_manifest_is_refused_by_download(tiny_cfg, tiny_overrides, tmp_path, capsys):
+    exp, _ = build_model_set(tiny_cfg)
+    stored = tmp_path / "store" / "synthetic" / "final" / "manifest.json"
+    _edit_json(stored, lambda m: m["input"]["mean"].__setitem__(0, 0.46))
+    dest = tmp_path / "dl"
+    assert main(["download", "--to", str(dest), *_flags(tiny_overrides)]) == 2
+    line = _one_line(capsys.readouterr().err)
+    assert f"{stored}: checksum mismatch (the final model set manifest was altered" in line
+    assert not (dest / "manifest.json").exists()
+
+
+@pytest.mark.parametrize(
+    "change",
+    [
+        lambda m: m["input"]["std"].__setitem__(1, 0.3),
+        lambda m: m["input"].__setitem__("image_size", 17),
+        lambda m: m["output"].__setitem__("threshold", 0.4),
+        lambda m: m["models"][0].__setitem__("test_acc", 0.99),
+        lambda m: m.pop("manifest_sha256"),
+    ],
+    ids=["std", "image_size", "threshold", "accuracy", "no checksum"],
+)
+def test_an_edited_downloaded_manifest_is_refused_by_predict(change, tiny_cfg, tiny_overrides, tmp_path, capsys):
+    build_model_set(tiny_cfg)
+    dest = tmp_path / "dl"
+    assert main(["download", "--to", str(dest), *_flags(tiny_overrides)]) == 0
+    _edit_json(dest / "manifest.json", change)
+    img = tmp_path / "x.png"
+    from PIL import Image
+
+    Image.new("RGB", (16, 16)).save(img)
+    capsys.readouterr()
+    assert main(["predict", "--models", str(dest), str(img)]) == 2
+    line = _one_line(capsys.readouterr().err)
+    assert str(dest / "manifest.json") in line and ("checksum mismatch" in line or "has no manifest_sha256" in line)
+
+
+def _reduced(cfg):
+    """Committed single-task runs, a final model set, and the sealed reduce summary naming them."""
+    from aal_k8s.planner import plan_stage
+    from aal_k8s.reduce import Choice, ReduceOutput, write_reduce
+
+    exp, _ = build_model_set(cfg)
+    out = ReduceOutput(dataset="synthetic", attributes=ATTRS)
+    for spec in plan_stage("single", cfg):
+        a = spec.primary[0]
+        out.single_val[a] = out.single_test[a] = 0.5
+        out.final[a] = Choice(a, "single", spec.run_id, None, None, 0.5, 0.5)
+    write_reduce(exp, out)
+    return exp
+
+
+@pytest.mark.parametrize(
+    "change, fragment",
+    [
+        (lambda s: s["single_val"].__setitem__("square", 0.99), "checksum mismatch (the reduce summary was altered"),
+        (lambda s: s["final"]["square"].__setitem__("run_id", 7), "checksum mismatch (the reduce summary was altered"),
+        (lambda s: s.pop("summary_sha256"), "reduce summary has no summary_sha256"),
+    ],
+    ids=["accuracy", "run_id", "no checksum"],
+)
+def test_an_edited_reduce_summary_is_refused_by_final_and_report(change, fragment, tiny_cfg, tiny_overrides, tmp_path, capsys):
+    _reduced(tiny_cfg)
+    summary = tmp_path / "store" / "synthetic" / "reduce" / "summary.json"
+    _edit_json(summary, change)
+    for cmd in ("final", "report"):
+        capsys.readouterr()
+        assert main([cmd, *_flags(tiny_overrides)]) == 2
+        line = _one_line(capsys.readouterr().err)
+        assert f"{summary}: {fragment}" in line or f"{summary}: checksum mismatch" in line
+
+
+def test_final_names_a_chosen_run_that_is_not_committed(tiny_cfg, tiny_overrides, tmp_path, capsys):
+    from aal_k8s.reduce import SUMMARY, SUMMARY_SHA
+
+    exp = _reduced(tiny_cfg)
+    summary = exp.get_sealed(*SUMMARY, field=SUMMARY_SHA, what="x")
+    summary["final"]["square"]["run_id"] = "sin-a01-00000000"
+    exp.put_sealed(*SUMMARY, obj=summary, field=SUMMARY_SHA)  # re-sealed on purpose: a consistent but stale summary
+    assert main(["final", *_flags(tiny_overrides)]) == 2
+    assert "run sin-a01-00000000 (the final choice for 'square') is not committed" in _one_line(capsys.readouterr().err)
+
+
+def test_a_commit_record_without_its_checksum_is_not_trusted(tmp_path):
+    from aal_k8s.config import load_config
+    from aal_k8s.planner import plan_stage
+
+    cfg = load_config(dataset="synthetic", overrides=[f"store.uri={tmp_path}"])
+    spec = plan_stage("single", cfg)[0]
+    exp = ExperimentStore(open_store(str(tmp_path)), "e")
+    exp.commit_run(spec, {"best.safetensors": b"w"}, {"val_acc": {"square": 0.5}})
+    path = tmp_path / "e" / "runs" / spec.run_id / "metrics.json"
+    _edit_json(path, lambda r: (r.pop("record_sha256"), r["val_acc"].__setitem__("square", 0.9)))
+    with pytest.raises(CorruptRecordError, match=r"metrics.json: commit record has no record_sha256"):
+        exp.read_metrics(spec.run_id)
+    assert not exp.is_committed(spec.run_id)
+
+
+def test_a_truncated_commit_record_is_named_by_status_and_reduce_and_submit_retrains_the_run(
+    tiny_overrides, tmp_path, capsys
+):
+    argv = ["--attrs", "square", *_flags(tiny_overrides)]
+    assert main(["submit", "--stage", "single", *argv]) == 0
+    [record] = list((tmp_path / "store" / "synthetic" / "runs").glob("*/metrics.json"))
+    run_id = record.parent.name
+    good = record.read_bytes()
+    record.write_bytes(good[: len(good) // 2])  # a writer killed half-way, or a broken copy
+    capsys.readouterr()
+
+    assert main(["status", "--stage", "single", *_flags(tiny_overrides)]) == 0
+    out = capsys.readouterr().out
+    assert f"single {run_id}: {record}: commit record is not valid JSON (truncated or corrupted)" in out
+
+    assert main(["reduce", *_flags(tiny_overrides)]) == 0
+    summary = json.loads((tmp_path / "store" / "synthetic" / "reduce" / "summary.json").read_text())
+    assert run_id in summary["missing"]["single"] and "truncated" in summary["failed"][run_id]
+
+    capsys.readouterr()
+    assert main(["submit", "--stage", "single", *argv]) == 0
+    err = capsys.readouterr().err
+    assert f"run {run_id}: {record}: commit record is not valid JSON" in err and "moved to" in err
+    assert "already complete" not in err
+    exp = ExperimentStore(open_store(str(tmp_path / "store")), "synthetic")
+    assert exp.is_committed(run_id) and exp.read_metrics(run_id)["val_acc"]  # retrained and committed again
+    [aside] = os.listdir(record.parent / "quarantine")
+    assert (record.parent / "quarantine" / aside).read_bytes() == good[: len(good) // 2]
+
+
+def test_quarantine_moves_only_a_record_that_fails_verification_and_a_commit_then_succeeds(tmp_path):
+    from aal_k8s.config import load_config
+    from aal_k8s.planner import plan_stage
+
+    cfg = load_config(dataset="synthetic", overrides=[f"store.uri={tmp_path}"])
+    spec = plan_stage("single", cfg)[0]
+    exp = ExperimentStore(open_store(str(tmp_path)), "e", attempt="a1")
+    exp.commit_run(spec, {"best.safetensors": b"w"}, {"val_acc": {"square": 0.5}})
+    assert exp.quarantine_record(spec.run_id) is None and exp.is_committed(spec.run_id)  # valid: untouched
+    record = tmp_path / "e" / "runs" / spec.run_id / "metrics.json"
+    record.write_bytes(record.read_bytes()[:40])
+    again = ExperimentStore(open_store(str(tmp_path)), "e", attempt="a2")
+    won = again.commit_run(spec, {"best.safetensors": b"w2"}, {"val_acc": {"square": 0.6}})
+    assert won["attempt"] == "a2" and again.read_metrics(spec.run_id)["val_acc"] == {"square": 0.6}
+    assert len(os.listdir(record.parent / "quarantine")) == 1
