@@ -11,6 +11,7 @@ Unknown keys, wrong types and impossible values raise one ``ConfigError`` listin
 from __future__ import annotations
 
 import dataclasses
+import math
 import os
 import types
 import typing
@@ -369,6 +370,23 @@ def parse_overrides(items: list[str]) -> dict:
     return out
 
 
+def _non_finite(obj, prefix: str = "") -> list[str]:
+    """Every float setting that is NaN or +-inf (YAML's .nan / .inf), wherever it sits: a range
+    check such as ``> 0`` lets inf through, and one inf turns every weight into inf."""
+    found = []
+    items = (
+        ((f.name, getattr(obj, f.name)) for f in dataclasses.fields(obj)) if dataclasses.is_dataclass(obj)
+        else obj.items() if isinstance(obj, dict) else enumerate(obj)
+    )  # fmt: skip
+    for k, v in items:
+        key = f"{prefix}[{k}]" if isinstance(obj, list) else f"{prefix}.{k}" if prefix else str(k)
+        if isinstance(v, float) and not math.isfinite(v):
+            found.append(f"{key}: must be a finite number, got {v}")
+        elif dataclasses.is_dataclass(v) or isinstance(v, (dict, list)):
+            found += _non_finite(v, key)
+    return found
+
+
 def validate(cfg: Config) -> list[str]:
     """Every impossible value in ``cfg``, each naming its key; empty when the config is usable."""
     problems: list[str] = []
@@ -433,7 +451,8 @@ def validate(cfg: Config) -> list[str]:
     if pre not in ("imagenet", "none") and isinstance(pre, str) and not os.path.isfile(pre):
         problems.append(f"model.pretrained: {pre!r} is neither imagenet, none nor an existing file")
     problems += validate_k8s(cfg.k8s)
-    return problems
+    finite = _non_finite(cfg)
+    return finite + _new_keys(finite, problems)  # "must be > 0, got nan" adds nothing
 
 
 def _validate_real_dataset(d: DatasetConfig) -> list[str]:
