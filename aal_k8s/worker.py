@@ -50,7 +50,10 @@ def execute(store_uri: str, experiment: str, run_id: str, log=None) -> int:
             print(f"run {run_id}: its commit record failed verification; moved to "
                   f"{exp.store.url(aside)}, training the run again", file=log)  # fmt: skip
         elif exp.is_committed(run_id):
-            print(f"run {run_id}: already committed, nothing to do", file=log)
+            # a crash between the commit and its cleanup left files behind: finish the cleanup
+            gone = exp.clean_committed(run_id)
+            cleaned = f"; removed {len(gone)} leftover files ({sum(gone.values())} bytes)" if gone else ""
+            print(f"run {run_id}: already committed, nothing to do{cleaned}", file=log)
             return 0
         spec = exp.read_spec(run_id)
         if spec.run_id != run_id:

@@ -20,6 +20,7 @@ from aal_k8s.errors import AALError, scrub
 SUBCOMMANDS = ["pipeline", "submit", "status", "reduce", "final", "report", "worker", "prepare"]
 SUBCOMMANDS += ["logs", "cancel"]  # a run's log, cancelling a stage (both backends; see docs/kubernetes.md)
 SUBCOMMANDS += ["download", "predict", "doctor"]
+SUBCOMMANDS += ["gc"]  # leftovers of crashed workers and publications (dry run by default)
 
 
 class _Parser(argparse.ArgumentParser):

@@ -74,6 +74,7 @@ def attempt_id() -> str:
     return f"{base}-{uuid.uuid4().hex[:8]}"
 
 
+TEMP_MAX_AGE = 15 * 60  # seconds: a younger temp file may be a write still in progress
 RECORD_SHA = "record_sha256"  # the commit record's checksum of itself (aal_k8s.checksums.seal)
 QUARANTINE = "quarantine"
 
@@ -178,7 +179,18 @@ class ExperimentStore:
         }
         record = seal(record, RECORD_SHA)
         body = json.dumps(record, indent=1).encode()
-        if self.store.put_if_absent(self.run_key(run_id, COMMIT_FILE), body):
+        try:
+            created = self.store.put_if_absent(self.run_key(run_id, COMMIT_FILE), body)
+        except StoreUnavailableError:
+            # every answer lost: the record may exist all the same; ours if it holds our bytes
+            try:
+                landed = self.read_metrics(run_id)
+            except StoreError:
+                landed = None
+            if landed is None or landed.get(RECORD_SHA) != record[RECORD_SHA]:
+                raise
+            created = True
+        if created:
             won = record
         else:
             # Lost, or our own write landed and its response was lost (the retry then sees 412);
@@ -187,10 +199,31 @@ class ExperimentStore:
             if won is None:
                 raise StoreError(f"{self.store.url(self.run_key(run_id, COMMIT_FILE))}: commit failed")
         if won.get("attempt") == self.attempt and won.get(RECORD_SHA) == record[RECORD_SHA]:
-            self.delete_checkpoints(run_id)
+            self.clean_committed(run_id, won)
         else:
             self.discard_attempt(run_id)
         return won
+
+    def leftovers(self, run_id: str, record: dict | None = None) -> dict[str, int]:
+        """``{key: size}`` of a committed run's files that nothing will read again: every key below
+        ``attempts/`` its record does not list (checkpoints of every attempt, a losing attempt's
+        weights) and temp files of interrupted writes below the run. Empty when not committed:
+        an uncommitted run's files may belong to a worker that is still running."""
+        record = record if record is not None else self.read_metrics(run_id)
+        if record is None:
+            return {}
+        keep = {self.key(m["key"]) for m in record["artifacts"].values() if isinstance(m, dict) and "key" in m}
+        found = {k: n for k, n in self.store.list_sizes(self.key("runs", run_id, ATTEMPTS)).items() if k not in keep}
+        found.update(self.store.temp_files(self.key("runs", run_id), TEMP_MAX_AGE))
+        return found
+
+    def clean_committed(self, run_id: str, record: dict | None = None) -> dict[str, int]:
+        """Delete ``leftovers`` (idempotent: a crash half-way is finished by the next call);
+        returns what was deleted."""
+        found = self.leftovers(run_id, record)
+        for key in found:
+            self.store.delete(key)
+        return found
 
     def discard_attempt(self, run_id: str) -> None:
         """Delete this attempt's files (after another attempt committed the run)."""
@@ -303,12 +336,6 @@ class ExperimentStore:
                 if log is not None:
                     print(f"run {run_id}: skipping checkpoint {self.store.url(rec_key)}: {e}", file=log)
         return None
-
-    def delete_checkpoints(self, run_id: str) -> None:
-        """Every attempt's checkpoints (once the run is committed they are no longer needed)."""
-        for k in self.store.list(self.key("runs", run_id, ATTEMPTS)):
-            if f"/{CHECKPOINTS}/" in k:
-                self.store.delete(k)
 
     # -- failures ------------------------------------------------------------------------------
     def record_failure(self, run_id: str, message: str, exit_code: int) -> None:

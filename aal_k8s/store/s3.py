@@ -248,6 +248,17 @@ class S3Store(Store):
             raise self._error(prefix, "listing", e) from None
         return sorted(out)
 
+    def list_sizes(self, prefix: str) -> dict[str, int]:
+        full = self._key(prefix).rstrip("/") + "/" if prefix else (f"{self.prefix}/" if self.prefix else "")
+        strip = len(self.prefix) + 1 if self.prefix else 0
+        out = {}
+        try:
+            for page in self.client.get_paginator("list_objects_v2").paginate(Bucket=self.bucket, Prefix=full):
+                out.update({obj["Key"][strip:]: int(obj["Size"]) for obj in page.get("Contents", [])})
+        except (bx.BotoCoreError, bx.ClientError) as e:
+            raise self._error(prefix, "listing", e) from None
+        return dict(sorted(out.items()))
+
     def delete(self, key: str) -> None:
         try:
             self.client.delete_object(Bucket=self.bucket, Key=self._key(key))
