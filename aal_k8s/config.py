@@ -444,8 +444,10 @@ def validate(cfg: Config) -> list[str]:
             problems.append(f"dataset.synthetic.{key}: must be within [0, 1], got {value}")
     problems += _validate_real_dataset(cfg.dataset)
     name = cfg.experiment_name
-    if isinstance(name, str) and (not name or not all(c.isalnum() or c in "-_." for c in name)):
-        problems.append(f"experiment: {name!r} may only hold letters, digits, '-', '_' and '.'")
+    if isinstance(name, str) and (
+        not name or not all(c.isalnum() or c in "-_." for c in name) or name.startswith(".") or ".." in name
+    ):
+        problems.append(f"experiment: {name!r} may only hold letters, digits, '-', '_' and '.' (not starting with '.')")
     problems += validate_store(cfg.store)
     pre = cfg.model.pretrained
     if pre not in ("imagenet", "none") and isinstance(pre, str) and not os.path.isfile(pre):
@@ -478,6 +480,12 @@ def _new_keys(reported: list[str], more: list[str]) -> list[str]:
     return [p for p in more if p.split(":")[0] not in seen]
 
 
+def _dataset_name(data: dict):
+    """``data["dataset"]["name"]`` when that is where it sits (a wrong shape is _merge's to report)."""
+    section = data.get("dataset")
+    return section.get("name") if isinstance(section, dict) else None
+
+
 def load_config(
     path: str | os.PathLike | None = None,
     overrides: list[str] | None = None,
@@ -494,7 +502,13 @@ def load_config(
         if not p.is_file():
             raise ConfigError([f"config file {str(p)!r} does not exist"])
         try:
-            loaded = yaml.safe_load(p.read_text())
+            text = p.read_bytes().decode("utf-8")
+        except UnicodeDecodeError as e:
+            raise ConfigError([f"config file {str(p)!r} is not UTF-8 text (byte {e.start})"]) from None
+        except OSError as e:
+            raise ConfigError([f"config file {str(p)!r} cannot be read ({e.strerror or type(e).__name__})"]) from None
+        try:
+            loaded = yaml.safe_load(text)
         except yaml.YAMLError as e:
             mark = getattr(e, "problem_mark", None)
             where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
@@ -506,7 +520,7 @@ def load_config(
     if dataset is not None:
         _set_dotted(over, "dataset.name", dataset)
 
-    name = over.get("dataset", {}).get("name") or (data.get("dataset") or {}).get("name") or "synthetic"
+    name = _dataset_name(over) or _dataset_name(data) or "synthetic"
     cfg = Config()
     preset = DATASET_PRESETS.get(name) if isinstance(name, str) else None
     if preset:

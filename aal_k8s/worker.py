@@ -37,8 +37,10 @@ def execute(store_uri: str, experiment: str, run_id: str, log=None) -> int:
     log = log if log is not None else sys.stderr  # resolved per call: a captured stream may be gone
     log = _Scrubbed(log)  # pod logs and local.log are read by people who must not see credentials
     from aal_k8s.store import ExperimentStore, open_store, store_options_from_env
+    from aal_k8s.store.layout import check_name
 
     try:
+        check_name("run id", run_id)  # before anything is opened or written
         options = store_options_from_env(store_uri)
         exp = ExperimentStore(open_store(store_uri, options), experiment)
     except AALError as e:

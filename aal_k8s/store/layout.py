@@ -51,7 +51,7 @@ import time
 import uuid
 
 from aal_k8s.checksums import check_bytes, check_file, file_sha256, seal, sha256_hex, unseal
-from aal_k8s.errors import CorruptRecordError, StoreError, StoreUnavailableError
+from aal_k8s.errors import AALError, CorruptRecordError, StoreError, StoreUnavailableError
 from aal_k8s.runspec import RunSpec
 from aal_k8s.store.base import Store
 
@@ -79,10 +79,22 @@ RECORD_SHA = "record_sha256"  # the commit record's checksum of itself (aal_k8s.
 QUARANTINE = "quarantine"
 
 
+_PLAIN_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,199}")
+
+
+def check_name(kind: str, value) -> str:
+    """``value`` if it is a plain name (letters, digits, '.', '_', '-'; no leading dot, no '..'),
+    else one line naming it: experiment names and run ids become store keys, and a
+    ``--run ../../escape`` must not write outside the experiment."""
+    if not isinstance(value, str) or not _PLAIN_NAME.fullmatch(value) or ".." in value:
+        raise AALError(f"{kind} {value!r} is not a plain name (letters, digits, '.', '_', '-'; not starting with '.')")
+    return value
+
+
 class ExperimentStore:
     def __init__(self, store: Store, experiment: str, attempt: str | None = None):
         self.store = store
-        self.experiment = experiment
+        self.experiment = check_name("experiment", experiment)
         self._attempt = attempt
 
     @property
@@ -93,6 +105,8 @@ class ExperimentStore:
         return self._attempt
 
     def key(self, *parts: str) -> str:
+        if parts[:1] == ("runs",) and len(parts) > 1:
+            check_name("run id", parts[1])
         return "/".join((self.experiment, *parts))
 
     def run_key(self, run_id: str, name: str) -> str:

@@ -81,6 +81,7 @@ import os  # noqa: E402
 
 from test_download_predict import ATTRS, build_model_set  # noqa: E402
 
+from aal_k8s.checksums import seal  # noqa: E402
 from aal_k8s.errors import CorruptRecordError  # noqa: E402
 from aal_k8s.store import ExperimentStore, open_store  # noqa: E402
 
@@ -238,3 +239,84 @@ def test_quarantine_moves_only_a_record_that_fails_verification_and_a_commit_the
     won = again.commit_run(spec, {"best.safetensors": b"w2"}, {"val_acc": {"square": 0.6}})
     assert won["attempt"] == "a2" and again.read_metrics(spec.run_id)["val_acc"] == {"square": 0.6}
     assert len(os.listdir(record.parent / "quarantine")) == 1
+
+
+# -- one-line errors instead of tracebacks (exit 2, nothing written) ---------------------------
+@pytest.mark.parametrize(
+    "config_text, overrides, fragment",
+    [
+        ("dataset: 5\n", [], "dataset: expected a mapping, got 5"),
+        ("dataset: [1, 2]\n", [], "dataset: expected a mapping, got [1, 2]"),
+        (None, ["dataset=5"], "dataset: expected a mapping, got 5"),
+        (b"train:\n  lr: 0.1 \xff\n", [], "is not UTF-8 text (byte 17)"),
+    ],
+    ids=["dataset 5", "dataset list", "--set dataset=5", "not utf-8"],
+)
+def test_a_malformed_config_is_one_line_exit_2_and_writes_nothing(config_text, overrides, fragment, tmp_path, capsys):
+    argv = ["submit", "--stage", "single", "--store", str(tmp_path / "store"), *_flags(overrides)]
+    if config_text is not None:
+        cfg = tmp_path / "exp.yaml"
+        cfg.write_bytes(config_text if isinstance(config_text, bytes) else config_text.encode())
+        argv += ["--config", str(cfg)]
+    assert main(argv) == 2
+    assert fragment in _one_line(capsys.readouterr().err)
+    assert not (tmp_path / "store").exists()
+
+
+def test_predict_on_cuda_without_a_gpu_is_one_line_exit_2(tmp_path, capsys, monkeypatch):
+    import torch
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    assert main(["predict", "--models", str(tmp_path), "--device", "cuda", str(tmp_path)]) == 2
+    assert "--device: cuda was asked for, but this machine has no usable CUDA device" in _one_line(capsys.readouterr().err)
+
+
+@pytest.mark.parametrize("bad", ["", ".", "models", "models/a\0.safetensors", 7, "models/", "../x.safetensors"])
+def test_a_manifest_whose_model_file_is_not_a_model_path_is_one_line_exit_2(bad, tiny_cfg, tiny_overrides, tmp_path, capsys):
+    build_model_set(tiny_cfg)
+    dest = tmp_path / "dl"
+    assert main(["download", "--to", str(dest), *_flags(tiny_overrides)]) == 0
+    manifest = json.loads((dest / "manifest.json").read_text())
+    manifest["models"][0]["file"] = bad
+    (dest / "manifest.json").write_text(json.dumps(seal(manifest, "manifest_sha256")))  # re-sealed: only the path is wrong
+    img = tmp_path / "x.png"
+    from PIL import Image
+
+    Image.new("RGB", (16, 16)).save(img)
+    capsys.readouterr()
+    assert main(["predict", "--models", str(dest), str(img)]) == 2
+    line = _one_line(capsys.readouterr().err)
+    assert f"model file {bad!r}" in line
+
+
+def test_a_re_signed_best_file_that_is_not_safetensors_is_one_line_at_final(tiny_cfg, tiny_overrides, tmp_path, capsys):
+    from aal_k8s.checksums import sha256_hex
+    from aal_k8s.store.layout import RECORD_SHA
+
+    exp = _reduced(tiny_cfg)
+    run_id = exp.get_sealed("reduce", "summary.json", field="summary_sha256", what="x")["final"]["square"]["run_id"]
+    record = exp.read_metrics(run_id)
+    meta = record["artifacts"]["best.safetensors"]
+    junk = b"\x80\x04not safetensors at all"
+    exp.store.put_bytes(exp.key(meta["key"]), junk)
+    meta.update(size=len(junk), sha256=sha256_hex(junk))
+    exp.store.put_bytes(exp.run_key(run_id, "metrics.json"), json.dumps(seal(record, RECORD_SHA)).encode())
+    assert main(["final", *_flags(tiny_overrides)]) == 2
+    assert f"run {run_id}: best.safetensors is not a safetensors file" in _one_line(capsys.readouterr().err)
+
+
+@pytest.mark.parametrize("run_id", ["../../escape", "..", ".hidden", "a/b", ""])
+def test_a_run_id_that_is_not_a_plain_name_is_refused_before_anything_is_written(run_id, tmp_path, capsys):
+    store = tmp_path / "store"
+    assert main(["worker", "--store", str(store), "--experiment", "e", "--run", run_id]) == 2
+    assert f"run id {run_id!r} is not a plain name" in _one_line(capsys.readouterr().err)
+    assert not store.exists() and sorted(os.listdir(tmp_path)) == []
+
+
+@pytest.mark.parametrize("experiment", ["..", ".x", "a..b"])
+def test_an_experiment_name_that_could_leave_the_store_is_refused(experiment, tmp_path, capsys):
+    assert main(["status", "--store", str(tmp_path / "s"), "--experiment", experiment]) == 2
+    assert f"experiment: {experiment!r} may only hold" in _one_line(capsys.readouterr().err)
+    assert main(["worker", "--store", str(tmp_path / "s"), "--experiment", experiment, "--run", "r1"]) == 2
+    assert f"experiment {experiment!r} is not a plain name" in _one_line(capsys.readouterr().err)
+    assert not (tmp_path / "s").exists()
