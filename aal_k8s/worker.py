@@ -23,6 +23,29 @@ import traceback
 from aal_k8s.errors import EXIT_USAGE, AALError, scrub
 
 EXIT_CRASH = 1
+#: Each attempt's own output, copied to the store when it ends (committed, failed, crashed or
+#: stopped), so `aal-k8s logs` works after Kubernetes has deleted the Job and its pods.
+from aal_k8s.store.layout import ATTEMPT_LOG  # noqa: E402 - one name for the attempt log
+
+
+class _Tee:
+    """Writes to ``stream`` and keeps a copy."""
+
+    def __init__(self, stream):
+        self.stream, self.parts = stream, []
+
+    def write(self, text: str) -> int:
+        self.parts.append(text)
+        return self.stream.write(text)
+
+    def flush(self) -> None:
+        self.stream.flush()
+
+    def text(self) -> str:
+        return "".join(self.parts)
+
+    def __getattr__(self, name):  # isatty, encoding... as the stream has them
+        return getattr(self.stream, name)
 
 
 def _threads(cfg_threads: int) -> int:
@@ -34,8 +57,8 @@ def _threads(cfg_threads: int) -> int:
 
 def execute(store_uri: str, experiment: str, run_id: str, log=None) -> int:
     """Run ``run_id`` to its commit; returns the process exit code."""
-    log = log if log is not None else sys.stderr  # resolved per call: a captured stream may be gone
-    log = _Scrubbed(log)  # pod logs and local.log are read by people who must not see credentials
+    raw = log if log is not None else sys.stderr  # resolved per call: a captured stream may be gone
+    log = _Scrubbed(raw)  # pod logs, local.log and worker.log are read by people who must not see credentials
     from aal_k8s.store import ExperimentStore, open_store, store_options_from_env
     from aal_k8s.store.layout import check_name
 
@@ -46,6 +69,17 @@ def execute(store_uri: str, experiment: str, run_id: str, log=None) -> int:
     except AALError as e:
         print(f"run {run_id}: failed: {e.message}", file=log)
         return e.exit_code
+    tee = _Tee(raw)
+    try:
+        return _execute(exp, run_id, _Scrubbed(tee), options)  # scrubbed before the tee keeps a copy
+    finally:  # also on KeyboardInterrupt / SystemExit (SIGTERM: preemption, eviction, cancel)
+        try:
+            exp.store.put_bytes(exp.attempt_key(run_id, ATTEMPT_LOG), tee.text().encode())
+        except Exception as e:  # the store itself may be what failed
+            print(f"run {run_id}: could not copy the log to the store: {e}", file=log)
+
+
+def _execute(exp, run_id: str, log, options) -> int:
     try:
         aside = exp.quarantine_record(run_id)
         if aside is not None:  # truncated or altered: retrain rather than trust or fail forever
@@ -86,6 +120,9 @@ class _Scrubbed:
 
     def flush(self) -> None:
         self.stream.flush()
+
+    def __getattr__(self, name):  # isatty, encoding... as the stream has them
+        return getattr(self.stream, name)
 
 
 def _record(exp, run_id: str, message: str, code: int, log) -> None:

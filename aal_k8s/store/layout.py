@@ -2,12 +2,15 @@
 
 Layout under ``<store>/<experiment>/``::
 
+    experiment.yaml                          the pinned config (create-only; aal_k8s.experiment)
     runs/<run_id>/spec.json                  the RunSpec (written at submit time)
     runs/<run_id>/attempts/<attempt>/best.safetensors
                                              weights of the best epoch, written by one attempt
     runs/<run_id>/attempts/<attempt>/checkpoints/epoch-0003.pt     a checkpoint (torch.save of
     runs/<run_id>/attempts/<attempt>/checkpoints/epoch-0003.json   tensors/primitives) and its
                                              record (size, sha256), written after it
+    runs/<run_id>/attempts/<attempt>/worker.log
+                                             that attempt's log, copied when it ends (aal_k8s.worker)
     runs/<run_id>/failure.json               the last failed attempt (ignored once committed)
     runs/<run_id>/local.log                  worker output (local backend)
     runs/<run_id>/metrics.json               the commit record, written LAST, create-only
@@ -77,6 +80,7 @@ def attempt_id() -> str:
 TEMP_MAX_AGE = 15 * 60  # seconds: a younger temp file may be a write still in progress
 RECORD_SHA = "record_sha256"  # the commit record's checksum of itself (aal_k8s.checksums.seal)
 QUARANTINE = "quarantine"
+ATTEMPT_LOG = "worker.log"  # an attempt's log (aal_k8s.worker), kept after the commit
 
 
 _PLAIN_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,199}")
@@ -227,7 +231,10 @@ class ExperimentStore:
         if record is None:
             return {}
         keep = {self.key(m["key"]) for m in record["artifacts"].values() if isinstance(m, dict) and "key" in m}
-        found = {k: n for k, n in self.store.list_sizes(self.key("runs", run_id, ATTEMPTS)).items() if k not in keep}
+        found = {
+            k: n for k, n in self.store.list_sizes(self.key("runs", run_id, ATTEMPTS)).items()
+            if k not in keep and not k.endswith(f"/{ATTEMPT_LOG}")  # logs are small and explain what happened
+        }  # fmt: skip
         found.update(self.store.temp_files(self.key("runs", run_id), TEMP_MAX_AGE))
         return found
 

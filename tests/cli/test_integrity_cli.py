@@ -60,7 +60,8 @@ def test_the_worker_scrubs_secrets_from_its_log_and_its_failure_record(monkeypat
     monkeypatch.setattr(ExperimentStore, "read_spec", lambda self, run_id: _FakeSpec(run_id))
     log = io.StringIO()
     assert execute(str(tmp_path), "e", "r1", log=log) == 1
-    text = log.getvalue() + (tmp_path / "e/runs/r1/failure.json").read_text()
+    [stored_log] = (tmp_path / "e/runs/r1/attempts").glob("*/worker.log")  # the attempt's log copy
+    text = log.getvalue() + (tmp_path / "e/runs/r1/failure.json").read_text() + stored_log.read_text()
     assert "sekrit-value-42" not in text and "u:p@" not in text and "***" in text
 
 
@@ -320,3 +321,14 @@ def test_an_experiment_name_that_could_leave_the_store_is_refused(experiment, tm
     assert main(["worker", "--store", str(tmp_path / "s"), "--experiment", experiment, "--run", "r1"]) == 2
     assert f"experiment {experiment!r} is not a plain name" in _one_line(capsys.readouterr().err)
     assert not (tmp_path / "s").exists()
+
+
+def test_a_hand_edited_pinned_experiment_record_is_refused(tiny_overrides, tmp_path, capsys):
+    assert main(["reduce", *_flags(tiny_overrides)]) == 0
+    pinned = tmp_path / "store" / "synthetic" / "experiment.yaml"
+    pinned.write_text(pinned.read_text().replace("epochs: 2", "epochs: 3"))
+    capsys.readouterr()
+    assert main(["reduce", *_flags(tiny_overrides)]) == 2
+    assert f"{pinned}: checksum mismatch or no record_sha256 (the pinned record was altered)" in _one_line(
+        capsys.readouterr().err
+    )

@@ -1,4 +1,4 @@
-"""End to end on a local S3 server: the synthetic pipeline with ``--store s3://...`` gives exactly
+"""End to end on each local S3 server (moto, SeaweedFS): the synthetic pipeline with ``--store s3://...`` gives exactly
 what it gives with the local store; download then predict work on its final model set; the fake
 credentials appear nowhere (output, worker logs, stored objects, reports).
 
@@ -41,22 +41,35 @@ def _cli(args: list[str], env: dict, cwd) -> subprocess.CompletedProcess:
                           text=True, timeout=1200)  # fmt: skip
 
 
+def _pipeline(name: str, store: str, env: dict, work) -> subprocess.CompletedProcess:
+    r = _cli(["pipeline", "--store", store, "--output", str(work / f"{name}-report.md"), *SETTINGS], env, work)
+    assert r.returncode == 0, f"{name} pipeline failed:\n{r.stdout[-3000:]}\n{r.stderr[-3000:]}"
+    return r
+
+
 @pytest.fixture(scope="module")
-def runs(moto_endpoint, tmp_path_factory):
-    """The pipeline once on S3 and once on a local folder, plus everything they printed."""
-    work = tmp_path_factory.mktemp("pipelines")
-    env = subprocess_env(s3_environment(moto_endpoint, str(work)))
+def local_run(tmp_path_factory):
+    """The pipeline once on a local folder (the reference every S3 server is compared with)."""
+    work = tmp_path_factory.mktemp("local-pipeline")
+    local = str(work / "local-store")
+    return {"local": local, "local_run": _pipeline("local", local, subprocess_env(), work)}
+
+
+@pytest.fixture(scope="module")
+def runs(s3_server, local_run, tmp_path_factory):
+    """The pipeline once on the S3 server, the local-folder one, and everything they printed."""
+    work = tmp_path_factory.mktemp(f"pipelines-{s3_server.name}")
+    env = subprocess_env(s3_environment(s3_server.endpoint, str(work), s3_server.session_token))
     for k in ("AWS_PROFILE", "AWS_DEFAULT_PROFILE", "AWS_ENDPOINT_URL_S3", "AAL_K8S_STORE_OPTIONS", "POD_NAME"):
         env.pop(k, None)
-    bucket = make_bucket(moto_endpoint)
+    if not s3_server.session_token:
+        env.pop("AWS_SESSION_TOKEN", None)
+    bucket = make_bucket(s3_server.endpoint)
     s3 = f"s3://{bucket}/team/aal"
-    local = str(work / "local-store")
-    out = {"env": env, "work": work, "bucket": bucket, "s3": s3, "local": local, "outputs": []}
-    for name, store in (("s3", s3), ("local", local)):
-        r = _cli(["pipeline", "--store", store, "--output", str(work / f"{name}-report.md"), *SETTINGS], env, work)
-        assert r.returncode == 0, f"{name} pipeline failed:\n{r.stdout[-3000:]}\n{r.stderr[-3000:]}"
-        out[name + "_run"] = r
-        out["outputs"] += [r.stdout, r.stderr]
+    out = {"env": env, "work": work, "bucket": bucket, "s3": s3, **local_run, "outputs": []}
+    out["s3_run"] = _pipeline("s3", s3, env, work)
+    out["outputs"] += [out["s3_run"].stdout, out["s3_run"].stderr, local_run["local_run"].stdout,
+                       local_run["local_run"].stderr]  # fmt: skip
     return out
 
 

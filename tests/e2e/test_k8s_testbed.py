@@ -1,0 +1,377 @@
+"""The Kubernetes backend against a real control plane (kube-apiserver, the real Job controller and
+scheduler) whose pods really run ``aal-k8s worker``, with runs committed in a real S3 server
+(SeaweedFS on 127.0.0.1, reached by the pods through the Secret's AWS_ENDPOINT_URL).
+
+Tiny synthetic runs, at most two pods at once. Select with ``-m k8s_e2e``.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+
+from aal_k8s.backends.k8s import KubernetesBackend
+from aal_k8s.backends.k8s_manifests import RUN_LABEL, job_name, selector
+from aal_k8s.cli.stages import plan
+from aal_k8s.data import resolve_attributes
+
+REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+pytestmark = [pytest.mark.k8s_e2e, pytest.mark.slow]
+
+TIMEOUT = 300.0  # seconds any one wait below may take on a loaded 2-core machine
+
+
+def raw(fn, *args, **kwargs) -> dict:
+    """An API answer as the server sent it (camelCase JSON), not the client's models."""
+    return json.loads(fn(*args, _preload_content=False, **kwargs).data)
+
+
+def jobs_of(ns) -> dict[str, dict]:
+    return {j["metadata"]["name"]: j for j in raw(ns.batch.list_namespaced_job, ns.name)["items"]}
+
+
+def pods_of(ns, label_selector: str | None = None) -> list[dict]:
+    return raw(ns.core.list_namespaced_pod, ns.name, label_selector=label_selector)["items"]
+
+
+def until(what: str, check, timeout: float = TIMEOUT, every: float = 0.5):
+    deadline = time.monotonic() + timeout
+    while True:
+        got = check()
+        if got:
+            return got
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout:g}s waiting for {what}")
+        time.sleep(every)
+
+
+def specs_for(e2e, cfg, stage: str, attrs: str):
+    exp = e2e.experiment(cfg)
+    return exp, plan(cfg, exp, stage, resolve_attributes(cfg.dataset.name, attrs.split(",")))
+
+
+def api_state(ns, exp, run_id: str, jobs: dict, pods: list[dict]) -> str:
+    """A run's state as the API server (and the store, for commits) shows it, derived here
+    independently of the backend."""
+    if exp.is_committed(run_id):
+        return "complete"
+    job = jobs.get(job_name(exp.experiment, run_id))
+    if job is None:
+        return "not_submitted"
+    conds = {c["type"] for c in job.get("status", {}).get("conditions") or [] if c["status"] == "True"}
+    if "Failed" in conds:
+        return "failed"
+    mine = [p for p in pods if p["metadata"]["labels"].get(RUN_LABEL) == run_id]
+    if any(p["status"].get("phase") == "Running" and not p["metadata"].get("deletionTimestamp") for p in mine):
+        return "running"
+    return "pending"
+
+
+def pod_pid(pod_name: str) -> int | None:
+    """The pid of the local process the stand-in kubelet runs for ``pod_name`` (POD_NAME in its env)."""
+    want = f"POD_NAME={pod_name}".encode()
+    for pid in filter(str.isdigit, os.listdir("/proc")):
+        try:
+            with open(f"/proc/{pid}/environ", "rb") as f:
+                env = f.read().split(b"\0")
+            with open(f"/proc/{pid}/cmdline", "rb") as f:
+                cmd = f.read()
+        except OSError:
+            continue
+        if want in env and b"worker" in cmd:
+            return int(pid)
+    return None
+
+
+# -- 1, 2: submit, names, labels, env, status agreeing with the API --------------------------------
+def test_submitted_runs_get_documented_jobs_whose_pods_commit_and_status_agrees_with_the_api_throughout(e2e):
+    cfg = e2e.config()
+    exp, specs = specs_for(e2e, cfg, "single", "1,2")
+    code, out, err = e2e.cli("submit", "--stage", "single", "--attrs", "1,2", *e2e.sets())
+    assert code == 0 and "stage single: 2 submitted, 0 already complete, 0 failed" in out, err
+    jobs = jobs_of(e2e.ns)
+    assert sorted(jobs) == sorted(f"aal-synthetic-{s.run_id}" for s in specs)  # docs/kubernetes.md
+    for spec in specs:
+        job = jobs[f"aal-synthetic-{spec.run_id}"]
+        assert job["metadata"]["labels"] == {
+            "app.kubernetes.io/name": "aal-k8s", "app.kubernetes.io/part-of": "synthetic",
+            "app.kubernetes.io/component": "worker", "app.kubernetes.io/managed-by": "aal-k8s",
+            "aal-k8s/stage": "single", "aal-k8s/dataset": "synthetic", "aal-k8s/run": spec.run_id,
+            "aal-k8s/attribute": spec.primary[0],
+        }  # fmt: skip
+        assert job["spec"]["template"]["metadata"]["labels"].items() >= job["metadata"]["labels"].items()
+        container = job["spec"]["template"]["spec"]["containers"][0]
+        assert container["envFrom"] == [{"secretRef": {"name": "aal-k8s-store"}}]
+        assert not any(e["name"].startswith("AWS_") for e in container["env"])  # credentials only via the Secret
+    backend = KubernetesBackend(cfg)
+    seen = set()
+
+    def sample() -> bool:
+        before = (jobs_of(e2e.ns), pods_of(e2e.ns, selector(exp.experiment, ["single"])))
+        states = backend.states(specs, exp)
+        after = (jobs_of(e2e.ns), pods_of(e2e.ns, selector(exp.experiment, ["single"])))
+        for spec in specs:
+            got = states[spec.run_id].state
+            api = {api_state(e2e.ns, exp, spec.run_id, *before), api_state(e2e.ns, exp, spec.run_id, *after)}
+            assert got in api, (spec.run_id, got, api, states[spec.run_id].reason)
+            seen.add(got)
+        return all(st.state == "complete" for st in states.values())
+
+    until("both runs to commit", sample, every=0.3)
+    assert {"running", "complete"} <= seen, seen
+    # each pod ran the worker with the manifest's env: the Secret reached the store, POD_NAME (a
+    # fieldRef) names the committing attempt
+    pods = {p["metadata"]["name"]: p for p in pods_of(e2e.ns, selector(exp.experiment, ["single"]))}
+    for spec in specs:
+        record = exp.read_metrics(spec.run_id)
+        assert any(record["attempt"].startswith(name + "-") for name in pods), (record["attempt"], sorted(pods))
+        assert {p["metadata"]["labels"][RUN_LABEL] for p in pods.values()} >= {spec.run_id}
+    code, out, _ = e2e.cli("status", "--stage", "single", *e2e.sets())
+    row = next(ln for ln in out.splitlines() if ln.startswith("single "))
+    assert code == 0 and row.split()[1:] == ["2", "0", "0", "0", "4"]  # complete, running, pending, failed, not submitted
+
+
+def test_submitting_again_while_the_runs_are_going_creates_no_second_job(e2e):
+    argv = ["submit", "--stage", "single", "--attrs", "3", *e2e.sets()]
+    assert e2e.cli(*argv)[0] == 0
+    code, out, err = e2e.cli(*argv)
+    assert code == 0 and "stage single: 1 submitted" in out
+    assert "0 Jobs created in namespace" in err and "1 already there" in err
+    assert len(jobs_of(e2e.ns)) == 1
+    cfg = e2e.config()
+    exp, specs = specs_for(e2e, cfg, "single", "3")
+    until("the run to commit", lambda: exp.is_committed(specs[0].run_id))
+    code, _, err = e2e.cli(*argv)  # and once it is complete: nothing to do
+    assert code == 0 and len(jobs_of(e2e.ns)) == 1 and "already complete" in err
+
+
+# -- 5: deterministic failure, unschedulable runs, bounded patience --------------------------------
+def test_a_worker_exiting_2_fails_its_job_without_retries_and_status_shows_the_workers_message(e2e):
+    cfg = e2e.config()
+    exp, specs = specs_for(e2e, cfg, "single", "1")
+    # The manifest from --dry-run, applied by hand without a submit: the run's spec is not in the
+    # store, which the worker reports as bad input (exit 2), and retrying cannot help.
+    code, out, _ = e2e.cli("submit", "--stage", "single", "--attrs", "1", "--dry-run", *e2e.sets())
+    import yaml
+
+    (manifest,) = [d for d in yaml.safe_load_all(out) if d]
+    e2e.ns.batch.create_namespaced_job(e2e.ns.name, manifest)
+    name = manifest["metadata"]["name"]
+
+    def failed():
+        job = jobs_of(e2e.ns)[name]
+        return any(c["type"] == "Failed" and c["status"] == "True" for c in job["status"].get("conditions") or [])
+
+    until(f"{e2e.ns.name}/{name} to fail", failed)
+    job = jobs_of(e2e.ns)[name]
+    pods = pods_of(e2e.ns, f"{RUN_LABEL}={specs[0].run_id}")
+    assert len(pods) == 1 and job["status"].get("failed") == 1  # no retry: podFailurePolicy FailJob on exit 2
+    assert pods[0]["status"]["containerStatuses"][0]["state"]["terminated"]["exitCode"] == 2
+    code, out, _ = e2e.cli("status", "--stage", "single", *e2e.sets())
+    line = next(ln for ln in out.splitlines() if specs[0].run_id in ln)
+    assert code == 0 and "PodFailurePolicy" in line and "exit 2" in line
+    assert f"worker: run {specs[0].run_id}: no spec at {e2e.store}/" in line
+
+
+def test_an_unschedulable_run_shows_the_schedulers_reason_and_the_pipeline_gives_up_saying_why(e2e):
+    sets = e2e.sets("k8s.gpus=99", "k8s.wait_patience_seconds=6")  # the node has 8
+    code, out, _ = e2e.cli("submit", "--stage", "single", "--attrs", "1", *sets)
+    assert code == 0
+    cfg = e2e.config("k8s.gpus=99")
+    exp, specs = specs_for(e2e, cfg, "single", "1")
+
+    def shown():
+        out = e2e.cli("status", "--stage", "single", *sets)[1]
+        return "Insufficient nvidia.com/gpu" in out and out
+
+    out = until("status to show the scheduler's reason", shown)
+    assert "pending, by reason:" in out and "single 1 runs: Unschedulable: 0/1 nodes are available" in out
+    started = time.monotonic()
+    # a process of its own, so that a pipeline waiting forever fails this test instead of hanging it
+    r = subprocess.run([sys.executable, "-m", "aal_k8s", "pipeline", "--stages", "single", *sets],
+                       capture_output=True, text=True, timeout=120)  # fmt: skip
+    took = time.monotonic() - started
+    assert r.returncode == 1 and took < 60, (r.returncode, took, r.stderr[-2000:])
+    err = r.stderr
+    last = err.strip().splitlines()[-1]
+    assert "gave up waiting: 6 runs of stage single still pending" in last and "k8s.wait_patience_seconds=6" in last
+    named = f"{e2e.ns.name}/{job_name(exp.experiment, sorted(s.run_id for s in plan(cfg, exp, 'single'))[0])}"
+    assert f"{named}: Unschedulable: 0/1 nodes are available: 1 Insufficient nvidia.com/gpu" in last, last
+    assert "Traceback" not in err
+
+
+# -- 3, 6: disruptions and cancel; runs resume from their checkpoints ------------------------------
+#: Long enough (several 1-2 s epochs) to disrupt a run between its first checkpoint and its commit.
+LONGER = ("train.epochs=6", "dataset.synthetic.n_train=1024", "train.lr_decay_epoch=3")
+
+
+def comparable(record: dict) -> dict:
+    """What must be identical between a disturbed and an undisturbed run (all but wall-clock)."""
+    return {
+        "best_epoch": record["best_epoch"],
+        "val_acc": record["val_acc"],
+        "test_acc": record["test_acc"],
+        "history": [{k: v for k, v in e.items() if k != "seconds"} for e in record["history"]],
+        "weights_sha256": record["artifacts"]["best.safetensors"]["sha256"],
+    }
+
+
+def has_checkpoint(exp, run_id: str) -> bool:
+    keys = exp.store.list(exp.key("runs", run_id, "attempts"))
+    return any("/checkpoints/epoch-" in k and k.endswith(".json") for k in keys)
+
+
+def running_pod(ns, run_id: str) -> str | None:
+    for p in pods_of(ns, f"{RUN_LABEL}={run_id}"):
+        if p["status"].get("phase") == "Running" and not p["metadata"].get("deletionTimestamp"):
+            return p["metadata"]["name"]
+    return None
+
+
+def pod_log(pod_name: str) -> str:
+    """The stand-in kubelet keeps a pod's output in /tmp/pod-<pod>/output.log (no pods/log API)."""
+    with open(f"/tmp/pod-{pod_name}/output.log", errors="replace") as f:
+        return f.read()
+
+
+def undisturbed(e2e, attrs: str, *extra: str) -> dict:
+    """The same runs with the local backend, into another experiment of the same bucket."""
+    sets = e2e.sets(*extra, "executor.backend=local", "experiment=reference", "executor.parallel=1")
+    code, _, err = e2e.cli("submit", "--stage", "single", "--attrs", attrs, *sets)
+    assert code == 0, err
+    cfg = e2e.config(*extra, "experiment=reference")
+    exp, specs = specs_for(e2e, cfg, "single", attrs)
+    return {s.run_id: comparable(exp.read_metrics(s.run_id)) for s in specs}
+
+
+def test_a_deleted_pod_and_a_killed_worker_resume_from_their_checkpoints_and_end_bitwise_as_undisturbed_runs(e2e):
+    sets = e2e.sets(*LONGER)
+    cfg = e2e.config(*LONGER)
+    exp, specs = specs_for(e2e, cfg, "single", "1,2")
+    assert e2e.cli("submit", "--stage", "single", "--attrs", "1,2", *sets)[0] == 0
+    disturbed = {}
+    for spec, how in zip(specs, ("delete the pod", "SIGKILL the worker")):
+        pod = until(f"a checkpoint of {spec.run_id}",
+                    lambda: has_checkpoint(exp, spec.run_id) and running_pod(e2e.ns, spec.run_id), every=0.2)  # fmt: skip
+        assert not exp.is_committed(spec.run_id)
+        if how == "delete the pod":
+            e2e.ns.core.delete_namespaced_pod(pod, e2e.ns.name)
+        else:
+            os.kill(until(f"the worker process of pod {pod}", lambda: pod_pid(pod)), signal.SIGKILL)
+        disturbed[spec.run_id] = pod
+    until("both runs to commit", lambda: all(exp.is_committed(s.run_id) for s in specs))
+    want = undisturbed(e2e, "1,2", *LONGER)
+    for spec in specs:
+        record = exp.read_metrics(spec.run_id)
+        assert not record["attempt"].startswith(disturbed[spec.run_id] + "-")  # a new pod committed it
+        pods = {p["metadata"]["name"] for p in pods_of(e2e.ns, f"{RUN_LABEL}={spec.run_id}")}
+        (winner,) = [p for p in pods if record["attempt"].startswith(p + "-")]
+        assert "resuming after epoch" in pod_log(winner)
+        assert int(record["environment"].get("resumed_after_epoch") or 0) >= 1
+        assert comparable(record) == want[spec.run_id]
+    job = jobs_of(e2e.ns)[job_name(exp.experiment, specs[1].run_id)]
+    assert job["status"].get("failed") == 1 and job["status"].get("succeeded") == 1  # exit 137, retried once
+
+
+def test_cancel_removes_jobs_and_pods_leaves_the_store_alone_and_a_later_submit_continues(e2e):
+    sets = e2e.sets(*LONGER)
+    cfg = e2e.config(*LONGER)
+    exp, specs = specs_for(e2e, cfg, "single", "1")
+    run_id = specs[0].run_id
+    assert e2e.cli("submit", "--stage", "single", "--attrs", "1", *sets)[0] == 0
+    until(f"a checkpoint of {run_id}", lambda: has_checkpoint(exp, run_id) and running_pod(e2e.ns, run_id), every=0.2)
+    before = set(exp.store.list(""))
+    code, out, err = e2e.cli("cancel", "--stage", "single", *sets)
+    assert code == 0 and f"cancelled {run_id}" in out and "1 runs cancelled" in out, (out, err)
+    until("the Job and its pod to be gone", lambda: not jobs_of(e2e.ns) and not pods_of(e2e.ns), timeout=120)
+    assert before <= set(exp.store.list("")) and not exp.is_committed(run_id)  # nothing deleted from the store
+    assert e2e.cli("submit", "--stage", "single", "--attrs", "1", *sets)[0] == 0
+    until("the run to commit", lambda: exp.is_committed(run_id))
+    record = exp.read_metrics(run_id)
+    assert int(record["environment"].get("resumed_after_epoch") or 0) >= 1
+    assert comparable(record) == undisturbed(e2e, "1", *LONGER)[run_id]
+
+
+# -- 7: least rights -------------------------------------------------------------------------------
+def controller_kubeconfig(e2e, path) -> str:
+    """k8s/rbac.yaml applied to the test namespace, and a kubeconfig with a token of its
+    aal-k8s-controller ServiceAccount (nothing else bound to it)."""
+    import yaml
+
+    with open(os.path.join(REPO, "k8s", "rbac.yaml")) as f:
+        docs = [d for d in yaml.safe_load_all(f) if d]
+    ns = e2e.ns
+    for d in docs:
+        d["metadata"]["namespace"] = ns.name
+        for s in d.get("subjects") or []:
+            s["namespace"] = ns.name
+        create = {"ServiceAccount": ns.core.create_namespaced_service_account,
+                  "Role": ns.rbac.create_namespaced_role,
+                  "RoleBinding": ns.rbac.create_namespaced_role_binding}[d["kind"]]  # fmt: skip
+        create(ns.name, d)
+    token = ns.core.create_namespaced_service_account_token(
+        "aal-k8s-controller", ns.name, {"spec": {"expirationSeconds": 3600}}
+    ).status.token
+    with open(e2e.testbed.kubeconfig) as f:
+        admin = yaml.safe_load(f)
+    cluster = admin["clusters"][0]
+    config = {
+        "apiVersion": "v1", "kind": "Config", "clusters": [cluster],
+        "users": [{"name": "controller", "user": {"token": token}}],
+        "contexts": [{"name": "controller", "context": {"cluster": cluster["name"], "user": "controller",
+                                                         "namespace": ns.name}}],
+        "current-context": "controller",
+    }  # fmt: skip
+    with open(path, "w") as f:
+        yaml.safe_dump(config, f)
+    return str(path)
+
+
+def test_the_controller_role_of_rbac_yaml_is_enough_to_submit_watch_explain_and_cancel(e2e, tmp_path, monkeypatch):
+    from kubernetes import client
+
+    kubeconfig = controller_kubeconfig(e2e, tmp_path / "controller.kubeconfig")
+    monkeypatch.setenv("KUBECONFIG", kubeconfig)
+    monkeypatch.setattr("kubernetes.config.kube_config.KUBE_CONFIG_DEFAULT_LOCATION", kubeconfig)
+    as_controller = e2e.testbed.api(kubeconfig)
+    with pytest.raises(client.ApiException) as denied:  # the Role is not more than it says
+        client.CoreV1Api(as_controller).read_namespaced_secret("aal-k8s-store", e2e.ns.name)
+    assert denied.value.status == 403
+    cfg = e2e.config()
+    exp, specs = specs_for(e2e, cfg, "single", "1,2,3")
+    outputs = []
+    # run 1 trains; run 2 cannot be scheduled; run 3's Job (applied from --dry-run, no spec in the
+    # store) fails with exit 2 -- all through the controller's token
+    code, out, err = e2e.cli("submit", "--stage", "single", "--attrs", "1", *e2e.sets())
+    outputs += [out, err]
+    assert code == 0, err
+    code, out, err = e2e.cli("submit", "--stage", "single", "--attrs", "2", *e2e.sets("k8s.gpus=99"))
+    outputs += [out, err]
+    assert code == 0, err
+    code, out, err = e2e.cli("submit", "--stage", "single", "--attrs", "3", "--dry-run", *e2e.sets())
+    import yaml
+
+    (manifest,) = [d for d in yaml.safe_load_all(out) if d]
+    client.BatchV1Api(as_controller).create_namespaced_job(e2e.ns.name, manifest)
+    backend = KubernetesBackend(cfg)
+    final = backend.wait([specs[0], specs[2]], exp)  # list + watch
+    assert final[specs[0].run_id].state == "complete" and final[specs[2].run_id].state == "failed"
+    code, out, err = e2e.cli("status", "--stage", "single", *e2e.sets())  # jobs, pods, events, the store
+    outputs += [out, err]
+    row = next(ln for ln in out.splitlines() if ln.startswith("single "))
+    assert code == 0 and row.split()[1:] == ["1", "0", "1", "1", "3"], out
+    assert "Unschedulable: 0/1 nodes are available: 1 Insufficient nvidia.com/gpu" in out
+    assert f"worker: run {specs[2].run_id}: no spec at" in out
+    code, out, err = e2e.cli("cancel", "--stage", "single", *e2e.sets())
+    outputs += [out, err]
+    assert code == 0 and "2 runs cancelled" in out, err
+    until("the cancelled Jobs to be gone", lambda: list(jobs_of(e2e.ns)) == [job_name(exp.experiment, specs[0].run_id)])
+    for text in outputs:
+        assert "403" not in text and "forbidden" not in text.lower(), text
