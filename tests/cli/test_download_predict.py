@@ -300,6 +300,7 @@ def test_predict_and_download_refuse_a_manifest_without_the_training_normalisati
     assert _download(tiny_overrides, dest) == 0
     manifest = json.loads((dest / "manifest.json").read_text())
     del manifest["input"][key]  # used to mean 0 (mean) or 1 (std): silently wrong inputs
+    manifest = seal(manifest, "manifest_sha256")  # re-sealed: the check under test is not the checksum
     (dest / "manifest.json").write_text(json.dumps(manifest))
     capsys.readouterr()
     assert _predict("--models", str(dest), images[0]) == 2
@@ -307,7 +308,7 @@ def test_predict_and_download_refuse_a_manifest_without_the_training_normalisati
     assert f"{dest / 'manifest.json'}: input.{key} must list 3 numbers" in err and len(err.strip().splitlines()) == 1
     assert capsys.readouterr().out == ""
     # the store's manifest is checked the same way before anything is downloaded
-    exp.put_json("final", "manifest.json", obj=manifest)
+    exp.put_sealed("final", "manifest.json", obj=manifest, field="manifest_sha256")
     fresh = tmp_path / "fresh"
     assert _download(tiny_overrides, fresh) == 2
     err = capsys.readouterr().err

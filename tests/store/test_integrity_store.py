@@ -37,9 +37,9 @@ def _crashed_before_cleanup(root, monkeypatch):
     loser.store.put_bytes(loser.attempt_key(spec.run_id, "best.safetensors"), b"loser weights")
     winner = ExperimentStore(open_store(str(root)), "e", attempt="winner")
     winner.write_checkpoint(spec.run_id, 1, b"W" * 100)
-    monkeypatch.setattr(ExperimentStore, "clean_committed", lambda self, run_id, record=None: {})  # the kill
-    winner.commit_run(spec, {"best.safetensors": b"winner weights"}, {})
-    monkeypatch.undo()
+    with monkeypatch.context() as m:  # the kill
+        m.setattr(ExperimentStore, "clean_committed", lambda self, run_id, record=None: {})
+        winner.commit_run(spec, {"best.safetensors": b"winner weights"}, {})
     temp = root / "e" / "runs" / spec.run_id / "attempts" / "winner" / ".part-abc123"
     temp.write_bytes(b"T" * 50)
     _age(temp)
@@ -146,3 +146,22 @@ def test_a_commit_whose_every_answer_was_lost_still_counts_as_ours(s3_uri, fault
     rec = exp.commit_run(spec, {"best.safetensors": b"w"}, {})
     assert fault_proxy.outcomes("reset_after") >= 3
     assert rec["attempt"] == "solo" and exp.read_artifact(spec.run_id, "best.safetensors") == b"w"
+
+
+def test_gc_on_an_s3_store_lists_a_committed_runs_leftovers_with_their_sizes(s3_uri, capsys, monkeypatch):
+    loser = ExperimentStore(open_store(s3_uri), "e", attempt="loser")
+    spec = _spec()
+    loser.write_spec(spec)
+    loser.write_checkpoint(spec.run_id, 1, b"L" * 100)
+    winner = ExperimentStore(open_store(s3_uri), "e", attempt="winner")
+    with monkeypatch.context() as m:  # the winner is killed between its commit and its cleanup
+        m.setattr(ExperimentStore, "clean_committed", lambda self, run_id, record=None: {})
+        winner.commit_run(spec, {"best.safetensors": b"winner weights"}, {})
+    size = sum(winner.leftovers(spec.run_id).values())
+    assert set(winner.leftovers(spec.run_id)) == {
+        winner.checkpoint_key(spec.run_id, 1, "loser"), winner.checkpoint_key(spec.run_id, 1, "loser", ext="json")
+    }
+    assert main(["gc", "--store", s3_uri, "--experiment", "e"]) == 0
+    assert f"2 files, {size} bytes could be deleted" in capsys.readouterr().out
+    assert main(["gc", "--store", s3_uri, "--experiment", "e", "--delete"]) == 0
+    assert winner.leftovers(spec.run_id) == {} and winner.read_artifact(spec.run_id, "best.safetensors") == b"winner weights"
