@@ -332,3 +332,17 @@ def test_a_hand_edited_pinned_experiment_record_is_refused(tiny_overrides, tmp_p
     assert f"{pinned}: checksum mismatch or no record_sha256 (the pinned record was altered)" in _one_line(
         capsys.readouterr().err
     )
+
+
+def test_a_worker_started_on_a_run_with_a_truncated_record_moves_it_aside_and_retrains(tiny_overrides, tmp_path):
+    """The Kubernetes path: a Job's worker, not submit, is the first to touch the bad record."""
+    import io
+
+    assert main(["submit", "--stage", "single", "--attrs", "square", *_flags(tiny_overrides)]) == 0
+    [record] = list((tmp_path / "store" / "synthetic" / "runs").glob("*/metrics.json"))
+    record.write_bytes(record.read_bytes()[:100])
+    log = io.StringIO()
+    assert execute(str(tmp_path / "store"), "synthetic", record.parent.name, log=log) == 0
+    assert "its commit record failed verification; moved to" in log.getvalue() and "committed by attempt" in log.getvalue()
+    exp = ExperimentStore(open_store(str(tmp_path / "store")), "synthetic")
+    assert exp.is_committed(record.parent.name) and len(os.listdir(record.parent / "quarantine")) == 1
