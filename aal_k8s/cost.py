@@ -109,10 +109,11 @@ class Plan:
             f"{'total':<12}{runs:>8}{done:>11}{self.jobs:>8}{'':>9}{total_h:>11.1f}{self.jobs * self.run_bytes / 1e9:>10.2f}"
         )
         egress = self._downloads_count() * self.pack_bytes
+        pack_gb = self.pack_bytes / 1e9
         if self.pack_bytes and self.downloads == "per node":
-            lines.append(f"dataset egress: {self.pack_bytes / 1e9:.1f} GB per node that runs a pod (the pack, downloaded per node)")
+            lines.append(f"dataset egress: {pack_gb:.1f} GB per node that runs a pod (the pack, downloaded per node)")
         elif self.pack_bytes:
-            lines.append(f"dataset egress: {egress / 1e9:,.1f} GB ({self.pack_bytes / 1e9:.1f} GB pack, downloaded {self.downloads})")
+            lines.append(f"dataset egress: {egress / 1e9:,.1f} GB ({pack_gb:.1f} GB pack, downloaded {self.downloads})")
         else:
             lines.append("dataset egress: none (the dataset is generated in each worker)")
         lines.append(
@@ -172,21 +173,20 @@ def weights_bytes(cfg: Config) -> int:
 def seconds_per_run(cfg: Config, rates: Rates) -> float:
     train, val, test = split_sizes(cfg)
     epochs = cfg.train.epochs
-    return epochs * train / rates.train_images_per_s + (epochs * val + test) / rates.eval_images_per_s + rates.fixed_seconds_per_run
+    training = epochs * train / rates.train_images_per_s
+    evaluation = (epochs * val + test) / rates.eval_images_per_s  # a validation pass per epoch, one test pass
+    return training + evaluation + rates.fixed_seconds_per_run
 
 
 def _committed(exp) -> set[str]:
     """Ids of the experiment's committed runs, from one listing (none when the store is unreadable:
     a plan must work without store credentials)."""
-    from aal_k8s.store.layout import COMMIT_FILE
-
-    root = exp.key("runs") + "/"
     try:
-        keys = exp.store.list(exp.key("runs"))
+        return exp.committed_ids()
     except Exception as e:
-        print(f"warning: cannot list {exp.store.url(root)} ({type(e).__name__}); counting no run as committed", file=sys.stderr)
+        print(f"warning: cannot list {exp.store.url(exp.key('runs'))}/ ({type(e).__name__}); counting no run as committed",
+              file=sys.stderr)  # fmt: skip
         return set()
-    return {k[len(root) :].split("/")[0] for k in keys if k.startswith(root) and k.endswith("/" + COMMIT_FILE)}
 
 
 def _committed_seconds(exp, specs: list[RunSpec]) -> dict[str, float]:
@@ -255,19 +255,22 @@ def build_plan(cfg: Config, exp, stages: list[str], plan_fn) -> Plan:
 
 
 def confirm(plan: Plan, cfg: Config, yes: bool, stdin=None, stderr=None) -> None:
-    """On Kubernetes, above ``plan.confirm_above_jobs`` Jobs: show the plan and ask (``--yes``
-    skips); without a terminal to ask on, an error that says to pass --yes."""
+    """On Kubernetes: show the plan; above ``plan.confirm_above_jobs`` Jobs also ask (``--yes``
+    skips), and without a terminal to ask on refuse with one line that says to pass --yes."""
     from aal_k8s.errors import AALError
 
     stdin, stderr = stdin or sys.stdin, stderr or sys.stderr
-    if cfg.executor.backend != "k8s" or yes or plan.jobs <= cfg.plan.confirm_above_jobs:
+    if cfg.executor.backend != "k8s" or not plan.jobs:
         return
-    if not stdin.isatty():
+    ask = not yes and plan.jobs > cfg.plan.confirm_above_jobs
+    if ask and not stdin.isatty():
         raise AALError(
             f"{plan.jobs} Jobs to create, more than plan.confirm_above_jobs={cfg.plan.confirm_above_jobs}: "
             "pass --yes to create them without asking (`aal-k8s plan` shows what they cost)"
         )
     stderr.write(plan.render())
+    if not ask:
+        return
     stderr.write(f"create {plan.jobs} Jobs? [y/N] ")
     stderr.flush()
     if stdin.readline().strip().lower() not in ("y", "yes"):

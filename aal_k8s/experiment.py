@@ -158,12 +158,8 @@ def _check_unpinned_runs(exp, cfg: Config) -> None:
     runs), not with a forgotten flag that would orphan all of them."""
     from aal_k8s.planner import plan_stage
     from aal_k8s.runspec import DISCOVERY_STAGES
-    from aal_k8s.store.layout import COMMIT_FILE
 
-    root = exp.key("runs") + "/"
-    committed = {
-        k[len(root) :].split("/")[0] for k in exp.store.list(exp.key("runs")) if k.endswith("/" + COMMIT_FILE)
-    }
+    committed = exp.committed_ids()
     if not committed:
         return
     planned = {s.run_id for st in DISCOVERY_STAGES for s in plan_stage(st, cfg)}

@@ -44,8 +44,11 @@ def _check_manifest(manifest, where: str) -> dict:
     for key in ("mean", "std"):
         # no default: 0/1 instead of the training normalisation would give confident wrong answers
         v = manifest["input"].get(key)
-        if not (isinstance(v, list) and len(v) == 3 and all(isinstance(x, (int, float)) and not isinstance(x, bool) for x in v)):
-            raise AALError(f"{where}: input.{key} must list 3 numbers (the normalisation the models were trained with), got {v!r}")
+        numbers = isinstance(v, list) and all(isinstance(x, (int, float)) and not isinstance(x, bool) for x in v)
+        if not (numbers and len(v) == 3):
+            raise AALError(
+                f"{where}: input.{key} must list 3 numbers (the normalisation the models were trained with), got {v!r}"
+            )
     if not all(x > 0 for x in manifest["input"]["std"]):
         raise AALError(f"{where}: input.std must be positive, got {manifest['input']['std']!r}")
     if manifest.get("dataset") not in DATASETS:  # it decides how images are decoded and resized
@@ -230,16 +233,12 @@ def preprocess(paths: list[str], manifest: dict, device: str = "cpu"):
     from aal_k8s.data import decode_size
     from aal_k8s.data.common import read_image, resize_decoded
     from aal_k8s.data.pipeline import model_inputs
-    from aal_k8s.errors import DatasetError
 
     inp = manifest["input"]
     first = decode_size(manifest["dataset"])
     out = []
     for path in paths:
-        try:
-            img = read_image(path, any_format=True)
-        except DatasetError as e:
-            raise AALError(e.message) from None
+        img = read_image(path, any_format=True)  # unreadable: a one-line DatasetError naming the file
         if first is not None and tuple(img.shape[1:]) != first:
             img = resize_decoded(img, first)
         # one image at a time: sizes differ, and the result does not depend on the batch

@@ -367,13 +367,10 @@ class KubernetesBackend(Backend):
     def _committed(self, exp, specs: list[RunSpec]) -> set[str]:
         """Run ids committed in the store: one listing, not one request per run."""
         wanted = {s.run_id for s in specs}
-        root = exp.key("runs") + "/"
         try:
-            keys = exp.store.list(exp.key("runs"))
+            return wanted & exp.committed_ids()
         except Exception:  # a store without listing: ask run by run
             return {r for r in wanted if exp.is_committed(r)}
-        done = {k[len(root) :].split("/")[0] for k in keys if k.startswith(root) and k.endswith("/" + COMMIT_FILE)}
-        return wanted & done
 
     # -- render / submit ---------------------------------------------------------------------
     def render(self, specs: list[RunSpec], exp) -> str:

@@ -91,7 +91,9 @@ def read_image(path: str, any_format: bool = False) -> torch.Tensor:
         with warnings.catch_warnings():
             # torchvision 0.29 deprecates its image decoders in favour of TorchCodec; they work
             warnings.simplefilter("ignore", DeprecationWarning)
-            return decode(data)
+            img = decode(data)
+        # an animated GIF decodes to [frames, 3, H, W]: its first frame, as PIL reads it
+        return img[0] if img.dim() == 4 else img
     except Exception as e:
         reason = (str(e).strip().splitlines() or [type(e).__name__])[0][:120]
         if any_format and decode is not _pil_decode:

@@ -172,6 +172,12 @@ class ExperimentStore:
             self.store.delete(key)
         return aside
 
+    def committed_ids(self) -> set[str]:
+        """Ids of every committed run of the experiment: one listing, not one request per run."""
+        root = self.key("runs") + "/"
+        keys = self.store.list(self.key("runs"))
+        return {k[len(root) :].split("/")[0] for k in keys if k.startswith(root) and k.endswith("/" + COMMIT_FILE)}
+
     def commit_run(self, spec: RunSpec, artifacts: dict[str, bytes], metrics: dict) -> dict:
         """Upload ``artifacts`` under this attempt, then create the commit record (create-only).
 

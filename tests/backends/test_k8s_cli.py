@@ -228,7 +228,8 @@ def test_the_pipeline_runs_every_stage_as_jobs_and_ends_with_the_final_models(
 ):
     kubelet = Kubelet(cli_cluster)
     cli_cluster.on_watch = kubelet
-    sets = _sets([*tiny_overrides, "train.epochs=1", "adversarial.lambdas=[0.5]", "executor.backend=k8s"])
+    sets = _sets([*tiny_overrides, "train.epochs=1", "adversarial.lambdas=[0.5]", "executor.backend=k8s",
+                  "k8s.image=registry.example/aal-k8s:test", "k8s.store_volume_claim=aal-store"])
     report = tmp_path / "report.md"
     assert main(["pipeline", "--dataset", "synthetic", *sets, "--output", str(report)]) == 0
     out = capsys.readouterr().out

@@ -13,6 +13,8 @@ def test_submit_on_k8s_above_the_threshold_creates_no_job_without_yes(cli_cluste
     assert not cli_cluster.jobs
     assert main([*argv, "--yes"]) == 0
     assert len(cli_cluster.jobs) == 15
+    err = capsys.readouterr().err
+    assert "rates: device class h100-target" in err and "pairwise" in err  # the plan is shown all the same
 
 
 def test_the_dry_run_header_says_the_manifests_are_not_for_kubectl_apply(tmp_path, capsys):

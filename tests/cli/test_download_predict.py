@@ -314,3 +314,17 @@ def test_predict_and_download_refuse_a_manifest_without_the_training_normalisati
     err = capsys.readouterr().err
     assert f"final/manifest.json: input.{key} must list 3 numbers" in err and len(err.strip().splitlines()) == 1
     assert not fresh.exists()
+
+
+def test_predict_reads_a_bmp_and_the_first_frame_of_an_animated_gif(model_set, tiny_overrides, images, tmp_path, capsys):
+    dest = tmp_path / "models"
+    assert _download(tiny_overrides, dest, "--attrs", "square") == 0
+    src = Image.open(images[0]).convert("RGB")
+    bmp, gif, first = tmp_path / "same.bmp", tmp_path / "moving.gif", tmp_path / "first.png"
+    src.save(bmp)  # a format torchvision does not decode: read with PIL, same pixels
+    src.save(gif, save_all=True, append_images=[Image.new("RGB", src.size, (255, 0, 0))])
+    Image.open(gif).convert("RGB").save(first)  # the GIF's (palette) first frame, losslessly
+    capsys.readouterr()
+    assert _predict("--models", str(dest), "--format", "json", images[0], str(bmp), str(gif), str(first)) == 0
+    p = [r["attributes"]["square"]["probability"] for r in json.loads(capsys.readouterr().out)["predictions"]]
+    assert p[0] == p[1] and p[2] == p[3]

@@ -80,7 +80,9 @@ def test_k8s_submission_above_the_threshold_asks_and_without_a_terminal_needs_ye
 
     with pytest.raises(AALError, match="15 Jobs to create, more than plan.confirm_above_jobs=10: pass --yes"):
         confirm(Plan15(), cfg, yes=False, stdin=Pipe(), stderr=io.StringIO())
-    confirm(Plan15(), cfg, yes=True, stdin=Pipe(), stderr=io.StringIO())
+    err = io.StringIO()
+    confirm(Plan15(), cfg, yes=True, stdin=Pipe(), stderr=err)
+    assert err.getvalue() == "the plan\n"  # shown, not asked
     err = io.StringIO()
     confirm(Plan15(), cfg, yes=False, stdin=Tty("y\n"), stderr=err)
     assert "the plan" in err.getvalue() and "create 15 Jobs? [y/N]" in err.getvalue()
