@@ -84,8 +84,9 @@ def build_final(exp: ExperimentStore, cfg: Config, out: ReduceOutput) -> dict:
             metadata={"aal_k8s": json.dumps({"attribute": a, "run_id": c.run_id}, sort_keys=True)},
         )
         key = f"final/{MODELS}/{a}-{sha256_hex(data)[:16]}.safetensors"
-        if not exp.store.exists(exp.key(key)):  # content-named: an existing one holds these bytes
-            exp.store.put_bytes(exp.key(key), data)
+        # content-named: a file already there under this name holds (or, if damaged, regains)
+        # these very bytes, so rewriting it never changes what a published manifest points at
+        exp.store.put_bytes(exp.key(key), data)
         entries.append(
             {
                 "attribute": a,
@@ -125,7 +126,7 @@ def build_final(exp: ExperimentStore, cfg: Config, out: ReduceOutput) -> dict:
     keep = {m["file"] for m in manifest["models"]}
     keep |= {m.get("file") for m in (previous or {}).get("models", []) if isinstance(m, dict)}
     for k in exp.store.list(exp.key("final", MODELS)):
-        if exp._relative(k).removeprefix("final/") not in keep:
+        if k.removeprefix(exp.key("final") + "/") not in keep:
             exp.store.delete(k)
     return manifest
 

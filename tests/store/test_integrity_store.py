@@ -165,3 +165,23 @@ def test_gc_on_an_s3_store_lists_a_committed_runs_leftovers_with_their_sizes(s3_
     assert f"2 files, {size} bytes could be deleted" in capsys.readouterr().out
     assert main(["gc", "--store", s3_uri, "--experiment", "e", "--delete"]) == 0
     assert winner.leftovers(spec.run_id) == {} and winner.read_artifact(spec.run_id, "best.safetensors") == b"winner weights"
+
+
+def test_republishing_keeps_the_previous_set_for_its_readers_and_drops_older_ones(tiny_overrides):
+    import json
+    import sys
+
+    sys.path.insert(0, os.path.join(os.path.dirname(__file__), "..", "cli"))
+    from test_download_predict import build_model_set
+
+    from aal_k8s.config import load_config
+
+    def publish(seed):
+        exp, _ = build_model_set(load_config(overrides=[*tiny_overrides, f"train.seed={seed}"], dataset="synthetic"))
+        return exp, {m["file"] for m in json.loads(exp.store.get_bytes(exp.key("final", "manifest.json")))["models"]}
+
+    _, first = publish(0)
+    _, second = publish(1)
+    exp, third = publish(2)
+    on_store = {k.removeprefix(exp.key("final") + "/") for k in exp.store.list(exp.key("final", "models"))}
+    assert on_store == second | third and not first & on_store
