@@ -27,7 +27,7 @@ import shutil
 import sys
 import tempfile
 
-EVENTS_DIR = "tensorboard"
+from aal_k8s.store.layout import EVENTS_DIR  # the store layout names the folder
 
 
 class RunEvents:

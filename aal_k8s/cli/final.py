@@ -2,14 +2,8 @@
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
-
 from aal_k8s.cli.common import add_config_args, examples, open_experiment
-from aal_k8s.errors import StageOrderError
 from aal_k8s.experiment import ensure_pinned
-
-if TYPE_CHECKING:  # imported where used: `aal-k8s --help` stays free of torch
-    from aal_k8s.reduce import ReduceOutput
 
 HELP = "write the final model set (safetensors + manifest) to the store"
 EXAMPLES = examples("aal-k8s final --dataset synthetic")
@@ -19,17 +13,9 @@ def add_arguments(p) -> None:
     add_config_args(p)
 
 
-def load_reduce(exp) -> ReduceOutput:
-    from aal_k8s.reduce import ReduceOutput
-
-    summary = exp.get_json("reduce", "summary.json")
-    if summary is None:
-        raise StageOrderError(f"experiment {exp.experiment!r} has no reduce output: run `aal-k8s reduce` first")
-    return ReduceOutput.from_json(summary)
-
-
 def run(args) -> int:
-    from aal_k8s.final import build_final
+    from aal_k8s.final import build_final  # here: torch, and `aal-k8s --help` imports this module
+    from aal_k8s.reduce import load_reduce
 
     cfg, exp = open_experiment(args)
     out = load_reduce(exp)

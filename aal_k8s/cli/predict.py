@@ -38,13 +38,8 @@ def run(args) -> int:
         raise AALError(f"--threshold: must be within (0, 1), got {args.threshold}")
     if args.device not in ("cpu", "cuda", "auto"):
         raise AALError(f"--device: {args.device!r} is not one of cpu, cuda, auto")
-    if args.device == "cuda":
-        import torch
-
-        if not torch.cuda.is_available():  # else a CUDA traceback from deep inside the first model load
-            raise AALError(f"--device cuda: no CUDA device is available (torch {torch.__version__}); use --device cpu or auto")
     attrs = [a.strip() for a in args.attrs.split(",") if a.strip()] if args.attrs else None
-    device = str(pick_device(args.device))
+    device = str(pick_device(args.device, "--device"))
     result = predict(args.models, args.images, attrs, device=device, threshold=args.threshold)
     if result["skipped"]:  # files in the folders given that are not images: say so, on stderr
         names = ", ".join(result["skipped"][:3]) + (f" and {len(result['skipped']) - 3} more" if len(result["skipped"]) > 3 else "")

@@ -5,7 +5,6 @@ from __future__ import annotations
 import os
 
 from aal_k8s.cli.common import add_config_args, examples, open_experiment
-from aal_k8s.cli.final import load_reduce
 from aal_k8s.store.base import atomic_write
 
 HELP = "write the report (Markdown, HTML with figures, CSVs) to the store (and local files)"
@@ -21,6 +20,8 @@ def add_arguments(p) -> None:
 
 def run(args) -> int:
     cfg, exp = open_experiment(args)
+    from aal_k8s.reduce import load_reduce  # torch: not for `--help`
+
     write_report(exp, load_reduce(exp), args.output)
     print(f"wrote {exp.store.url(exp.key('report', 'report.md'))}")
     print(f"wrote {exp.store.url(exp.key('report', 'report.html'))}")

@@ -251,7 +251,9 @@ def check_source(cfg, store, local: bool) -> None:
 
     ``cfg`` is a DatasetConfig and ``store`` the experiment's store. A pack (in the store, or at
     ``dataset.pack``) is enough; otherwise ``dataset.root`` must be set and, when the runs execute
-    on this machine (``local``), exist. On Kubernetes the root is a path inside the pods, unchecked.
+    on this machine (``local``), exist and hold the dataset's layout: its label files are parsed
+    and its image files listed (not decoded), so an empty or malformed root is one line here, not
+    one failure per run. On Kubernetes the root is a path inside the pods, unchecked.
     """
     import importlib
 
@@ -271,4 +273,5 @@ def check_source(cfg, store, local: bool) -> None:
     if cfg.pack == "auto" and store is not None and store.exists(f"{packs.pack_prefix(cfg.name)}/{packs.MANIFEST}"):
         return
     if local or not cfg.root:
-        source_root(cfg, mod)
+        root = source_root(cfg, mod)
+        mod.final_splits(cfg, mod.read_source(root, cfg.strict_counts))

@@ -64,4 +64,4 @@ def test_predict_on_cuda_without_a_gpu_is_one_line_exit_2(tmp_path, monkeypatch,
     monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
     assert main(["predict", "--models", str(tmp_path), str(tmp_path / "x.png"), "--device", "cuda"]) == 2
     err = capsys.readouterr().err
-    assert len(err.strip().splitlines()) == 1 and "--device cuda: no CUDA device is available" in err
+    assert len(err.strip().splitlines()) == 1 and "--device: cuda was asked for, but this machine has no usable CUDA device" in err
