@@ -91,6 +91,12 @@ class AdversarialConfig:
     dann_alpha: float = 10.0  # alpha of the dann schedule (Ganin & Lempitsky use 10)
     wgan_clip: float = 0.01  # wgan stage: the critic's weights are clipped to [-c, c] after every step (WGAN)
     shared_hidden_layers: int = 2  # shared stage: hidden layers on the frozen multi-task CNN (paper: two)
+    # grid (paper): every lambda trains all epochs. halving: successive halving (ASHA/Hyperband's
+    # rule, aal_k8s.halving): all lambdas train to the first rung, the best 1/eta on validation go on
+    # from their rung checkpoint, until the last survivors reach train.epochs.
+    lambda_search: str = "grid"
+    halving_eta: int = 3  # halving: keep the best floor(n/eta) (at least 1) at every rung
+    halving_rungs: list[int] = field(default_factory=list)  # epochs of the rungs; [] = Hyperband's geometric ones
 
 
 @dataclass
@@ -265,6 +271,7 @@ CHOICES = {
     "adversarial.final_selection": ("best_on_val", "adversarial"),
     "adversarial.partners_from": ("pairwise", "affinity", "correlation"),
     "adversarial.lambda_schedule": ("constant", "dann"),
+    "adversarial.lambda_search": ("grid", "halving"),
     "affinity.measure_on": ("train", "val"),
     "executor.backend": ("local", "k8s"),
     "store.addressing_style": ("auto", "path", "virtual"),
@@ -420,6 +427,14 @@ def validate(cfg: Config) -> list[str]:
         problems.append(f"adversarial.wgan_clip: must be > 0, got {adv.wgan_clip}")
     if isinstance(adv.shared_hidden_layers, int) and adv.shared_hidden_layers < 1:
         problems.append(f"adversarial.shared_hidden_layers: must be >= 1, got {adv.shared_hidden_layers}")
+    if isinstance(adv.halving_eta, int) and adv.halving_eta < 2:
+        problems.append(f"adversarial.halving_eta: must be >= 2, got {adv.halving_eta}")
+    if adv.lambda_search == "halving" and cfg.executor.backend == "k8s":
+        problems.append("adversarial.lambda_search: halving runs on executor.backend local only (no rung Jobs on k8s yet)")
+    rungs = adv.halving_rungs
+    if isinstance(rungs, list) and all(isinstance(r, int) for r in rungs) and isinstance(t.epochs, int):
+        if any(not 1 <= r < t.epochs for r in rungs) or rungs != sorted(set(rungs)):
+            problems.append(f"adversarial.halving_rungs: must be increasing epochs within [1, train.epochs={t.epochs}), got {rungs}")
     for key in ("every", "window"):
         value = getattr(aff, key)
         if isinstance(value, int) and value < 0:

@@ -69,9 +69,14 @@ class ReduceOutput:
     stage_seconds: dict[str, float] = field(default_factory=dict)  # stage -> sum of its committed runs' total seconds
     stage_runs: dict[str, int] = field(default_factory=dict)  # stage -> committed runs
     eval_images: dict[str, int] = field(default_factory=dict)  # "val"/"test" -> images per split (z-test N / M)
+    # -- lambda by successive halving (adversarial.lambda_search: halving; aal_k8s.halving.summary)
+    halving: dict[str, dict] = field(default_factory=dict)  # a -> rungs, decisions, survivors
 
     def to_json(self) -> dict:
-        return asdict(self)
+        d = asdict(self)
+        if not d["halving"]:
+            del d["halving"]  # grid: the summary stays byte for byte what it was before halving existed
+        return d
 
     @classmethod
     def from_json(cls, d: dict) -> "ReduceOutput":
@@ -198,7 +203,11 @@ def reduce_experiment(exp: ExperimentStore, cfg: Config) -> ReduceOutput:
             continue
         chosen = method == out.partners_from
         runs: dict[str, dict[float, dict]] = {}
-        for spec, rec in committed("adversarial", plan_stage("adversarial", cfg, partners), expected=chosen):
+        specs = plan_stage("adversarial", cfg, partners)
+        expected_lams = {}  # a -> the lambdas whose runs must all be committed before one is chosen
+        if chosen and cfg.adversarial.lambda_search == "halving":
+            specs, expected_lams = _halving(exp, cfg, specs, out)
+        for spec, rec in committed("adversarial", specs, expected=chosen):
             a = spec.primary[0]
             runs.setdefault(a, {})[spec.lam] = {
                 "lam": spec.lam,
@@ -212,7 +221,10 @@ def reduce_experiment(exp: ExperimentStore, cfg: Config) -> ReduceOutput:
             out.method_adversarial.setdefault(method, {})[a] = dict(by_lam[lam])
             if chosen:
                 out.adversarial[a] = {repr(r["lam"]): {k: r[k] for k in ("lam", "run_id", "val", "test")} for r in by_lam.values()}
-                if len(by_lam) == len(cfg.adversarial.lambdas):  # lambda is chosen on the full grid only
+                if a in expected_lams:  # halving: among the last rung's survivors, once they all finished
+                    if expected_lams[a] is not None and set(by_lam) == set(expected_lams[a]):
+                        out.chosen_lambda[a] = lam
+                elif len(by_lam) == len(cfg.adversarial.lambdas):  # lambda is chosen on the full grid only
                     out.chosen_lambda[a] = lam
 
     # -- ablations, at each attribute's chosen lambda (only once the adversarial stage is reduced)
@@ -252,6 +264,22 @@ def reduce_experiment(exp: ExperimentStore, cfg: Config) -> ReduceOutput:
             out.final[a] = single
     out.missing = {stage: list(dict.fromkeys(ids)) for stage, ids in out.missing.items()}  # a run may serve two methods
     return out
+
+
+def _halving(exp: ExperimentStore, cfg: Config, specs: list, out: ReduceOutput) -> tuple[list, dict]:
+    """Halving's view of the adversarial runs: the runs still expected (a stopped run never commits
+    and is not missing), each attribute's final survivors (None while rungs are undecided), and
+    its decisions in ``out.halving``; the stopped runs' train time joins the stage's seconds."""
+    from aal_k8s.halving import brackets, progress, summary
+
+    keep, expected = [], {}
+    for a, b in brackets(cfg, specs).items():
+        keep += progress(exp, b).alive
+        out.halving[a] = summary(exp, b)
+        expected[a] = out.halving[a]["survivors"]
+        if out.halving[a]["stopped_seconds"]:
+            out.stage_seconds["adversarial"] = out.stage_seconds.get("adversarial", 0.0) + out.halving[a]["stopped_seconds"]
+    return keep, expected
 
 
 @dataclass

@@ -41,7 +41,12 @@ def plan(cfg: Config, exp: ExperimentStore, stage: str, attributes: list[str] | 
 
 def execute_stage(backend: Backend, exp: ExperimentStore, stage: str, specs: list[RunSpec]) -> SubmitReport:
     print(f"stage {stage}: {len(specs)} runs", file=sys.stderr)
-    report = backend.submit(specs, exp)
+    if stage == "adversarial" and backend.cfg.adversarial.lambda_search == "halving":
+        from aal_k8s.halving import run_halving
+
+        report = run_halving(backend, exp, backend.cfg, specs)
+    else:
+        report = backend.submit(specs, exp)
     if report.skipped:
         print(f"stage {stage}: {len(report.skipped)} already complete, skipped", file=sys.stderr)
     return report

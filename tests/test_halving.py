@@ -1,0 +1,174 @@
+"""λ by successive halving (aal_k8s.halving): the rule on hand-made scores, the store records, and
+real tiny runs through the worker (resume from a rung, a crash between rungs)."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from aal_k8s import halving
+from aal_k8s.backends import SubmitReport
+from aal_k8s.config import load_config
+from aal_k8s.errors import ConfigError
+from aal_k8s.planner import plan_stage
+from aal_k8s.reduce import reduce_experiment
+from aal_k8s.report import render_markdown
+from aal_k8s.store import ExperimentStore, LocalStore
+
+PARTNERS = {"square": "red_tint", "ring": "blue_tint"}
+
+
+def _cfg(tmp_path, *extra):
+    lams = "adversarial.lambdas=[0.1, 0.3, 1.0, 3.0, 10.0]"
+    return load_config(dataset="synthetic", overrides=[f"store.uri={tmp_path}", lams, *extra])
+
+
+def _exp(cfg):
+    return ExperimentStore(LocalStore(cfg.store.uri), cfg.experiment_name)
+
+
+# -- the rule --------------------------------------------------------------------------------------
+def test_decide_keeps_the_best_floor_n_over_eta_in_grid_order_ties_to_the_earlier_lambda():
+    e = [{"lam": lam, "score": s} for lam, s in [(0.1, 0.70), (0.3, 0.80), (1.0, 0.75), (3.0, 0.80), (10.0, 0.60)]]
+    assert halving.decide(e, eta=2) == [0.3, 3.0]  # 5 // 2 = 2 kept, returned in grid order
+    assert halving.decide(e, eta=3) == [0.3]  # 0.3 and 3.0 tie at 0.80: the earlier lambda goes on
+    assert halving.decide(e[:1], eta=3) == [0.1]  # never fewer than one
+
+
+def test_score_at_a_rung_is_the_best_epoch_so_far_of_the_primary_heads():
+    hist = [{"epoch": i + 1, "val_acc": {"a": v, "x": 0.0}} for i, v in enumerate([0.6, 0.8, 0.7, 0.9])]
+    assert halving.score_at(hist, ("a",), 3) == 0.8  # epoch 4 is after the rung: not seen
+    assert halving.score_at(hist[:2], ("a",), 3) is None  # has not reached the rung
+
+
+@pytest.mark.parametrize("eta, rungs, epochs", [(2, [1, 3], 12), (3, [2], 14)])
+def test_automatic_rungs_train_at_most_half_of_the_grid_epochs_for_5_lambdas(eta, rungs, epochs):
+    assert halving.automatic_rungs(5, 6, eta) == rungs
+    assert halving.run_epochs(5, 6, eta, rungs) == epochs <= 5 * 6 / 2  # grid: 5 lambdas x 6 epochs
+
+
+class TableBackend:
+    """Plays the worker from a hand-made metric table: a rung submission writes the rung record,
+    a full one commits; counts the epochs it "trains" (no epoch twice, as the real worker)."""
+
+    name = "table"
+
+    def __init__(self, cfg, table, crash_at=(0, 0)):
+        self.cfg, self.table, self.epochs, self.crash_at, self.calls = cfg, table, 0, crash_at, []
+        self.trained_to: dict[str, int] = {}
+
+    def submit(self, specs, exp, until_epoch=0):
+        self.calls.append((until_epoch, sorted(s.lam for s in specs)))
+        for i, s in enumerate(specs):
+            if until_epoch and (until_epoch, i) == self.crash_at:
+                raise KeyboardInterrupt  # the driver dies after i runs of this rung (i = all: before its decision)
+            if halving.reached(exp, s.run_id, until_epoch) if until_epoch else exp.is_committed(s.run_id):
+                continue  # as the real backends: judged by the store
+            end = until_epoch or self.cfg.train.epochs
+            self.epochs += end - self.trained_to.get(s.run_id, 0)
+            self.trained_to[s.run_id] = end
+            hist = [{"epoch": e, "val_acc": {s.primary[0]: self.table[s.primary[0]][s.lam][e - 1]}} for e in range(1, end + 1)]
+            if until_epoch:
+                halving.write_rung(exp, s.run_id, until_epoch, hist, float(end))
+            else:
+                acc = {s.primary[0]: max(h["val_acc"][s.primary[0]] for h in hist)}
+                exp.commit_run(s, {}, {"val_acc": acc, "test_acc": acc, "heads": s.heads, "history": hist,
+                                       "timings": {"total": float(end)}})  # fmt: skip
+        if until_epoch and (until_epoch, len(specs)) == self.crash_at:
+            raise KeyboardInterrupt
+        return SubmitReport(submitted=[s.run_id for s in specs])
+
+
+# val accuracy per epoch (6 epochs) of each lambda: square's best is 1.0 only when it survives
+TABLE = {
+    "square": {0.1: [.5, .6, .6, .6, .6, .6], 0.3: [.5, .7, .7, .7, .7, .7], 1.0: [.6, .6, .8, .9, .9, .9],
+               3.0: [.4, .5, .5, .5, .5, .5], 10.0: [.3, .3, .3, .3, .3, .3]},
+    "ring": {0.1: [.7] * 6, 0.3: [.6] * 6, 1.0: [.5] * 6, 3.0: [.8, .8, .8, .8, .8, .95], 10.0: [.8] * 6},
+}  # fmt: skip
+
+
+def _decisions(exp, cfg, specs):
+    return {a: halving.summary(exp, b)["decisions"] for a, b in halving.brackets(cfg, specs).items()}
+
+
+SINGLE = {"square": 0.80, "ring": 0.80, "h_stripes": 0.90, "cross": 0.90, "red_tint": 0.99, "blue_tint": 0.99}
+PAIR = {("square", "red_tint"): 0.70, ("ring", "blue_tint"): 0.75}
+
+
+def _discovered(cfg):
+    """Hand-made single and pairwise runs: square's partner is red_tint, ring's blue_tint."""
+    exp = _exp(cfg)
+    for spec in plan_stage("single", cfg):
+        a = spec.primary[0]
+        exp.commit_run(spec, {}, {"val_acc": {a: SINGLE[a]}, "test_acc": {a: SINGLE[a]}, "heads": spec.heads})
+    for spec in plan_stage("pairwise", cfg):
+        a, b = spec.primary
+        acc = {a: PAIR.get((a, b), SINGLE[a] + 0.01), b: PAIR.get((b, a), SINGLE[b] + 0.01)}
+        exp.commit_run(spec, {}, {"val_acc": acc, "test_acc": acc, "heads": spec.heads})
+    partners = reduce_experiment(exp, cfg).partners
+    assert {a: b for a, b in partners.items() if b} == PARTNERS
+    return exp, plan_stage("adversarial", cfg, partners)
+
+
+def test_decisions_on_a_hand_made_table_are_recorded_and_reduce_chooses_among_the_survivors(tmp_path):
+    cfg = _cfg(tmp_path, "adversarial.lambda_search=halving", "adversarial.halving_eta=2")
+    exp, specs = _discovered(cfg)
+    backend = TableBackend(cfg, TABLE)
+    report = halving.run_halving(backend, exp, cfg, specs)
+    assert not report.failed
+    assert [(e, sorted(set(lams))) for e, lams in backend.calls] == [
+        (1, [0.1, 0.3, 1.0, 3.0, 10.0]), (3, [0.1, 1.0, 3.0, 10.0]), (0, [1.0, 3.0])
+    ]  # fmt: skip
+    got = {a: [(d["epoch"], d["survivors"], d["stopped"]) for d in ds] for a, ds in _decisions(exp, cfg, specs).items()}
+    assert got == {
+        "square": [(1, [0.1, 1.0], [0.3, 3.0, 10.0]), (3, [1.0], [0.1])],  # 0.1 ties 0.3 at epoch 1: the earlier goes on
+        "ring": [(1, [3.0, 10.0], [0.1, 0.3, 1.0]), (3, [3.0], [10.0])],
+    }
+    # the decision files are create-only JSON under halving/<attribute>/<bracket>/
+    b = halving.brackets(cfg, specs)["square"]
+    assert json.loads(exp.store.get_bytes(exp.key(*b.decision_parts(1))))["entrants"][2]["score"] == 0.6
+    assert backend.epochs == halving.run_epochs(5, 6, 2, [1, 3]) * 2 == 24  # grid: 2 x 5 x 6 = 60
+
+    out = reduce_experiment(exp, cfg)
+    assert out.chosen_lambda == {"square": 1.0, "ring": 3.0}
+    assert sorted(out.adversarial["square"]) == ["1.0"] and "adversarial" not in out.missing  # stopped: not missing
+    assert out.final["square"].source == "adversarial" and out.final["square"].lam == 1.0
+    assert out.halving["ring"]["survivors"] == [3.0]
+    assert out.stage_seconds["adversarial"] == 24.0  # the stopped runs' epochs count too
+    assert "Lambda by successive halving" in render_markdown(out, "x")
+    rerun = TableBackend(cfg, TABLE)
+    assert not halving.run_halving(rerun, exp, cfg, specs).failed and rerun.epochs == 0  # all done: nothing trains
+
+
+@pytest.mark.parametrize("trained", [0, 2, 4])
+def test_a_crash_between_rungs_reaches_the_same_decisions(tmp_path, trained):
+    ref_cfg = _cfg(tmp_path / "ref", "adversarial.lambda_search=halving", "adversarial.halving_eta=2")
+    ref = _exp(ref_cfg)
+    specs = [s for s in plan_stage("adversarial", ref_cfg, PARTNERS) if s.primary[0] in PARTNERS]
+    halving.run_halving(TableBackend(ref_cfg, TABLE), ref, ref_cfg, specs)
+
+    cfg = _cfg(tmp_path / "crash", "adversarial.lambda_search=halving", "adversarial.halving_eta=2")
+    exp = _exp(cfg)
+    crashing = TableBackend(cfg, TABLE, crash_at=(3, trained))  # after rung 1's decision, `trained` of rung 3's 4 runs
+    with pytest.raises(KeyboardInterrupt):
+        halving.run_halving(crashing, exp, cfg, specs)
+    assert len(_decisions(exp, cfg, specs)["square"]) == 1
+    resumed = TableBackend(cfg, TABLE)
+    resumed.trained_to = dict(crashing.trained_to)
+    assert not halving.run_halving(resumed, exp, cfg, specs).failed
+    assert 1 not in [e for e, _ in resumed.calls]  # rung 1 was decided before the crash: read back, not retaken
+    assert _decisions(exp, cfg, specs) == _decisions(ref, ref_cfg, specs)
+    assert crashing.epochs + resumed.epochs == 24  # no epoch trained twice
+
+
+def test_bad_halving_settings_are_one_line_errors_naming_the_key(tmp_path):
+    for extra, key in [
+        ("adversarial.lambda_search=sometimes", "adversarial.lambda_search"),
+        ("adversarial.halving_eta=1", "adversarial.halving_eta"),
+        ("adversarial.halving_rungs=[3, 2]", "adversarial.halving_rungs"),
+        ("adversarial.halving_rungs=[6]", "adversarial.halving_rungs"),
+    ]:
+        with pytest.raises(ConfigError) as e:
+            _cfg(tmp_path, extra)
+        assert key in str(e.value) and "\n" not in str(e.value).strip(), str(e.value)
