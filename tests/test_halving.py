@@ -172,3 +172,87 @@ def test_bad_halving_settings_are_one_line_errors_naming_the_key(tmp_path):
         with pytest.raises(ConfigError) as e:
             _cfg(tmp_path, extra)
         assert key in str(e.value) and "\n" not in str(e.value).strip(), str(e.value)
+
+
+# -- grid stays the default, and what it was --------------------------------------------------------
+def test_grid_is_the_default_and_keeps_its_ids_submissions_and_outputs(tmp_path):
+    from aal_k8s.cli.stages import execute_stage
+    from aal_k8s.config import Config
+
+    assert Config().adversarial.lambda_search == "grid"
+    cfg = _cfg(tmp_path)
+    exp, specs = _discovered(cfg)
+    halv = _cfg(tmp_path, "adversarial.lambda_search=halving", "adversarial.halving_eta=2", "adversarial.halving_rungs=[2]")
+    assert [s.run_id for s in plan_stage("adversarial", halv, PARTNERS)] == [s.run_id for s in specs]  # shared ids
+
+    class Recording(TableBackend):
+        def submit(self, specs, exp, until_epoch=0):
+            self.calls.append(until_epoch)
+            return SubmitReport()
+
+    backend = Recording(cfg, TABLE)
+    execute_stage(backend, exp, "adversarial", specs)
+    assert backend.calls == [0]  # one submission of every run, no rung
+    out = reduce_experiment(exp, cfg)
+    assert out.halving == {} and "halving" not in out.to_json()  # summary.json as before halving existed
+    assert "successive halving" not in render_markdown(out, "x")
+
+
+# -- real tiny runs through the worker ---------------------------------------------------------------
+def _tiny(tmp_path, tiny_overrides, *extra):
+    # lr decay at epoch 2 of 3: a rung at epoch 1 must stop and resume inside the full run's schedule
+    over = [o for o in tiny_overrides if not o.startswith("store.uri")]
+    return load_config(dataset="synthetic", overrides=[*over, f"store.uri={tmp_path}", "train.epochs=3",
+                                                       "train.lr_decay_epoch=2", *extra])  # fmt: skip
+
+
+def test_a_run_resumed_from_its_rung_ends_bitwise_as_the_uninterrupted_grid_run(tmp_path, tiny_overrides):
+    from aal_k8s.worker import execute
+
+    grid = _tiny(tmp_path / "grid", tiny_overrides)
+    halv = _tiny(tmp_path / "halving", tiny_overrides, "adversarial.lambda_search=halving")
+    spec = plan_stage("adversarial", halv, PARTNERS, attributes=["square"])[0]
+    assert spec.run_id == plan_stage("adversarial", grid, PARTNERS, attributes=["square"])[0].run_id  # one id
+
+    records = {}
+    for cfg, rungs in ((grid, []), (halv, [1, 2])):
+        exp = _exp(cfg)
+        exp.write_spec(spec)
+        for epoch in rungs:
+            assert execute(cfg.store.uri, exp.experiment, spec.run_id, until_epoch=epoch) == 0
+            assert not exp.is_committed(spec.run_id) and halving.read_rung(exp, spec.run_id, epoch)["epoch"] == epoch
+        assert execute(cfg.store.uri, exp.experiment, spec.run_id) == 0
+        records[bool(rungs)] = (exp.read_metrics(spec.run_id), exp.read_artifact(spec.run_id, "best.safetensors"))
+    (a, wa), (b, wb) = records[False], records[True]
+    assert wa == wb  # the best weights, bitwise
+    assert b["environment"]["resumed_after_epoch"] == "2"  # no epoch trained twice
+    strip = lambda h: [{k: v for k, v in e.items() if k != "seconds"} for e in h]  # noqa: E731
+    assert strip(a["history"]) == strip(b["history"]) and a["test_acc"] == b["test_acc"] and a["best_epoch"] == b["best_epoch"]
+
+
+@pytest.mark.slow  # worker processes: about a minute on two shared cores
+def test_halving_on_the_local_backend_decides_as_the_grid_runs_histories_say(tmp_path, tiny_overrides):
+    """Worker processes through the local backend: each rung's decision is the one the grid runs'
+    own histories give, and the survivor commits the grid run's result (same id, same bytes)."""
+    from aal_k8s.backends.local import LocalBackend
+    from aal_k8s.worker import execute
+
+    lams = "adversarial.lambdas=[0.1, 1.0, 10.0]"
+    halv = _tiny(tmp_path / "halving", tiny_overrides, lams, "adversarial.lambda_search=halving", "executor.parallel=1")
+    grid = _tiny(tmp_path / "grid", tiny_overrides, lams)
+    specs = plan_stage("adversarial", halv, PARTNERS, attributes=["square"])
+    exp = _exp(halv)
+    assert halving.rungs_for(halv) == [1]  # 3 lambdas, eta 3, 3 epochs: one rung, at epoch 1
+    report = halving.run_halving(LocalBackend(halv, progress=False), exp, halv, specs)
+    assert not report.failed, report.failed
+    (decision,) = _decisions(exp, halv, specs)["square"]
+    assert len(decision["survivors"]) == 1 and len(exp.committed_ids()) == 1
+
+    gexp = _exp(grid)
+    for s in specs:
+        gexp.write_spec(s)
+        assert execute(grid.store.uri, gexp.experiment, s.run_id) == 0
+    b = halving.brackets(grid, specs)["square"]
+    assert halving.take_decision(gexp, b, 1, specs)["survivors"] == decision["survivors"]
+    (winner,) = [s for s in specs if s.lam in decision["survivors"]]
+    assert exp.read_artifact(winner.run_id, "best.safetensors") == gexp.read_artifact(winner.run_id, "best.safetensors")
