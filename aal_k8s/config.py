@@ -429,8 +429,6 @@ def validate(cfg: Config) -> list[str]:
         problems.append(f"adversarial.shared_hidden_layers: must be >= 1, got {adv.shared_hidden_layers}")
     if isinstance(adv.halving_eta, int) and adv.halving_eta < 2:
         problems.append(f"adversarial.halving_eta: must be >= 2, got {adv.halving_eta}")
-    if adv.lambda_search == "halving" and cfg.executor.backend == "k8s":
-        problems.append("adversarial.lambda_search: halving runs on executor.backend local only (no rung Jobs on k8s yet)")
     rungs = adv.halving_rungs
     if isinstance(rungs, list) and all(isinstance(r, int) for r in rungs) and isinstance(t.epochs, int):
         if any(not 1 <= r < t.epochs for r in rungs) or rungs != sorted(set(rungs)):

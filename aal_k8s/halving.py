@@ -225,8 +225,14 @@ def run_halving(backend, exp, cfg, specs: list[RunSpec], log=None):
         todo = [s for p in open_ for s in p.alive if not reached(exp, s.run_id, epoch)]
         print(f"stage adversarial: halving rung {i + 1} (epoch {epoch}): {sum(len(p.alive) for p in open_)} runs, "
               f"{len(todo)} to train", file=log)  # fmt: skip
-        if todo and not merge(backend.submit(todo, exp, until_epoch=epoch)):
-            return report
+        if todo:  # Kubernetes: one Job per run and rung; the decision waits for all of them
+            merge(backend.submit(todo, exp, until_epoch=epoch))
+            if not report.failed:
+                for run_id, st in backend.wait(todo, exp, until_epoch=epoch).items():
+                    if st.state == "failed":
+                        report.failed[run_id] = st.reason or "failed"
+            if report.failed:
+                return report
         for p in open_:
             d = take_decision(exp, p.bracket, epoch, p.alive)
             if d is None:
@@ -238,7 +244,8 @@ def run_halving(backend, exp, cfg, specs: list[RunSpec], log=None):
             stopped = ", ".join(f"{lam:g}" for lam in d["stopped"]) or "none"
             print(f"stage adversarial: {p.bracket.attribute}: rung epoch {epoch} stopped lambda {stopped}", file=log)
     merge(backend.submit([s for p in prog.values() for s in p.alive], exp))
-    # the stopped runs are done with: not submitted, not failed, not to be counted as skipped
+    alive = {s.run_id for p in prog.values() for s in p.alive}
+    report.stopped = [s.run_id for s in specs if s.run_id not in alive]  # never commit: no one waits for them
     return report
 
 

@@ -79,6 +79,9 @@ class TableBackend:
             raise KeyboardInterrupt
         return SubmitReport(submitted=[s.run_id for s in specs])
 
+    def wait(self, specs, exp, until_epoch=0):
+        return {}  # submit ran everything; the decisions read the store
+
 
 # val accuracy per epoch (6 epochs) of each lambda: square's best is 1.0 only when it survives
 TABLE = {
