@@ -65,6 +65,12 @@ def run_epochs(n: int, epochs: int, eta: int, rungs: list[int]) -> int:
     return total + alive * (epochs - done)
 
 
+def halving_fraction(cfg) -> float:
+    """Epochs halving trains per attribute over the grid's (``aal-k8s plan`` scales by it)."""
+    n, epochs, eta = len(cfg.adversarial.lambdas), cfg.train.epochs, cfg.adversarial.halving_eta
+    return run_epochs(n, epochs, eta, rungs_for(cfg)) / (n * epochs)
+
+
 def score_at(history: list[dict], primary, epoch: int) -> float | None:
     """Mean primary validation accuracy of the best epoch up to ``epoch``; None when the history
     does not reach it."""

@@ -259,3 +259,17 @@ def test_halving_on_the_local_backend_decides_as_the_grid_runs_histories_say(tmp
     assert halving.take_decision(gexp, b, 1, specs)["survivors"] == decision["survivors"]
     (winner,) = [s for s in specs if s.lam in decision["survivors"]]
     assert exp.read_artifact(winner.run_id, "best.safetensors") == gexp.read_artifact(winner.run_id, "best.safetensors")
+
+
+def test_the_plan_counts_the_share_of_the_grids_epochs_halving_trains(tmp_path):
+    from aal_k8s.cost import build_plan
+    from aal_k8s.errors import StageOrderError
+
+    def waits_for_reduce(stage):
+        raise StageOrderError("partners not known yet")
+
+    rows = {}
+    for search in ("grid", "halving"):
+        cfg = load_config(dataset="celeba", overrides=[f"store.uri={tmp_path}", f"adversarial.lambda_search={search}"])
+        rows[search] = build_plan(cfg, _exp(cfg), ["adversarial"], waits_for_reduce).stages[0]
+    assert rows["halving"].seconds_per_run / rows["grid"].seconds_per_run == pytest.approx(14 / 30)  # eta 3, rung at 2
