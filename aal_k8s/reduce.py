@@ -197,16 +197,20 @@ def reduce_experiment(exp: ExperimentStore, cfg: Config) -> ReduceOutput:
         return out
 
     # -- adversarial runs of every method's partners (the chosen method's missing runs are listed)
+    halving, stopped = {}, set()  # a -> the lambdas to choose among; runs halving stopped at a rung
+    if cfg.adversarial.lambda_search == "halving":
+        every = plan_stage("adversarial", cfg, out.partners)
+        alive, halving = _halving(exp, cfg, every, out)
+        stopped = {s.run_id for s in every} - {s.run_id for s in alive}
     for method in PARTNER_METHODS:
         partners = out.partner_sources.get(method)
         if partners is None:
             continue
         chosen = method == out.partners_from
         runs: dict[str, dict[float, dict]] = {}
-        specs = plan_stage("adversarial", cfg, partners)
-        expected_lams = {}  # a -> the lambdas whose runs must all be committed before one is chosen
-        if chosen and cfg.adversarial.lambda_search == "halving":
-            specs, expected_lams = _halving(exp, cfg, specs, out)
+        # a stopped run never commits: not missing, whichever method's partner it also is
+        specs = [s for s in plan_stage("adversarial", cfg, partners) if s.run_id not in stopped]
+        expected_lams = halving if chosen else {}  # a -> the lambdas that must all commit before one is chosen
         for spec, rec in committed("adversarial", specs, expected=chosen):
             a = spec.primary[0]
             runs.setdefault(a, {})[spec.lam] = {

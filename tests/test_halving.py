@@ -65,6 +65,7 @@ class TableBackend:
                 raise KeyboardInterrupt  # the driver dies after i runs of this rung (i = all: before its decision)
             if halving.reached(exp, s.run_id, until_epoch) if until_epoch else exp.is_committed(s.run_id):
                 continue  # as the real backends: judged by the store
+            exp.write_spec(s)
             end = until_epoch or self.cfg.train.epochs
             self.epochs += end - self.trained_to.get(s.run_id, 0)
             self.trained_to[s.run_id] = end
@@ -109,6 +110,14 @@ def _discovered(cfg):
         a, b = spec.primary
         acc = {a: PAIR.get((a, b), SINGLE[a] + 0.01), b: PAIR.get((b, a), SINGLE[b] + 0.01)}
         exp.commit_run(spec, {}, {"val_acc": acc, "test_acc": acc, "heads": spec.heads})
+    # label correlations give the correlation method the same partners (so the same adversarial runs)
+    (multi,) = plan_stage("multi", cfg)
+    idx = {a: i for i, a in enumerate(multi.heads)}
+    corr = [[1.0 if i == j else 0.0 for j in range(6)] for i in range(6)]
+    for a, b in PARTNERS.items():
+        corr[idx[a]][idx[b]] = corr[idx[b]][idx[a]] = 0.5
+    acc = {a: SINGLE[a] for a in multi.heads}
+    exp.commit_run(multi, {}, {"val_acc": acc, "test_acc": acc, "heads": multi.heads, "label_corr": corr})
     partners = reduce_experiment(exp, cfg).partners
     assert {a: b for a, b in partners.items() if b} == PARTNERS
     return exp, plan_stage("adversarial", cfg, partners)
@@ -135,7 +144,8 @@ def test_decisions_on_a_hand_made_table_are_recorded_and_reduce_chooses_among_th
 
     out = reduce_experiment(exp, cfg)
     assert out.chosen_lambda == {"square": 1.0, "ring": 3.0}
-    assert sorted(out.adversarial["square"]) == ["1.0"] and "adversarial" not in out.missing  # stopped: not missing
+    assert sorted(out.adversarial["square"]) == ["1.0"] and out.missing == {}  # stopped: not missing, by any method
+    assert out.partner_sources["correlation"]["square"] == "red_tint"
     assert out.final["square"].source == "adversarial" and out.final["square"].lam == 1.0
     assert out.halving["ring"]["survivors"] == [3.0]
     assert out.stage_seconds["adversarial"] == 24.0  # the stopped runs' epochs count too
