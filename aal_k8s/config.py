@@ -432,7 +432,9 @@ def validate(cfg: Config) -> list[str]:
     rungs = adv.halving_rungs
     if isinstance(rungs, list) and all(isinstance(r, int) for r in rungs) and isinstance(t.epochs, int):
         if any(not 1 <= r < t.epochs for r in rungs) or rungs != sorted(set(rungs)):
-            problems.append(f"adversarial.halving_rungs: must be increasing epochs within [1, train.epochs={t.epochs}), got {rungs}")
+            problems.append(
+                f"adversarial.halving_rungs: must be increasing epochs within [1, train.epochs={t.epochs}), got {rungs}"
+            )
     for key in ("every", "window"):
         value = getattr(aff, key)
         if isinstance(value, int) and value < 0:

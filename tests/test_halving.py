@@ -69,7 +69,8 @@ class TableBackend:
             end = until_epoch or self.cfg.train.epochs
             self.epochs += end - self.trained_to.get(s.run_id, 0)
             self.trained_to[s.run_id] = end
-            hist = [{"epoch": e, "val_acc": {s.primary[0]: self.table[s.primary[0]][s.lam][e - 1]}} for e in range(1, end + 1)]
+            curve = self.table[s.primary[0]][s.lam]
+            hist = [{"epoch": e, "val_acc": {s.primary[0]: curve[e - 1]}} for e in range(1, end + 1)]
             if until_epoch:
                 halving.write_rung(exp, s.run_id, until_epoch, hist, float(end))
             else:
@@ -240,7 +241,8 @@ def test_a_run_resumed_from_its_rung_ends_bitwise_as_the_uninterrupted_grid_run(
     assert wa == wb  # the best weights, bitwise
     assert b["environment"]["resumed_after_epoch"] == "2"  # no epoch trained twice
     strip = lambda h: [{k: v for k, v in e.items() if k != "seconds"} for e in h]  # noqa: E731
-    assert strip(a["history"]) == strip(b["history"]) and a["test_acc"] == b["test_acc"] and a["best_epoch"] == b["best_epoch"]
+    assert strip(a["history"]) == strip(b["history"])
+    assert a["test_acc"] == b["test_acc"] and a["best_epoch"] == b["best_epoch"]
 
 
 @pytest.mark.slow  # worker processes: about a minute on two shared cores

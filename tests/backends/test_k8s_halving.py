@@ -43,7 +43,8 @@ def kubelet(cluster, exp, epochs: int, ran: list):
 
 @pytest.fixture
 def halving_cfg(k8s_overrides):
-    extra = ["adversarial.lambdas=[0.1, 0.3, 1.0, 3.0, 10.0]", "adversarial.lambda_search=halving", "adversarial.halving_eta=2"]
+    extra = ["adversarial.lambdas=[0.1, 0.3, 1.0, 3.0, 10.0]", "adversarial.lambda_search=halving",
+             "adversarial.halving_eta=2"]  # fmt: skip
     return load_config(overrides=[*k8s_overrides, *extra], dataset="synthetic")
 
 
