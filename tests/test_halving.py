@@ -285,3 +285,23 @@ def test_the_plan_counts_the_share_of_the_grids_epochs_halving_trains(tmp_path):
         cfg = load_config(dataset="celeba", overrides=[f"store.uri={tmp_path}", f"adversarial.lambda_search={search}"])
         rows[search] = build_plan(cfg, _exp(cfg), ["adversarial"], waits_for_reduce).stages[0]
     assert rows["halving"].seconds_per_run / rows["grid"].seconds_per_run == pytest.approx(14 / 30)  # eta 3, rung at 2
+
+
+def test_a_worker_killed_between_its_rung_checkpoint_and_record_records_the_rung_without_training(
+    tmp_path, tiny_overrides, capsys
+):
+    import io
+
+    from aal_k8s.worker import execute
+
+    cfg = _tiny(tmp_path, tiny_overrides, "adversarial.lambda_search=halving")
+    spec = plan_stage("adversarial", cfg, PARTNERS, attributes=["square"])[0]
+    exp = _exp(cfg)
+    exp.write_spec(spec)
+    assert execute(cfg.store.uri, exp.experiment, spec.run_id, until_epoch=1) == 0
+    first = halving.read_rung(exp, spec.run_id, 1)
+    exp.store.delete(halving.rung_key(exp, spec.run_id, 1))  # as if killed right after the checkpoint
+    log = io.StringIO()
+    assert execute(cfg.store.uri, exp.experiment, spec.run_id, until_epoch=1, log=log) == 0
+    assert "resuming after epoch 1" in log.getvalue() and " lr=" not in log.getvalue()  # no epoch trained
+    assert halving.read_rung(exp, spec.run_id, 1)["history"] == first["history"]
