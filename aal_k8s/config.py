@@ -11,6 +11,7 @@ Unknown keys, wrong types and impossible values raise one ``ConfigError`` listin
 from __future__ import annotations
 
 import dataclasses
+import math
 import os
 import types
 import typing
@@ -130,6 +131,21 @@ class StoreConfig:
     checkpoint_keep: int = 2  # newest checkpoints kept per run attempt (>= 1; older ones deleted)
 
 
+#: botocore's own check of region names (botocore.utils.validate_region_name)
+_REGION = r"[a-zA-Z0-9](?:[a-zA-Z0-9\-]{0,61}[a-zA-Z0-9])?"
+
+
+def _endpoint_ok(url: str) -> bool:
+    from urllib.parse import urlsplit
+
+    try:
+        parts = urlsplit(url)
+        parts.port  # noqa: B018 - raises ValueError on a port that is not a number
+    except ValueError:
+        return False
+    return bool(parts.hostname) and not any(c.isspace() or ord(c) < 32 for c in url)
+
+
 def validate_store(st: StoreConfig) -> list[str]:
     """Impossible ``store.*`` values (choices are checked with the other CHOICES)."""
     problems: list[str] = []
@@ -143,6 +159,10 @@ def validate_store(st: StoreConfig) -> list[str]:
         problems.append("store.endpoint_url: must start with http:// or https://")
     if isinstance(ep, str) and "@" in ep.split("//", 1)[-1].split("/", 1)[0]:
         problems.append("store.endpoint_url: must not contain credentials (user:password@)")
+    elif isinstance(ep, str) and ep.startswith(("http://", "https://")) and not _endpoint_ok(ep):
+        problems.append(f"store.endpoint_url: {ep!r} is not a URL (scheme://host[:port], no spaces)")
+    if isinstance(st.region, str) and st.region and not _full(_REGION, st.region):
+        problems.append(f"store.region: {st.region!r} is not a region name (letters, digits and '-')")
     if isinstance(st.max_attempts, int) and not 1 <= st.max_attempts <= 20:
         problems.append(f"store.max_attempts: must be within [1, 20], got {st.max_attempts}")
     for key in ("connect_timeout", "read_timeout"):
@@ -381,6 +401,23 @@ def parse_overrides(items: list[str]) -> dict:
     return out
 
 
+def _non_finite(obj, prefix: str = "") -> list[str]:
+    """Every float setting that is NaN or +-inf (YAML's .nan / .inf), wherever it sits: a range
+    check such as ``> 0`` lets inf through, and one inf turns every weight into inf."""
+    found = []
+    items = (
+        ((f.name, getattr(obj, f.name)) for f in dataclasses.fields(obj)) if dataclasses.is_dataclass(obj)
+        else obj.items() if isinstance(obj, dict) else enumerate(obj)
+    )  # fmt: skip
+    for k, v in items:
+        key = f"{prefix}[{k}]" if isinstance(obj, list) else f"{prefix}.{k}" if prefix else str(k)
+        if isinstance(v, float) and not math.isfinite(v):
+            found.append(f"{key}: must be a finite number, got {v}")
+        elif dataclasses.is_dataclass(v) or isinstance(v, (dict, list)):
+            found += _non_finite(v, key)
+    return found
+
+
 def validate(cfg: Config) -> list[str]:
     """Every impossible value in ``cfg``, each naming its key; empty when the config is usable."""
     problems: list[str] = []
@@ -446,8 +483,10 @@ def validate(cfg: Config) -> list[str]:
             problems.append(f"dataset.synthetic.{key}: must be within [0, 1], got {value}")
     problems += _validate_real_dataset(cfg.dataset)
     name = cfg.experiment_name
-    if isinstance(name, str) and (not name or not all(c.isalnum() or c in "-_." for c in name)):
-        problems.append(f"experiment: {name!r} may only hold letters, digits, '-', '_' and '.'")
+    if isinstance(name, str) and (
+        not name or not all(c.isalnum() or c in "-_." for c in name) or name.startswith(".") or ".." in name
+    ):
+        problems.append(f"experiment: {name!r} may only hold letters, digits, '-', '_' and '.' (not starting with '.')")
     problems += validate_store(cfg.store)
     pre = cfg.model.pretrained
     if pre not in ("imagenet", "none") and isinstance(pre, str) and not os.path.isfile(pre):
@@ -463,7 +502,8 @@ def validate(cfg: Config) -> list[str]:
         problems.append(f"plan.gpu_hour_price: must be >= 0, got {cfg.plan.gpu_hour_price}")
     if isinstance(cfg.plan.confirm_above_jobs, int) and cfg.plan.confirm_above_jobs < 0:
         problems.append(f"plan.confirm_above_jobs: must be >= 0, got {cfg.plan.confirm_above_jobs}")
-    return problems
+    finite = _non_finite(cfg)
+    return finite + _new_keys(finite, problems)  # "must be > 0, got nan" adds nothing
 
 
 def _validate_real_dataset(d: DatasetConfig) -> list[str]:
@@ -489,6 +529,12 @@ def _new_keys(reported: list[str], more: list[str]) -> list[str]:
     return [p for p in more if p.split(":")[0] not in seen]
 
 
+def _dataset_name(data: dict):
+    """``data["dataset"]["name"]`` when that is where it sits (a wrong shape is _merge's to report)."""
+    section = data.get("dataset")
+    return section.get("name") if isinstance(section, dict) else None
+
+
 def load_config(
     path: str | os.PathLike | None = None,
     overrides: list[str] | None = None,
@@ -507,7 +553,13 @@ def load_config(
         if not p.is_file():
             raise ConfigError([f"config file {str(p)!r} does not exist"])
         try:
-            loaded = yaml.safe_load(p.read_text())
+            text = p.read_bytes().decode("utf-8")
+        except UnicodeDecodeError as e:
+            raise ConfigError([f"config file {str(p)!r} is not UTF-8 text (byte {e.start})"]) from None
+        except OSError as e:
+            raise ConfigError([f"config file {str(p)!r} cannot be read ({e.strerror or type(e).__name__})"]) from None
+        try:
+            loaded = yaml.safe_load(text)
         except yaml.YAMLError as e:
             mark = getattr(e, "problem_mark", None)
             where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
@@ -520,10 +572,7 @@ def load_config(
         _set_dotted(over, "dataset.name", dataset)
 
     base = base or {}
-    name = (
-        over.get("dataset", {}).get("name") or (data.get("dataset") or {}).get("name")
-        or (base.get("dataset") or {}).get("name") or "synthetic"
-    )  # fmt: skip
+    name = _dataset_name(over) or _dataset_name(data) or _dataset_name(base) or "synthetic"
     cfg = Config()
     preset = DATASET_PRESETS.get(name) if isinstance(name, str) else None
     if preset:

@@ -22,11 +22,13 @@ from typing import Any
 
 import yaml
 
+from aal_k8s.checksums import document_sha256, seal
 from aal_k8s.config import Config, load_config
 from aal_k8s.errors import AALError, StoreError
 from aal_k8s.runspec import EXECUTION_ONLY
 
 PINNED_FILE = "experiment.yaml"
+PINNED_SHA = "record_sha256"  # the record's checksum of itself (aal_k8s.checksums.seal)
 #: The config sections whose values change what an experiment's runs compute (less EXECUTION_ONLY):
 #: the runs' own sections, and those that choose partners, lambdas and the final classifiers.
 PINNED_SECTIONS = ("dataset", "model", "train", "adversarial", "affinity")
@@ -51,6 +53,13 @@ def read_pinned(exp) -> dict | None:
         record = None
     if not isinstance(record, dict) or not isinstance(record.get("config"), dict):
         raise StoreError(f"{exp.store.url(key)}: not a pinned experiment record (a mapping with a config)")
+    # it decides every run id: an edit by hand (or a damaged copy) must not silently re-plan runs
+    if record.get(PINNED_SHA) != document_sha256(record, PINNED_SHA):
+        raise StoreError(
+            f"{exp.store.url(key)}: checksum mismatch or no {PINNED_SHA} (the pinned record was altered); "
+            "change it with --override-pinned, not by hand"
+        )
+    record.pop(PINNED_SHA)
     return record
 
 
@@ -163,7 +172,7 @@ def _check_unpinned_runs(exp, cfg: Config) -> None:
 
 
 def _dump(record: dict) -> bytes:
-    return yaml.safe_dump(record, sort_keys=False, default_flow_style=False).encode()
+    return yaml.safe_dump(seal(record, PINNED_SHA), sort_keys=False, default_flow_style=False).encode()
 
 
 def _show(value: Any) -> str:

@@ -1,9 +1,17 @@
 """Build the final model set: one stand-alone classifier per attribute.
 
 For each attribute, the chosen run's best weights are cut down to the backbone plus that
-attribute's head row and stored as ``final/models/<attribute>.safetensors``; ``final/manifest.json``
-lists, per attribute, where it came from (single or adversarial, partner, lambda), its val and test
-accuracy, what the model expects as input, and the file's sha256. No pickles: safetensors + JSON.
+attribute's head row and stored as ``final/models/<attribute>-<sha256[:16]>.safetensors``;
+``final/manifest.json`` lists, per attribute, where it came from (single or adversarial, partner,
+lambda), its val and test accuracy, what the model expects as input, and the file's size and
+sha256; the manifest carries a sha256 of itself (``manifest_sha256``), so an edited mean, std,
+threshold or accuracy is refused by ``download`` and ``predict``. No pickles: safetensors + JSON.
+
+Publication: model files are named by their content, so publishing a new set never rewrites a
+file a published manifest points at; the manifest is written (atomically) last. A reader sees the
+old set or the new one, never a mix, and a crash while publishing leaves the old set intact.
+Model files that neither the new nor the previous manifest names are deleted afterwards (the
+previous set's stay, for readers that fetched the old manifest a moment ago).
 """
 
 from __future__ import annotations
@@ -11,16 +19,19 @@ from __future__ import annotations
 import json
 import time
 
+from safetensors import SafetensorError
 from safetensors.torch import load as load_safetensors
 from safetensors.torch import save as save_safetensors
 
+from aal_k8s.checksums import sha256_hex
 from aal_k8s.config import Config
 from aal_k8s.data import attribute_names, normalisation
-from aal_k8s.errors import StageOrderError
+from aal_k8s.errors import StageOrderError, StoreError
+from aal_k8s.modelset import MANIFEST_SHA, MODELS
 from aal_k8s.reduce import ReduceOutput
-from aal_k8s.store import ExperimentStore, sha256_hex
+from aal_k8s.store import ExperimentStore
 
-MANIFEST_VERSION = 1
+MANIFEST_VERSION = 2  # 2: manifest_sha256, content-named model files
 
 
 def classifier_state(run_state: dict, heads: list[str], attribute: str) -> dict:
@@ -60,19 +71,21 @@ def build_final(exp: ExperimentStore, cfg: Config, out: ReduceOutput) -> dict:
     for a in out.attributes:
         c = out.final[a]
         if c.run_id not in cache:
-            record = exp.read_metrics(c.run_id)
-            cache[c.run_id] = {
-                "heads": record["heads"],
-                "state": load_safetensors(exp.read_artifact(c.run_id, "best.safetensors")),
-            }
+            cache[c.run_id] = _run_weights(exp, c.run_id, a)
         run = cache[c.run_id]
+        try:
+            state = classifier_state(run["state"], run["heads"], a)
+        except (KeyError, ValueError, TypeError):
+            raise StoreError(f"run {c.run_id}: its best weights lack the head of {a!r}") from None
         data = save_safetensors(
-            classifier_state(run["state"], run["heads"], a),
+            state,
             # one metadata entry: safetensors keeps metadata in a hash map, so with several
             # entries the header (and the file's sha256) would change from one save to the next
             metadata={"aal_k8s": json.dumps({"attribute": a, "run_id": c.run_id}, sort_keys=True)},
         )
-        key = f"final/models/{a}.safetensors"
+        key = f"final/{MODELS}/{a}-{sha256_hex(data)[:16]}.safetensors"
+        # content-named: a file already there under this name holds (or, if damaged, regains)
+        # these very bytes, so rewriting it never changes what a published manifest points at
         exp.store.put_bytes(exp.key(key), data)
         entries.append(
             {
@@ -105,5 +118,35 @@ def build_final(exp: ExperimentStore, cfg: Config, out: ReduceOutput) -> dict:
         "created_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
         "models": entries,
     }
-    exp.put_json("final", "manifest.json", obj=manifest)
+    try:
+        previous = exp.get_sealed("final", "manifest.json", field=MANIFEST_SHA, what="final model set manifest")
+    except StoreError:
+        previous = None  # unreadable: nobody can be reading from it
+    manifest = exp.put_sealed("final", "manifest.json", obj=manifest, field=MANIFEST_SHA)
+    keep = {m["file"] for m in manifest["models"]}
+    keep |= {m.get("file") for m in (previous or {}).get("models", []) if isinstance(m, dict)}
+    for k in exp.store.list(exp.key("final", MODELS)):
+        if k.removeprefix(exp.key("final") + "/") not in keep:
+            exp.store.delete(k)
     return manifest
+
+
+def _run_weights(exp: ExperimentStore, run_id: str, attribute: str) -> dict:
+    """``{"heads", "state"}`` of a committed run's verified best weights; a one-line error naming
+    the run when it is not committed or its file is not safetensors."""
+    record = exp.read_metrics(run_id)
+    if record is None:
+        raise StageOrderError(
+            f"run {run_id} (the final choice for {attribute!r}) is not committed in "
+            f"{exp.store.url(exp.key('runs'))}: run its stage, then `aal-k8s reduce` again"
+        )
+    blob = exp.read_artifact(run_id, "best.safetensors")
+    try:
+        state = load_safetensors(blob)
+    except (SafetensorError, ValueError, OSError) as e:
+        detail = " ".join(str(e).split())[:200]
+        raise StoreError(f"run {run_id}: best.safetensors is not a safetensors file ({detail})") from None
+    heads = record.get("heads")
+    if not isinstance(heads, list):
+        raise StoreError(f"run {run_id}: its commit record lists no heads")
+    return {"heads": heads, "state": state}

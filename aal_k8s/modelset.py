@@ -7,7 +7,9 @@ A downloaded folder looks like the store's ``final/``::
     DIR/models/<attribute>.safetensors  backbone.* + head.weight [1, D] + head.bias [1]
 
 Every file is checked against the manifest's size and sha256 when downloaded and again when
-loaded. Only safetensors and JSON are read; nothing is unpickled.
+loaded, and the manifest against its own ``manifest_sha256`` (the store's when downloading, the
+local copy's, re-sealed after the download, when loading): an edited mean, std or threshold is
+refused, never used. Only safetensors and JSON are read; nothing is unpickled.
 """
 
 from __future__ import annotations
@@ -16,13 +18,15 @@ import glob
 import json
 import os
 
+from aal_k8s.checksums import check_file, file_sha256, seal, unseal
 from aal_k8s.data import DATASETS
 from aal_k8s.errors import AALError, StageOrderError, StoreError
 from aal_k8s.store import ExperimentStore
 from aal_k8s.store.base import atomic_write
-from aal_k8s.store.layout import check_file, file_sha256
 
 MANIFEST = "manifest.json"
+MANIFEST_SHA = "manifest_sha256"  # the manifest's checksum of itself (aal_k8s.checksums.seal)
+MODELS = "models"  # the folder of the model files, in the store's final/ and in a download
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp", ".tif", ".tiff", ".ppm")
 
 
@@ -40,16 +44,29 @@ def _check_manifest(manifest, where: str) -> dict:
     for key in ("mean", "std"):
         # no default: 0/1 instead of the training normalisation would give confident wrong answers
         v = manifest["input"].get(key)
-        if not (isinstance(v, list) and len(v) == 3 and all(isinstance(x, (int, float)) and not isinstance(x, bool) for x in v)):
-            raise AALError(f"{where}: input.{key} must list 3 numbers (the normalisation the models were trained with), got {v!r}")
+        numbers = isinstance(v, list) and all(isinstance(x, (int, float)) and not isinstance(x, bool) for x in v)
+        if not (numbers and len(v) == 3):
+            raise AALError(
+                f"{where}: input.{key} must list 3 numbers (the normalisation the models were trained with), got {v!r}"
+            )
     if not all(x > 0 for x in manifest["input"]["std"]):
         raise AALError(f"{where}: input.std must be positive, got {manifest['input']['std']!r}")
     if manifest.get("dataset") not in DATASETS:  # it decides how images are decoded and resized
         raise AALError(f"{where}: dataset {manifest.get('dataset')!r} is not one of {', '.join(DATASETS)}")
     for m in manifest["models"]:
-        parts = m["file"].replace("\\", "/").split("/")
-        if m["file"].startswith("/") or ".." in parts:
-            raise AALError(f"{where}: model file {m['file']!r} points outside the model set")
+        f = m["file"]
+        if not isinstance(f, str) or "\\" in f or "\0" in f or f.startswith("/"):
+            raise AALError(f"{where}: model file {f!r} is not a relative path inside the model set")
+        parts = f.split("/")
+        if ".." in parts:
+            raise AALError(f"{where}: model file {f!r} points outside the model set")
+        if len(parts) != 2 or parts[0] != MODELS or parts[1] in ("", ".") or not parts[1].endswith(".safetensors"):
+            raise AALError(f"{where}: model file {f!r} is not of the form {MODELS}/NAME.safetensors")
+        a = m["attribute"]
+        if not isinstance(a, str) or not a or a in (".", "..") or any(c in a for c in "/\\\0"):
+            raise AALError(f"{where}: attribute {a!r} is not a plain name")
+        if not isinstance(m["sha256"], str) or isinstance(m["size"], bool) or not isinstance(m["size"], int):
+            raise AALError(f"{where}: model file {f!r} has no valid size and sha256")
     return manifest
 
 
@@ -89,25 +106,29 @@ def download_final(exp: ExperimentStore, dest: str, attrs: list[str] | None = No
             f"experiment {exp.experiment!r} has no final model set ({where} not found): "
             "run `aal-k8s final` (or the pipeline) first"
         )
-    manifest = _check_manifest(exp.get_json("final", MANIFEST), where)
+    sealed = exp.get_sealed("final", MANIFEST, field=MANIFEST_SHA, what="final model set manifest")
+    manifest = _check_manifest(sealed, where)
     chosen = select_models(manifest, attrs, where)
     dest = os.path.abspath(dest)
     if os.path.exists(dest) and not os.path.isdir(dest):
         raise AALError(f"{dest}: exists and is not a folder")
     fetched = skipped = 0
+    local = []
     for m in chosen:
-        path = os.path.join(dest, *m["file"].split("/"))
+        # the store names files by content; a downloaded set names them by attribute
+        local.append(dict(m, file=f"{MODELS}/{m['attribute']}.safetensors"))
+        path = os.path.join(dest, MODELS, f"{m['attribute']}.safetensors")
         os.makedirs(os.path.dirname(path), exist_ok=True)
         for stale in glob.glob(os.path.join(glob.escape(os.path.dirname(path)), ".part-*")):
             os.unlink(stale)  # left by an interrupted download
         if os.path.isfile(path) and file_sha256(path) == (m["size"], m["sha256"]):
             skipped += 1
-            _say(log, f"{m['attribute']}: {m['file']} already verified, skipped")
+            _say(log, f"{m['attribute']}: {local[-1]['file']} already verified, skipped")
             continue
         exp.download_verified(exp.key("final", m["file"]), m["sha256"], m["size"], path)
         fetched += 1
-        _say(log, f"{m['attribute']}: {m['file']} ({m['size']} bytes) downloaded and verified")
-    out = dict(manifest, models=chosen, source={"store": exp.store.uri, "experiment": exp.experiment})
+        _say(log, f"{m['attribute']}: {local[-1]['file']} ({m['size']} bytes) downloaded and verified")
+    out = seal(dict(manifest, models=local, source={"store": exp.store.uri, "experiment": exp.experiment}), MANIFEST_SHA)
     atomic_write(os.path.join(dest, MANIFEST), json.dumps(out, indent=1, sort_keys=True).encode())
     _say(log, f"{len(chosen)} classifiers in {dest} ({fetched} downloaded, {skipped} already there)")
     return out
@@ -127,9 +148,11 @@ def read_manifest(models_dir: str) -> dict:
         raise AALError(f"{path}: not found; is {models_dir} a folder made by `aal-k8s download`?")
     try:
         with open(path, "rb") as f:
-            manifest = json.loads(f.read())
-    except (OSError, ValueError) as e:
+            raw = f.read()
+    except OSError as e:
         raise AALError(f"{path}: cannot read the manifest ({type(e).__name__})") from None
+    manifest = unseal(raw, MANIFEST_SHA, path, "model set manifest")
+    manifest.pop(MANIFEST_SHA)
     return _check_manifest(manifest, path)
 
 
@@ -210,16 +233,12 @@ def preprocess(paths: list[str], manifest: dict, device: str = "cpu"):
     from aal_k8s.data import decode_size
     from aal_k8s.data.common import read_image, resize_decoded
     from aal_k8s.data.pipeline import model_inputs
-    from aal_k8s.errors import DatasetError
 
     inp = manifest["input"]
     first = decode_size(manifest["dataset"])
     out = []
     for path in paths:
-        try:
-            img = read_image(path, any_format=True)
-        except DatasetError as e:
-            raise AALError(e.message) from None
+        img = read_image(path, any_format=True)  # unreadable: a one-line DatasetError naming the file
         if first is not None and tuple(img.shape[1:]) != first:
             img = resize_decoded(img, first)
         # one image at a time: sizes differ, and the result does not depend on the batch

@@ -20,7 +20,7 @@ from dataclasses import asdict, dataclass, field
 
 from aal_k8s.config import Config
 from aal_k8s.data import attribute_names
-from aal_k8s.errors import StageOrderError
+from aal_k8s.errors import CorruptRecordError, StageOrderError, StoreError
 from aal_k8s.planner import plan_stage
 from aal_k8s.runspec import ABLATION_STAGES
 from aal_k8s.store import ExperimentStore
@@ -85,6 +85,27 @@ class ReduceOutput:
         return cls(**d)
 
 
+SUMMARY = ("reduce", "summary.json")
+SUMMARY_SHA = "summary_sha256"  # the summary's checksum of itself (aal_k8s.checksums.seal)
+
+
+def read_summary(exp: ExperimentStore) -> dict | None:
+    """The stored reduce output (its checksum verified), or None before the first reduce."""
+    return exp.get_sealed(*SUMMARY, field=SUMMARY_SHA, what="reduce summary")
+
+
+def load_reduce(exp: ExperimentStore) -> ReduceOutput:
+    """The stored reduce output as a ReduceOutput; ``StageOrderError`` before the first reduce."""
+    summary = read_summary(exp)
+    where = exp.store.url(exp.key(*SUMMARY))
+    if summary is None:
+        raise StageOrderError(f"experiment {exp.experiment!r} has no reduce output: run `aal-k8s reduce` first")
+    try:
+        return ReduceOutput.from_json(summary)
+    except (TypeError, AttributeError):  # sealed, so written by another version of aal-k8s
+        raise StoreError(f"{where}: not a reduce summary of this version; run `aal-k8s reduce` again") from None
+
+
 def most_negative_partner(attr: str, single: float, row: dict[str, float], order: list[str]) -> str | None:
     """The partner with the largest accuracy drop below single-task, or None if none drops."""
     best, best_delta = None, 0.0
@@ -143,7 +164,12 @@ def reduce_experiment(exp: ExperimentStore, cfg: Config) -> ReduceOutput:
         when ``expected`` (the paper's stages) or when they were submitted (a spec is stored)."""
         found = []
         for spec in specs:
-            rec = exp.read_metrics(spec.run_id)
+            try:
+                rec = exp.read_metrics(spec.run_id)
+            except CorruptRecordError as e:  # counted as missing; submit moves it aside and retrains
+                out.missing.setdefault(stage, []).append(spec.run_id)
+                out.failed[spec.run_id] = f"{e.message}; `aal-k8s submit --stage {stage}` retrains the run"
+                continue
             if rec is None:
                 if expected or exp.store.exists(exp.run_key(spec.run_id, "spec.json")):
                     out.missing.setdefault(stage, []).append(spec.run_id)
@@ -306,10 +332,8 @@ def load_plan_inputs(exp: ExperimentStore, cfg: Config, stage: str) -> PlanInput
     """Partners by ``adversarial.partners_from``, chosen lambdas and groups from the stored reduce
     output; ``StageOrderError`` naming what to run when they are not there yet."""
     method = cfg.adversarial.partners_from
-    summary = exp.get_json("reduce", "summary.json") or {}
+    summary = read_summary(exp) or {}
     partners = (summary.get("partner_sources") or {}).get(method)
-    if partners is None and method == "pairwise" and summary.get("partners") and "partner_sources" not in summary:
-        partners = summary["partners"]  # a reduce output written before partner sources existed
     if partners is None:
         raise StageOrderError(
             f"stage {stage} needs the negative partners ({method}) of experiment {exp.experiment!r}: "
@@ -357,7 +381,7 @@ def final_csv(out: ReduceOutput) -> str:
 
 
 def write_reduce(exp: ExperimentStore, out: ReduceOutput) -> None:
-    exp.put_json("reduce", "summary.json", obj=out.to_json())
+    exp.put_sealed(*SUMMARY, obj=out.to_json(), field=SUMMARY_SHA)
     exp.put_text("reduce", "pairwise_matrix.csv", text=matrix_csv(out))
     if out.final:
         exp.put_text("reduce", "final.csv", text=final_csv(out))

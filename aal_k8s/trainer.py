@@ -27,6 +27,7 @@ bitwise the same weights and metrics as an uninterrupted one.
 from __future__ import annotations
 
 import copy
+import math
 import time
 from dataclasses import dataclass, field
 from typing import Callable
@@ -70,9 +71,13 @@ class RunResult:
         }
 
 
-def pick_device(name: str) -> torch.device:
+def pick_device(name: str, setting: str = "train.device") -> torch.device:
+    """The torch device for ``auto`` | ``cpu`` | ``cuda``; an asked-for GPU that is not there is
+    one line naming ``setting``, not a traceback from deep inside torch."""
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name == "cuda" and not torch.cuda.is_available():
+        raise AALError(f"{setting}: cuda was asked for, but this machine has no usable CUDA device")
     return torch.device(name)
 
 
@@ -148,6 +153,27 @@ def _scheduled_lambda(spec: RunSpec, lam: float, progress: float) -> float:
 
         return dann_lambda(lam, progress, spec.options.get("dann_alpha", 10.0))
     return lam
+
+
+class DivergedError(AALError):
+    """The loss or the weights became NaN/inf: the run stops and nothing of it is committed.
+    Exit 1 (a retry resumes from the last finite checkpoint; a setting that always diverges
+    fails its retries too, each with this one line)."""
+
+    exit_code = 1
+
+
+def _check_finite(spec: RunSpec, epoch: int, model, loss_sum: torch.Tensor, heads: list[str]) -> None:
+    """``DivergedError`` naming the first non-finite head loss or tensor. Once per epoch, not
+    per step: one device sync, and a diverged step cannot become finite again."""
+    bad = [name for name, v in zip(heads, loss_sum.tolist()) if not math.isfinite(v)]
+    if bad:
+        raise DivergedError(f"run {spec.run_id}: training diverged in epoch {epoch}: the loss of {', '.join(bad)} "
+                            f"is not finite (lower train.lr?); nothing was committed")  # fmt: skip
+    for name, tensor in [*model.named_parameters(), *model.named_buffers()]:
+        if tensor.is_floating_point() and not bool(torch.isfinite(tensor).all()):
+            raise DivergedError(f"run {spec.run_id}: training diverged in epoch {epoch}: {name} holds NaN or inf "
+                                f"(lower train.lr?); nothing was committed")  # fmt: skip
 
 
 def train_run(
@@ -276,6 +302,7 @@ def train_run(
             loss_sum += loss.detach()
             steps += 1
             step += 1
+        _check_finite(spec, epoch, model, loss_sum, spec.heads)  # before anything of this epoch is kept
         t1 = time.perf_counter()
         val_acc = evaluate(model, pipe.eval_batches("val", t.eval_batch_size), len(cols), device, bf16, forward)
         t2 = time.perf_counter()

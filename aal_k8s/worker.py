@@ -20,12 +20,12 @@ import os
 import sys
 import traceback
 
-from aal_k8s.errors import EXIT_USAGE, AALError
+from aal_k8s.errors import EXIT_USAGE, AALError, scrub
 
 EXIT_CRASH = 1
 #: Each attempt's own output, copied to the store when it ends (committed, failed, crashed or
 #: stopped), so `aal-k8s logs` works after Kubernetes has deleted the Job and its pods.
-ATTEMPT_LOG = "worker.log"
+from aal_k8s.store.layout import ATTEMPT_LOG  # noqa: E402 - one name for the attempt log
 
 
 class _Tee:
@@ -58,18 +58,21 @@ def _threads(cfg_threads: int) -> int:
 def execute(store_uri: str, experiment: str, run_id: str, log=None, until_epoch: int = 0) -> int:
     """Run ``run_id`` to its commit; returns the process exit code. ``until_epoch`` (a halving
     rung, aal_k8s.halving): stop after that epoch's checkpoint and record the rung instead."""
-    log = log if log is not None else sys.stderr  # resolved per call: a captured stream may be gone
+    raw = log if log is not None else sys.stderr  # resolved per call: a captured stream may be gone
+    log = _Scrubbed(raw)  # pod logs, local.log and worker.log are read by people who must not see credentials
     from aal_k8s.store import ExperimentStore, open_store, store_options_from_env
+    from aal_k8s.store.layout import check_name
 
     try:
+        check_name("run id", run_id)  # before anything is opened or written
         options = store_options_from_env(store_uri)
         exp = ExperimentStore(open_store(store_uri, options), experiment)
     except AALError as e:
         print(f"run {run_id}: failed: {e.message}", file=log)
         return e.exit_code
-    tee = _Tee(log)
+    tee = _Tee(raw)
     try:
-        return _execute(exp, run_id, tee, options, until_epoch)
+        return _execute(exp, run_id, _Scrubbed(tee), options, until_epoch)  # scrubbed before the tee keeps a copy
     finally:  # also on KeyboardInterrupt / SystemExit (SIGTERM: preemption, eviction, cancel)
         try:
             exp.store.put_bytes(exp.attempt_key(run_id, ATTEMPT_LOG), tee.text().encode())
@@ -79,8 +82,15 @@ def execute(store_uri: str, experiment: str, run_id: str, log=None, until_epoch:
 
 def _execute(exp, run_id: str, log, options, until_epoch: int = 0) -> int:
     try:
-        if exp.is_committed(run_id):
-            print(f"run {run_id}: already committed, nothing to do", file=log)
+        aside = exp.quarantine_record(run_id)
+        if aside is not None:  # truncated or altered: retrain rather than trust or fail forever
+            print(f"run {run_id}: its commit record failed verification; moved to "
+                  f"{exp.store.url(aside)}, training the run again", file=log)  # fmt: skip
+        elif exp.is_committed(run_id):
+            # a crash between the commit and its cleanup left files behind: finish the cleanup
+            gone = exp.clean_committed(run_id)
+            cleaned = f"; removed {len(gone)} leftover files ({sum(gone.values())} bytes)" if gone else ""
+            print(f"run {run_id}: already committed, nothing to do{cleaned}", file=log)
             return 0
         if until_epoch:
             from aal_k8s.halving import reached
@@ -106,7 +116,24 @@ def _execute(exp, run_id: str, log, options, until_epoch: int = 0) -> int:
         return EXIT_CRASH
 
 
+class _Scrubbed:
+    """A text stream that removes credentials (``aal_k8s.errors.scrub``) from what is written."""
+
+    def __init__(self, stream):
+        self.stream = stream
+
+    def write(self, text: str) -> int:
+        return self.stream.write(scrub(text))
+
+    def flush(self) -> None:
+        self.stream.flush()
+
+    def __getattr__(self, name):  # isatty, encoding... as the stream has them
+        return getattr(self.stream, name)
+
+
 def _record(exp, run_id: str, message: str, code: int, log) -> None:
+    message = scrub(message)
     print(f"run {run_id}: failed: {message}", file=log)
     try:
         exp.record_failure(run_id, message, code)

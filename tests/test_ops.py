@@ -446,11 +446,19 @@ def _backward_args(B=6, K=3, D=5, **change):
 @needs_ext
 @pytest.mark.parametrize("dtype", [torch.uint8, torch.bool, torch.int32, torch.int64, torch.complex64], ids=str)
 def test_backward_refuses_a_feature_dtype_its_kernels_cannot_read(dtype):
-    # uint8/bool h used to be read as float (past the end of its buffer: the process aborted),
-    # int/complex h as garbage
-    h = torch.ones(6, 5, dtype=dtype)
-    with pytest.raises(RuntimeError, match="fused_heads_backward: h must be float16, bfloat16, float32 or float64"):
-        torch.ops.aal_k8s.fused_heads_backward.default(*_backward_args(h=h))
+    # int/complex h used to be read as garbage; uint8/bool h as float, past the end of its buffer
+    # (the process aborted), so those run in a child process: a regression fails this test only
+    message = "fused_heads_backward: h must be float16, bfloat16, float32 or float64"
+    if dtype in (torch.uint8, torch.bool):
+        code = ("import sys, torch; sys.path.insert(0, 'tests'); from test_ops import _backward_args\n"
+                f"h = torch.ones(6, 5, dtype={dtype})\n"
+                "try: torch.ops.aal_k8s.fused_heads_backward.default(*_backward_args(h=h))\n"
+                "except RuntimeError as e: print(str(e).splitlines()[0])")  # fmt: skip
+        res = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, timeout=300)
+        assert res.returncode == 0 and message in res.stdout, res.stdout + res.stderr[-2000:]
+        return
+    with pytest.raises(RuntimeError, match=message):
+        torch.ops.aal_k8s.fused_heads_backward.default(*_backward_args(h=torch.ones(6, 5, dtype=dtype)))
 
 
 @needs_ext

@@ -418,7 +418,7 @@ def test_cli_report_writes_markdown_html_figures_and_csv_locally_and_to_the_stor
     store = tmp_path / "store"
     cfg = load_config(dataset="synthetic", overrides=[f"store.uri={store}"])
     exp = ExperimentStore(LocalStore(str(store)), cfg.experiment_name)
-    exp.put_json("reduce", "summary.json", obj=sample().to_json())
+    exp.put_sealed("reduce", "summary.json", obj=sample().to_json(), field="summary_sha256")
     local = tmp_path / "out" / "my-report.md"
     local.parent.mkdir()
     argv = ["report", "--dataset", "synthetic", "--store", str(store), "--output", str(local)]
@@ -446,7 +446,7 @@ def test_cli_report_without_output_writes_only_to_the_store(tmp_path, monkeypatc
     exp = ExperimentStore(LocalStore(str(store)), cfg.experiment_name)
     out = copy.deepcopy(sample())
     out.label_corr, out.affinity, out.partner_sources = {}, {}, {}
-    exp.put_json("reduce", "summary.json", obj=out.to_json())
+    exp.put_sealed("reduce", "summary.json", obj=out.to_json(), field="summary_sha256")
     work = tmp_path / "cwd"
     work.mkdir()
     monkeypatch.chdir(work)

@@ -68,7 +68,7 @@ def test_shared_stage_without_the_multi_weights_is_an_error(tiny_cfg):
         train_run(spec, load_dataset(tiny_cfg.dataset))
 
 
-def test_dann_schedule_changes_training_only_through_lambda(tiny_overrides, monkeypatch):
+def test_dann_schedule_changes_training_only_through_lambda(tiny_overrides):
     from aal_k8s.config import load_config
     from aal_k8s.objectives import dann_lambda
 
@@ -77,18 +77,20 @@ def test_dann_schedule_changes_training_only_through_lambda(tiny_overrides, monk
         cfg = load_config(overrides=[*tiny_overrides, f"adversarial.lambda_schedule={schedule}"], dataset="synthetic")
         data = data or load_dataset(cfg.dataset)
         spec = plan_stage("adversarial", cfg, PARTNERS)[0]
-        steps[schedule] = [_step(spec, data, monkeypatch, at=k) for k in (0, 1)]
-    lam, total = spec.lam, cfg.train.epochs * 3  # 96 images / 32 per batch
+        steps[schedule] = [_step(spec, data, at=k) for k in (0, 1)]
+    lam, n_p, total_steps = spec.lam, len(spec.primary), cfg.train.epochs * 3  # 96 images / 32 a batch
     assert lam > 0
-    for k, lam_k in ((0, 0.0), (1, dann_lambda(lam, 1 / total, cfg.adversarial.dann_alpha))):
-        const, dann = steps["constant"][k], steps["dann"][k]
-        # the heads' gradients never depend on lambda: on the first step (same weights, same batch)
-        # they are the same under both schedules; the features follow lambda_k = dann(lam, k/T)
-        if k == 0:
-            for name in ("head_weight", "head_bias"):
-                assert torch.equal(const.grads[name], dann.grads[name]), name
-        _assert_grads(dann, _expected_grads("adversarial", dann, len(spec.primary), lam_k))
-    _assert_grads(steps["constant"][1], _expected_grads("adversarial", steps["constant"][1], len(spec.primary), lam))
+    # the heads' gradients never depend on lambda: on the first update (same weights, same batch)
+    # they are the same under both schedules
+    for name in ("head_weight", "head_bias"):
+        assert torch.equal(steps["constant"][0].grads[name], steps["dann"][0].grads[name]), name
+    # the features' gradient follows lambda_k = dann(lam, k / T) at update k (0 at the first)...
+    for k in (0, 1):
+        lam_k = dann_lambda(lam, k / total_steps, cfg.adversarial.dann_alpha)
+        _assert_grads(steps["dann"][k], _expected_grads("adversarial", steps["dann"][k], n_p, lam_k))
+    assert dann_lambda(lam, 0.0) == 0.0
+    # ... and the constant schedule's follows lam
+    _assert_grads(steps["constant"][1], _expected_grads("adversarial", steps["constant"][1], n_p, lam))
 
 
 def test_runs_record_split_sizes_and_train_label_correlation(tiny_cfg):
@@ -160,7 +162,7 @@ class _Stop(Exception):
     pass
 
 
-def _step(spec, data, monkeypatch, at: int = 0, init_state=None) -> Step:
+def _step(spec, data, at: int = 0, init_state=None) -> Step:
     """Run ``train_run(spec)`` up to its update number ``at`` (0-based) and return that update's
     model, batch and gradients; training stops there."""
     from aal_k8s import trainer
@@ -193,19 +195,18 @@ def _step(spec, data, monkeypatch, at: int = 0, init_state=None) -> Step:
             raise _Stop
         seen["updates"] += 1
 
-    monkeypatch.setattr(trainer, "pipeline_for_run", recording_pipeline)
-    monkeypatch.setattr(trainer, "AttributeNet", recording_net)
     handle = register_optimizer_step_pre_hook(before_update)
     try:
-        with pytest.raises(_Stop):
+        with pytest.MonkeyPatch.context() as mp, pytest.raises(_Stop):
+            mp.setattr(trainer, "pipeline_for_run", recording_pipeline)
+            mp.setattr(trainer, "AttributeNet", recording_net)
             train_run(spec, data, init_state=init_state)
     finally:
         handle.remove()
-        monkeypatch.undo()
     return seen["step"]
 
 
-def _expected_grads(mode: str, step: Step, n_p: int, lam: float, clip=None) -> dict[str, torch.Tensor]:
+def _expected_grads(mode: str, step: Step, n_p: int, lam: float) -> dict[str, torch.Tensor]:
     """The gradients of each player's objective, written out with plain autograd (paper eq. 4-6 and
     the WGAN critic), on the model and batch of ``step``."""
     net = copy.deepcopy(step.model)
@@ -250,7 +251,7 @@ def _assert_grads(step: Step, want: dict[str, torch.Tensor]) -> None:
 
 
 @pytest.mark.parametrize("stage", ["single", "multi", "pairwise", "affinity", "adversarial", *ABLATION_STAGES])
-def test_each_stage_trains_its_modes_objective(tiny_cfg, stage, monkeypatch):
+def test_each_stage_trains_its_modes_objective(tiny_cfg, stage):
     data = load_dataset(tiny_cfg.dataset)
     spec = plan_stage(stage, tiny_cfg, PARTNERS, lambdas=LAMBDAS, groups={"square": ["ring", "red_tint"]})[0]
     init = None
@@ -261,7 +262,7 @@ def test_each_stage_trains_its_modes_objective(tiny_cfg, stage, monkeypatch):
     n_p = len(spec.primary)
     if spec.mode in ("adversarial", "gan", "wgan", "shared"):
         assert spec.auxiliary and spec.lam > 0
-    step = _step(spec, data, monkeypatch, init_state=init)
+    step = _step(spec, data, init_state=init)
     want = _expected_grads(spec.mode, step, n_p, spec.lam if spec.auxiliary else 0.0)
     _assert_grads(step, want)
     if spec.mode == "shared":
@@ -291,5 +292,7 @@ def test_the_optimizer_runs_each_epoch_at_the_decayed_learning_rate_and_the_deca
     # scales with the learning rate)
     params = [k for k in decayed[0] if "running" not in k]
     assert all(torch.equal(decayed[0][k], plain[0][k]) for k in params)
-    moved = {name: sum(float((w[1][k] - w[0][k]).norm()) for k in params) for name, w in (("decayed", decayed), ("plain", plain))}
-    assert 0.05 < moved["decayed"] / moved["plain"] < 0.2, moved
+    def moved(w):  # how far epoch 2 took the parameters
+        return sum(float((w[1][k] - w[0][k]).norm()) for k in params)
+
+    assert 0.05 < moved(decayed) / moved(plain) < 0.2, (moved(decayed), moved(plain))

@@ -58,9 +58,11 @@ SLEEP = time.sleep  # the default of KubernetesBackend(sleep=...); tests replace
 class KubernetesError(AALError):
     """A Kubernetes API call failed; the message names ``namespace/name`` and the API's answer."""
 
-    def __init__(self, message: str, status: int | None = None):
+    def __init__(self, message: str, status: int | None = None, gave_up: bool = False):
         super().__init__(message)
         self.status = status
+        if gave_up:  # unreachable or overloaded past every retry: worth a retry later (exit 1, not 2)
+            self.exit_code = 1
 
 
 class WaitGaveUp(KubernetesError):
@@ -276,7 +278,7 @@ class KubernetesBackend(Backend):
                 if not _retryable(status):
                     raise KubernetesError(f"{what}: {describe(e)}", status) from None
                 if attempt >= self.k.api_max_attempts:
-                    raise KubernetesError(f"{what}: {describe(e)} (gave up after {attempt} attempts)", status) from None
+                    raise KubernetesError(f"{what}: {describe(e)} (gave up after {attempt} attempts)", status, gave_up=True) from None
                 hinted = retry_after(e, self.wall())
                 delay = min(hinted, self.k.api_backoff_max_seconds) if hinted is not None else self._backoff(attempt)
                 self.log(f"{what}: {describe(e)}; retry {attempt}/{self.k.api_max_attempts - 1} in {delay:g}s")
@@ -703,7 +705,7 @@ class KubernetesBackend(Backend):
                 failures += 1
                 if failures >= self.k.api_max_attempts:
                     raise KubernetesError(
-                        f"{what}: {describe(e)} (gave up after {failures} attempts)", status
+                        f"{what}: {describe(e)} (gave up after {failures} attempts)", status, gave_up=True
                     ) from None
                 hinted = retry_after(e, self.wall())
                 delay = min(hinted, self.k.api_backoff_max_seconds) if hinted is not None else self._backoff(failures)

@@ -18,11 +18,12 @@ import signal
 import sys
 import threading
 
-from aal_k8s.errors import AALError
+from aal_k8s.errors import AALError, scrub
 
 SUBCOMMANDS = ["plan", "pipeline", "submit", "status", "reduce", "final", "report", "worker", "prepare"]
 SUBCOMMANDS += ["logs", "cancel"]  # a run's log, cancelling a stage (both backends; see docs/kubernetes.md)
 SUBCOMMANDS += ["download", "predict", "doctor"]
+SUBCOMMANDS += ["gc"]  # leftovers of crashed workers and publications (dry run by default)
 
 
 class _Parser(argparse.ArgumentParser):
@@ -68,7 +69,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         return int(args.func(args) or 0)
     except AALError as e:
-        print(f"aal-k8s: error: {e.message}", file=sys.stderr)
+        print(f"aal-k8s: error: {scrub(e.message)}", file=sys.stderr)
         return e.exit_code
     except Terminated:
         print("aal-k8s: terminated", file=sys.stderr)
@@ -76,6 +77,11 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("aal-k8s: interrupted", file=sys.stderr)
         return 130
+    except Exception:  # a bug: its traceback helps, but library messages may quote credentials
+        import traceback
+
+        print(scrub(traceback.format_exc()), file=sys.stderr, end="")
+        return 1
     finally:
         if in_main:
             signal.signal(signal.SIGTERM, previous)

@@ -3,10 +3,9 @@
 from __future__ import annotations
 
 from aal_k8s.cli.common import add_config_args, examples, open_experiment
-from aal_k8s.errors import StageOrderError
 from aal_k8s.experiment import ensure_pinned
 from aal_k8s.final import build_final
-from aal_k8s.reduce import ReduceOutput
+from aal_k8s.reduce import load_reduce
 
 HELP = "write the final model set (safetensors + manifest) to the store"
 EXAMPLES = examples("aal-k8s final --dataset synthetic")
@@ -14,13 +13,6 @@ EXAMPLES = examples("aal-k8s final --dataset synthetic")
 
 def add_arguments(p) -> None:
     add_config_args(p)
-
-
-def load_reduce(exp) -> ReduceOutput:
-    summary = exp.get_json("reduce", "summary.json")
-    if summary is None:
-        raise StageOrderError(f"experiment {exp.experiment!r} has no reduce output: run `aal-k8s reduce` first")
-    return ReduceOutput.from_json(summary)
 
 
 def run(args) -> int:

@@ -39,7 +39,7 @@ def run(args) -> int:
     if args.device not in ("cpu", "cuda", "auto"):
         raise AALError(f"--device: {args.device!r} is not one of cpu, cuda, auto")
     attrs = [a.strip() for a in args.attrs.split(",") if a.strip()] if args.attrs else None
-    device = str(pick_device(args.device))
+    device = str(pick_device(args.device, "--device"))
     result = predict(args.models, args.images, attrs, device=device, threshold=args.threshold)
     if args.format == "json":
         sys.stdout.write(json.dumps(result, indent=1) + "\n")

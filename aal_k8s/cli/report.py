@@ -5,7 +5,7 @@ from __future__ import annotations
 import os
 
 from aal_k8s.cli.common import add_config_args, examples, open_experiment
-from aal_k8s.cli.final import load_reduce
+from aal_k8s.reduce import load_reduce
 from aal_k8s.report import FIGURE_DIR, render_report
 from aal_k8s.store.base import atomic_write
 

@@ -41,6 +41,12 @@ def plan(cfg: Config, exp: ExperimentStore, stage: str, attributes: list[str] | 
 
 def execute_stage(backend: Backend, exp: ExperimentStore, stage: str, specs: list[RunSpec]) -> SubmitReport:
     print(f"stage {stage}: {len(specs)} runs", file=sys.stderr)
+    for spec in specs:  # truncated or altered records: moved aside, so the backend runs them again
+        problem = exp.record_problem(spec.run_id)
+        if problem:
+            aside = exp.quarantine_record(spec.run_id)
+            where = f"moved to {exp.store.url(aside)}" if aside else "already moved aside"
+            print(f"run {spec.run_id}: {problem}; {where}, the run is trained again", file=sys.stderr)
     if stage == "adversarial" and backend.cfg.adversarial.lambda_search == "halving":
         from aal_k8s.halving import run_halving
 

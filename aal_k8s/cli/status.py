@@ -7,7 +7,7 @@ the counts are true whichever backend executed the runs.
 
 from __future__ import annotations
 
-from aal_k8s.backends import STATES, get_backend
+from aal_k8s.backends import STATES, RunState, get_backend
 from aal_k8s.cli.common import add_config_args, examples, open_experiment
 from aal_k8s.cli.stages import plan
 from aal_k8s.errors import StageOrderError
@@ -36,6 +36,10 @@ def run(args) -> int:
             print(f"{stage:<12}" + f"{'(waits for reduce)':>{14 * len(STATES)}}")
             continue
         states = backend.states(specs, exp)
+        for spec in specs:  # a record that fails verification is no completion, whatever the backend saw
+            problem = exp.record_problem(spec.run_id)
+            if problem:
+                states[spec.run_id] = RunState(spec.run_id, "failed", f"{problem}; `aal-k8s submit` retrains the run")
         counts = {s: 0 for s in STATES}
         for st in states.values():
             counts[st.state] += 1

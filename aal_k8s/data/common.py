@@ -91,7 +91,9 @@ def read_image(path: str, any_format: bool = False) -> torch.Tensor:
         with warnings.catch_warnings():
             # torchvision 0.29 deprecates its image decoders in favour of TorchCodec; they work
             warnings.simplefilter("ignore", DeprecationWarning)
-            return decode(data)
+            img = decode(data)
+        # an animated GIF decodes to [frames, 3, H, W]: its first frame, as PIL reads it
+        return img[0] if img.dim() == 4 else img
     except Exception as e:
         reason = (str(e).strip().splitlines() or [type(e).__name__])[0][:120]
         if any_format and decode is not _pil_decode:
@@ -249,7 +251,9 @@ def check_source(cfg, store, local: bool) -> None:
 
     ``cfg`` is a DatasetConfig and ``store`` the experiment's store. A pack (in the store, or at
     ``dataset.pack``) is enough; otherwise ``dataset.root`` must be set and, when the runs execute
-    on this machine (``local``), exist. On Kubernetes the root is a path inside the pods, unchecked.
+    on this machine (``local``), exist and hold the dataset's layout: its label files are parsed
+    and its image files listed (not decoded), so an empty or malformed root is one line here, not
+    one failure per run. On Kubernetes the root is a path inside the pods, unchecked.
     """
     import importlib
 
@@ -269,4 +273,5 @@ def check_source(cfg, store, local: bool) -> None:
     if cfg.pack == "auto" and store is not None and store.exists(f"{packs.pack_prefix(cfg.name)}/{packs.MANIFEST}"):
         return
     if local or not cfg.root:
-        source_root(cfg, mod)
+        root = source_root(cfg, mod)
+        mod.final_splits(cfg, mod.read_source(root, cfg.strict_counts))

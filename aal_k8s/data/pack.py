@@ -24,7 +24,6 @@ one machine take a file lock, so one downloads and the others wait.
 from __future__ import annotations
 
 import fcntl
-import hashlib
 import json
 import os
 import sys
@@ -35,6 +34,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
+from aal_k8s.checksums import check_bytes, sha256_hex
 from aal_k8s.errors import DatasetError
 
 FORMAT = "aal-k8s-pack/1"
@@ -54,10 +54,6 @@ def _join(prefix: str, key: str) -> str:
     return f"{prefix.rstrip('/')}/{key}" if prefix else key
 
 
-def _sha256(data) -> str:
-    return hashlib.sha256(data).hexdigest()
-
-
 def cache_root(cfg=None) -> str:
     d = (getattr(cfg, "cache_dir", "") or "").strip()
     return os.path.abspath(os.path.expanduser(d or os.environ.get("AAL_K8S_CACHE") or "~/.cache/aal-k8s"))
@@ -72,46 +68,35 @@ def build_pack(
     strict: bool = True,
     shard_size: int = DEFAULT_SHARD_SIZE,
     workers: int = 4,
-    log=sys.stderr,
+    log=None,
 ) -> dict:
     """Decode every image of the dataset folder ``source`` once and write the pack to ``store``
     under ``prefix`` (manifest last). Returns the manifest."""
-    from aal_k8s.data.common import decoded_batches
-
+    log = log if log is not None else sys.stderr  # per call: a captured stream may be gone
     if not os.path.isdir(source):
         raise DatasetError(f"{source}: source folder does not exist (expected {mod.LAYOUT})")
     parts = mod.read_source(source, strict)
     h, w = mod.IMAGE_SIZE
-    splits = {}
-    t0, total = time.perf_counter(), 0
-    for split, part in parts.items():
-        n = len(part)
-        files = [os.path.join(source, name) for name in part.names]
-        starts = list(range(0, n, shard_size))
-        batches = [list(range(s, min(n, s + shard_size))) for s in starts]
-        shards = []
-        stream = decoded_batches(files, (h, w), mod.RESIZE, _chunks(batches, 64), workers)
-        for k, idx in enumerate(batches):
-            buf = np.empty((len(idx), 3, h, w), dtype=np.uint8)
-            filled = 0
-            while filled < len(idx):
-                b = next(stream).numpy()
-                buf[filled : filled + len(b)] = b
-                filled += len(b)
-            data = buf.tobytes()
-            key = f"{split}/images-{k:05d}.u8"
-            store.put_bytes(_join(prefix, key), data)
-            shards.append({"key": key, "count": len(idx), "size": len(data), "sha256": _sha256(data)})
-            total += len(idx)
-            rate = total / max(1e-9, time.perf_counter() - t0)
-            print(f"prepare {mod.NAME}: {split} {idx[-1] + 1:,}/{n:,} images ({rate:.0f} images/s)", file=log)
-        labels = np.ascontiguousarray(part.labels, dtype=np.uint8).tobytes()
-        names = "".join(f"{x}\n" for x in part.names).encode()
-        entry = {"count": n, "images": shards}
-        for name, key, data in (("labels", f"{split}/labels.u8", labels), ("names", f"{split}/names.txt", names)):
-            store.put_bytes(_join(prefix, key), data)
-            entry[name] = {"key": key, "size": len(data), "sha256": _sha256(data)}
-        splits[split] = entry
+    written: list[str] = []
+
+    def put(key: str, data: bytes) -> None:
+        written.append(_join(prefix, key))
+        store.put_bytes(written[-1], data)
+
+    # A pack already here is replaced file by file: its manifest goes first, so that it is never
+    # found half-overwritten. A bad image (or an interrupt) removes what this build wrote and what
+    # is left of the replaced pack: no partial shards stay behind (prepare again once fixed).
+    old = _old_files(store, prefix)
+    store.delete(_join(prefix, MANIFEST))
+    try:
+        splits = _write_splits(mod, source, parts, shard_size, workers, put, log)
+    except BaseException:
+        for key in dict.fromkeys([*written, *old]):
+            try:
+                store.delete(key)
+            except Exception:  # the store may be what failed; the original error matters more
+                pass
+        raise
     from aal_k8s.data.common import decoder_name
 
     manifest = {
@@ -131,6 +116,57 @@ def build_pack(
     return manifest
 
 
+def _old_files(store, prefix: str) -> list[str]:
+    """Keys of the files a pack already at ``prefix`` lists (none when there is none or its
+    manifest is unreadable)."""
+    key = _join(prefix, MANIFEST)
+    try:
+        if not store.exists(key):
+            return []
+        return [_join(prefix, f["key"]) for f in pack_files(parse_manifest(store.get_bytes(key), store.url(key)))]
+    except DatasetError:
+        return []
+
+
+def _write_splits(mod, source: str, parts, shard_size: int, workers: int, put, log) -> dict:
+    """Decode every split into shards and ``put`` them with its labels and names; returns the
+    manifest's ``splits``."""
+    from aal_k8s.data.common import decoded_batches
+
+    h, w = mod.IMAGE_SIZE
+    splits = {}
+    t0, total = time.perf_counter(), 0
+    for split, part in parts.items():
+        n = len(part)
+        files = [os.path.join(source, name) for name in part.names]
+        starts = list(range(0, n, shard_size))
+        batches = [list(range(s, min(n, s + shard_size))) for s in starts]
+        shards = []
+        stream = decoded_batches(files, (h, w), mod.RESIZE, _chunks(batches, 64), workers)
+        for k, idx in enumerate(batches):
+            buf = np.empty((len(idx), 3, h, w), dtype=np.uint8)
+            filled = 0
+            while filled < len(idx):
+                b = next(stream).numpy()
+                buf[filled : filled + len(b)] = b
+                filled += len(b)
+            data = buf.tobytes()
+            key = f"{split}/images-{k:05d}.u8"
+            put(key, data)
+            shards.append({"key": key, "count": len(idx), "size": len(data), "sha256": sha256_hex(data)})
+            total += len(idx)
+            rate = total / max(1e-9, time.perf_counter() - t0)
+            print(f"prepare {mod.NAME}: {split} {idx[-1] + 1:,}/{n:,} images ({rate:.0f} images/s)", file=log)
+        labels = np.ascontiguousarray(part.labels, dtype=np.uint8).tobytes()
+        names = "".join(f"{x}\n" for x in part.names).encode()
+        entry = {"count": n, "images": shards}
+        for name, key, data in (("labels", f"{split}/labels.u8", labels), ("names", f"{split}/names.txt", names)):
+            put(key, data)
+            entry[name] = {"key": key, "size": len(data), "sha256": sha256_hex(data)}
+        splits[split] = entry
+    return splits
+
+
 def _chunks(batches: list[list[int]], size: int):
     """Decode batches of at most ``size`` images that never straddle two shards."""
     return [b[i : i + size] for b in batches for i in range(0, len(b), size)]
@@ -144,8 +180,9 @@ def pack_files(manifest: dict) -> list[dict]:
     return out
 
 
-def copy_pack(src, src_prefix: str, dst, dst_prefix: str, log=sys.stderr) -> None:
+def copy_pack(src, src_prefix: str, dst, dst_prefix: str, log=None) -> None:
     """Upload a built pack from store ``src`` to ``dst`` (files verified first, manifest last)."""
+    log = log if log is not None else sys.stderr
     raw = src.get_bytes(_join(src_prefix, MANIFEST))
     manifest = parse_manifest(raw, src.url(_join(src_prefix, MANIFEST)))
     for i, f in enumerate(pack_files(manifest), 1):
@@ -211,11 +248,7 @@ def _manifest_problem(m: dict) -> str | None:
 
 
 def _check(data: bytes, f: dict, where: str) -> None:
-    if len(data) != f["size"] or _sha256(data) != f["sha256"]:
-        raise DatasetError(
-            f"{where}: checksum mismatch (expected {f['size']} bytes sha256 {f['sha256'][:12]}..., "
-            f"got {len(data)} bytes sha256 {_sha256(data)[:12]}...)"
-        )
+    check_bytes(where, data, f["sha256"], f["size"], DatasetError)
 
 
 @dataclass
@@ -291,7 +324,7 @@ def fetch(src, prefix: str, cache: str, threads: int = DOWNLOAD_THREADS) -> Loca
     where = src.url(prefix) if prefix else src.url("").rstrip("/")
     raw = src.get_bytes(_join(prefix, MANIFEST))
     manifest = parse_manifest(raw, src.url(_join(prefix, MANIFEST)))
-    folder = os.path.join(cache, PACKS_PREFIX, manifest["dataset"], _sha256(raw)[:16])
+    folder = os.path.join(cache, PACKS_PREFIX, manifest["dataset"], sha256_hex(raw)[:16])
     local = LocalPack(folder, manifest, where)
     os.makedirs(folder, exist_ok=True)
     with open(folder + ".lock", "w") as lock:

@@ -48,6 +48,17 @@ class Store(abc.ABC):
         """Download to ``path`` atomically (temp file in the same folder, then rename)."""
         atomic_write(os.fspath(path), self.get_bytes(key))
 
+    def list_sizes(self, prefix: str) -> dict[str, int]:
+        """``{key: size in bytes}`` of every key below ``prefix`` (backends answer from a listing)."""
+        return {k: len(self.get_bytes(k)) for k in self.list(prefix)}
+
+    def temp_files(self, prefix: str, older_than: float) -> dict[str, int]:
+        """``{key: size}`` of temp files that interrupted writes left below ``prefix``, not
+        modified for ``older_than`` seconds (a younger one may be a write in progress). They are
+        not keys ``list`` returns; ``delete`` removes them. Stores whose writes leave no temp
+        objects (S3: a PUT is all or nothing) have none."""
+        return {}
+
     def url(self, key: str) -> str:
         """Where ``key`` lives, for messages."""
         return f"{self.uri.rstrip('/')}/{key}"

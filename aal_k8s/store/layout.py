@@ -14,6 +14,7 @@ Layout under ``<store>/<experiment>/``::
     runs/<run_id>/failure.json               the last failed attempt (ignored once committed)
     runs/<run_id>/local.log                  worker output (local backend)
     runs/<run_id>/metrics.json               the commit record, written LAST, create-only
+    runs/<run_id>/quarantine/metrics-*.json  commit records that failed verification, moved aside
     reduce/summary.json                      reduce output (matrix, partners, lambda, final choice)
     reduce/pairwise_matrix.csv               row = attribute, column = partner, diagonal = single
     reduce/final.csv                         one row per attribute: the chosen classifier
@@ -31,6 +32,11 @@ and carries a sha256 of itself. A run is complete exactly when ``metrics.json`` 
 see only committed runs, and verify size and sha256 of every artifact (and of the record) they
 read. A losing attempt deletes its own files and leaves the winner's alone.
 
+A record that exists but fails verification (truncated by a crashed writer or a broken copy,
+edited, or without its ``record_sha256``) makes the run *not* committed: readers report it by
+name (``record_problem``), and ``submit`` or the run's next worker moves it to
+``quarantine/`` (``quarantine_record``) so that the run is trained and committed again.
+
 Checkpoints are written every epoch under the attempt; the newest ``checkpoint_keep`` of each
 attempt are kept (older ones are deleted only after a newer one is complete). A restarted worker
 (a new attempt) resumes from the newest checkpoint of any attempt whose record and sha256 check
@@ -40,7 +46,6 @@ once the run is committed.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import re
@@ -48,18 +53,17 @@ import socket
 import time
 import uuid
 
-from aal_k8s.errors import StoreError, StoreUnavailableError
+from aal_k8s.checksums import check_bytes, check_file, file_sha256, seal, sha256_hex, unseal
+from aal_k8s.errors import AALError, CorruptRecordError, StoreError, StoreUnavailableError
 from aal_k8s.runspec import RunSpec
 from aal_k8s.store.base import Store
+
+__all__ = ["ExperimentStore", "attempt_id", "check_bytes", "check_file", "file_sha256", "sha256_hex"]
 
 COMMIT_FILE = "metrics.json"
 ATTEMPTS = "attempts"
 CHECKPOINTS = "checkpoints"
 _CKPT_RECORD = re.compile(r"attempts/([^/]+)/checkpoints/epoch-(\d+)\.json$")
-
-
-def sha256_hex(data: bytes) -> str:
-    return hashlib.sha256(data).hexdigest()
 
 
 def attempt_id() -> str:
@@ -73,15 +77,28 @@ def attempt_id() -> str:
     return f"{base}-{uuid.uuid4().hex[:8]}"
 
 
-def _self_sha(record: dict) -> str:
-    body = {k: v for k, v in record.items() if k != "record_sha256"}
-    return sha256_hex(json.dumps(body, sort_keys=True).encode())
+TEMP_MAX_AGE = 15 * 60  # seconds: a younger temp file may be a write still in progress
+RECORD_SHA = "record_sha256"  # the commit record's checksum of itself (aal_k8s.checksums.seal)
+QUARANTINE = "quarantine"
+ATTEMPT_LOG = "worker.log"  # an attempt's log (aal_k8s.worker), kept after the commit
+
+
+_PLAIN_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,199}")
+
+
+def check_name(kind: str, value) -> str:
+    """``value`` if it is a plain name (letters, digits, '.', '_', '-'; no leading dot, no '..'),
+    else one line naming it: experiment names and run ids become store keys, and a
+    ``--run ../../escape`` must not write outside the experiment."""
+    if not isinstance(value, str) or not _PLAIN_NAME.fullmatch(value) or ".." in value:
+        raise AALError(f"{kind} {value!r} is not a plain name (letters, digits, '.', '_', '-'; not starting with '.')")
+    return value
 
 
 class ExperimentStore:
     def __init__(self, store: Store, experiment: str, attempt: str | None = None):
         self.store = store
-        self.experiment = experiment
+        self.experiment = check_name("experiment", experiment)
         self._attempt = attempt
 
     @property
@@ -92,6 +109,8 @@ class ExperimentStore:
         return self._attempt
 
     def key(self, *parts: str) -> str:
+        if parts[:1] == ("runs",) and len(parts) > 1:
+            check_name("run id", parts[1])
         return "/".join((self.experiment, *parts))
 
     def run_key(self, run_id: str, name: str) -> str:
@@ -117,7 +136,41 @@ class ExperimentStore:
             raise StoreError(f"{self.store.url(key)}: not a valid run spec") from None
 
     def is_committed(self, run_id: str) -> bool:
-        return self.store.exists(self.run_key(run_id, COMMIT_FILE))
+        """True when the run's commit record exists and verifies (a corrupt one: False)."""
+        try:
+            return self.read_metrics(run_id) is not None
+        except CorruptRecordError:
+            return False
+
+    def record_problem(self, run_id: str) -> str | None:
+        """Why the run's commit record cannot be trusted (one line, naming it); None when there is
+        no record or it verifies."""
+        try:
+            self.read_metrics(run_id)
+        except CorruptRecordError as e:
+            return e.message
+        return None
+
+    def quarantine_record(self, run_id: str) -> str | None:
+        """Move a commit record that fails verification to ``quarantine/`` so that the run can be
+        trained and committed again; returns the quarantine key, or None when the record is fine
+        or absent. A valid record is never touched: the bytes are checked again right before the
+        delete, so a record another attempt has just committed in its place stays."""
+        key = self.run_key(run_id, COMMIT_FILE)
+        if not self.store.exists(key):
+            return None
+        raw = self.store.get_bytes(key)
+        try:
+            self._parse_record(key, raw)
+            return None
+        except CorruptRecordError:
+            pass
+        stamp = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime())
+        aside = self.run_key(run_id, f"{QUARANTINE}/metrics-{stamp}-{uuid.uuid4().hex[:8]}.json")
+        self.store.put_bytes(aside, raw)
+        if self.store.exists(key) and self.store.get_bytes(key) == raw:
+            self.store.delete(key)
+        return aside
 
     def committed_ids(self) -> set[str]:
         """Ids of every committed run of the experiment: one listing, not one request per run."""
@@ -131,6 +184,7 @@ class ExperimentStore:
         Returns the run's commit record: this attempt's if it won, else the winner's (compare
         ``record["attempt"]`` with ``self.attempt``). The loser's files are deleted."""
         run_id = spec.run_id
+        self.quarantine_record(run_id)  # a corrupt record must not block the create-only write
         existing = self.read_metrics(run_id)
         if existing is not None:
             self.discard_attempt(run_id)
@@ -147,9 +201,20 @@ class ExperimentStore:
             "attempt": self.attempt,
             "committed_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
         }
-        record["record_sha256"] = _self_sha(record)
+        record = seal(record, RECORD_SHA)
         body = json.dumps(record, indent=1).encode()
-        if self.store.put_if_absent(self.run_key(run_id, COMMIT_FILE), body):
+        try:
+            created = self.store.put_if_absent(self.run_key(run_id, COMMIT_FILE), body)
+        except StoreUnavailableError:
+            # every answer lost: the record may exist all the same; ours if it holds our bytes
+            try:
+                landed = self.read_metrics(run_id)
+            except StoreError:
+                landed = None
+            if landed is None or landed.get(RECORD_SHA) != record[RECORD_SHA]:
+                raise
+            created = True
+        if created:
             won = record
         else:
             # Lost, or our own write landed and its response was lost (the retry then sees 412);
@@ -157,11 +222,35 @@ class ExperimentStore:
             won = self.read_metrics(run_id)
             if won is None:
                 raise StoreError(f"{self.store.url(self.run_key(run_id, COMMIT_FILE))}: commit failed")
-        if won.get("attempt") == self.attempt and won.get("record_sha256") == record["record_sha256"]:
-            self.delete_checkpoints(run_id)
+        if won.get("attempt") == self.attempt and won.get(RECORD_SHA) == record[RECORD_SHA]:
+            self.clean_committed(run_id, won)
         else:
             self.discard_attempt(run_id)
         return won
+
+    def leftovers(self, run_id: str, record: dict | None = None) -> dict[str, int]:
+        """``{key: size}`` of a committed run's files that nothing will read again: every key below
+        ``attempts/`` its record does not list (checkpoints of every attempt, a losing attempt's
+        weights) and temp files of interrupted writes below the run. Empty when not committed:
+        an uncommitted run's files may belong to a worker that is still running."""
+        record = record if record is not None else self.read_metrics(run_id)
+        if record is None:
+            return {}
+        keep = {self.key(m["key"]) for m in record["artifacts"].values() if isinstance(m, dict) and "key" in m}
+        found = {
+            k: n for k, n in self.store.list_sizes(self.key("runs", run_id, ATTEMPTS)).items()
+            if k not in keep and not k.endswith(f"/{ATTEMPT_LOG}")  # logs are small and explain what happened
+        }  # fmt: skip
+        found.update(self.store.temp_files(self.key("runs", run_id), TEMP_MAX_AGE))
+        return found
+
+    def clean_committed(self, run_id: str, record: dict | None = None) -> dict[str, int]:
+        """Delete ``leftovers`` (idempotent: a crash half-way is finished by the next call);
+        returns what was deleted."""
+        found = self.leftovers(run_id, record)
+        for key in found:
+            self.store.delete(key)
+        return found
 
     def discard_attempt(self, run_id: str) -> None:
         """Delete this attempt's files (after another attempt committed the run)."""
@@ -169,36 +258,43 @@ class ExperimentStore:
             self.store.delete(key)
 
     def read_metrics(self, run_id: str) -> dict | None:
-        """The commit record of ``run_id`` (its own sha256 verified), or None when not committed."""
+        """The commit record of ``run_id`` (its own sha256 verified), or None when not committed;
+        ``CorruptRecordError`` naming it when it is truncated, unsealed or altered."""
         key = self.run_key(run_id, COMMIT_FILE)
         if not self.store.exists(key):
             return None
-        try:
-            record = json.loads(self.store.get_bytes(key))
-        except (json.JSONDecodeError, UnicodeDecodeError):
-            raise StoreError(
-                f"{self.store.url(key)}: commit record is not valid JSON (truncated or corrupted)"
-            ) from None
-        if not isinstance(record, dict):
-            raise StoreError(f"{self.store.url(key)}: commit record is not a JSON object")
-        if "record_sha256" in record and record["record_sha256"] != _self_sha(record):
-            raise StoreError(f"{self.store.url(key)}: checksum mismatch (the commit record was altered)")
+        return self._parse_record(key, self.store.get_bytes(key))
+
+    def _parse_record(self, key: str, raw: bytes) -> dict:
+        where = self.store.url(key)
+        record = unseal(raw, RECORD_SHA, where, "commit record", CorruptRecordError)
+        if not isinstance(record.get("artifacts"), dict):
+            raise CorruptRecordError(f"{where}: commit record lists no artifacts")
         return record
 
     def artifact_key(self, run_id: str, name: str, record: dict | None = None) -> str:
+        """The store key of a committed run's artifact, as its (verified) record lists it."""
         record = record if record is not None else self.read_metrics(run_id)
-        meta = (record or {}).get("artifacts", {}).get(name) or {}
-        return self.key(meta["key"]) if "key" in meta else self.run_key(run_id, name)
+        meta = self._artifact_meta(run_id, name, record)
+        return self.key(meta["key"])
+
+    def _artifact_meta(self, run_id: str, name: str, record: dict | None) -> dict:
+        if record is None:
+            raise StoreError(f"run {run_id} is not committed in {self.store.url(self.key('runs'))}")
+        meta = record["artifacts"].get(name)
+        if meta is None:
+            raise StoreError(f"run {run_id} has no artifact {name!r}")
+        ok = isinstance(meta, dict) and isinstance(meta.get("key"), str) and isinstance(meta.get("sha256"), str)
+        if not ok or isinstance(meta.get("size"), bool) or not isinstance(meta.get("size"), int):
+            # no fallback to a conventional key or to an unchecked read: the record is sealed, so
+            # this only happens with a record from another program
+            raise CorruptRecordError(f"run {run_id}: artifact {name!r} in its commit record lacks key, size or sha256")
+        return meta
 
     def read_artifact(self, run_id: str, name: str) -> bytes:
         """An artifact of a committed run, verified against the size and sha256 in its record."""
-        record = self.read_metrics(run_id)
-        if record is None:
-            raise StoreError(f"run {run_id} is not committed in {self.store.url(self.key('runs'))}")
-        meta = record.get("artifacts", {}).get(name)
-        if meta is None:
-            raise StoreError(f"run {run_id} has no artifact {name!r}")
-        return self.read_verified(self.artifact_key(run_id, name, record), meta["sha256"], meta["size"])
+        meta = self._artifact_meta(run_id, name, self.read_metrics(run_id))
+        return self.read_verified(self.key(meta["key"]), meta["sha256"], meta["size"])
 
     def read_verified(self, key: str, sha256: str, size: int) -> bytes:
         data = self.store.get_bytes(key)
@@ -268,12 +364,6 @@ class ExperimentStore:
                     print(f"run {run_id}: skipping checkpoint {self.store.url(rec_key)}: {e}", file=log)
         return None
 
-    def delete_checkpoints(self, run_id: str) -> None:
-        """Every attempt's checkpoints (once the run is committed they are no longer needed)."""
-        for k in self.store.list(self.key("runs", run_id, ATTEMPTS)):
-            if f"/{CHECKPOINTS}/" in k:
-                self.store.delete(k)
-
     # -- failures ------------------------------------------------------------------------------
     def record_failure(self, run_id: str, message: str, exit_code: int) -> None:
         body = {
@@ -307,34 +397,22 @@ class ExperimentStore:
         except (json.JSONDecodeError, UnicodeDecodeError):
             raise StoreError(f"{self.store.url(key)}: not valid JSON (truncated or corrupted)") from None
 
+    def put_sealed(self, *parts: str, obj: dict, field: str) -> dict:
+        """Write ``obj`` with its own sha256 under ``field`` (``aal_k8s.checksums.seal``); returns
+        what was written."""
+        sealed = seal(obj, field)
+        self.put_json(*parts, obj=sealed)
+        return sealed
+
+    def get_sealed(self, *parts: str, field: str, what: str) -> dict | None:
+        """A document written by ``put_sealed``, its checksum verified and ``field`` removed; None
+        when absent; ``StoreError`` naming it when truncated, unsealed or altered."""
+        key = self.key(*parts)
+        if not self.store.exists(key):
+            return None
+        doc = unseal(self.store.get_bytes(key), field, self.store.url(key), what)
+        doc.pop(field)
+        return doc
+
     def put_text(self, *parts: str, text: str) -> None:
         self.store.put_bytes(self.key(*parts), text.encode())
-
-
-def check_bytes(where: str, data: bytes, sha256: str, size: int) -> None:
-    """StoreError naming ``where`` unless ``data`` has the expected size and sha256."""
-    got = sha256_hex(data)
-    if len(data) != size or got != sha256:
-        raise StoreError(
-            f"{where}: checksum mismatch (expected {size} bytes sha256 {sha256[:12]}..., "
-            f"got {len(data)} bytes sha256 {got[:12]}...)"
-        )
-
-
-def file_sha256(path: str) -> tuple[int, str]:
-    h = hashlib.sha256()
-    size = 0
-    with open(path, "rb") as f:
-        while chunk := f.read(1 << 20):
-            h.update(chunk)
-            size += len(chunk)
-    return size, h.hexdigest()
-
-
-def check_file(where: str, path: str, sha256: str, size: int) -> None:
-    got_size, got = file_sha256(path)
-    if got_size != size or got != sha256:
-        raise StoreError(
-            f"{where}: checksum mismatch (expected {size} bytes sha256 {sha256[:12]}..., "
-            f"got {got_size} bytes sha256 {got[:12]}...)"
-        )

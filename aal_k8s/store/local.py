@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import time
 
 from aal_k8s.errors import StoreError
 from aal_k8s.store.base import Store, atomic_write, write_temp
@@ -65,6 +66,32 @@ class LocalStore(Store):
                 rel = os.path.relpath(os.path.join(folder, name), self.root)
                 out.append(rel.replace(os.sep, "/"))
         return sorted(out)
+
+    def list_sizes(self, prefix: str) -> dict[str, int]:
+        out = {}
+        for k in self.list(prefix):
+            try:
+                out[k] = os.path.getsize(self._path(k))
+            except FileNotFoundError:
+                pass  # deleted meanwhile
+        return out
+
+    def temp_files(self, prefix: str, older_than: float) -> dict[str, int]:
+        base = self._path(prefix) if prefix else self.root
+        now = time.time()
+        out = {}
+        for folder, _, files in os.walk(base):
+            for name in files:
+                if not name.startswith(".part-"):
+                    continue
+                path = os.path.join(folder, name)
+                try:
+                    st = os.stat(path)
+                except FileNotFoundError:
+                    continue
+                if now - st.st_mtime >= older_than:
+                    out[os.path.relpath(path, self.root).replace(os.sep, "/")] = st.st_size
+        return dict(sorted(out.items()))
 
     def delete(self, key: str) -> None:
         try:

@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import io
 import os
-import re
 import tempfile
 import time
 
@@ -34,7 +33,7 @@ from botocore.config import Config as BotoConfig
 from s3transfer.exceptions import RetriesExceededError
 
 from aal_k8s.config import StoreConfig
-from aal_k8s.errors import StoreError, StoreUnavailableError
+from aal_k8s.errors import StoreError, StoreUnavailableError, one_line, scrub
 from aal_k8s.store.base import Store
 
 MB = 1024 * 1024
@@ -56,19 +55,6 @@ _TRANSIENT_CODES = {
 _NOT_FOUND_CODES = {"NoSuchKey", "404", "NotFound"}
 _DENIED_CODES = {"AccessDenied", "403", "InvalidAccessKeyId", "SignatureDoesNotMatch", "ExpiredToken",
                  "InvalidToken", "Forbidden"}  # fmt: skip
-_SECRET_ENV = ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN", "AWS_SECURITY_TOKEN")
-_SIGNING = re.compile(r"(X-Amz-(?:Credential|Signature|Security-Token)=)[^&\s\"']+|(Credential=)[^,\s]+", re.IGNORECASE)
-
-
-def scrub(text: str) -> str:
-    """``text`` without credentials: values of the AWS_* secret variables, signing parameters and
-    ``user:password@`` in URLs are replaced by ``***``."""
-    for name in _SECRET_ENV:
-        value = os.environ.get(name)
-        if value and len(value) >= 4:
-            text = text.replace(value, "***")
-    text = _SIGNING.sub(lambda m: (m.group(1) or m.group(2)) + "***", text)
-    return re.sub(r"(\w+://)[^/@\s]+@", r"\1***@", text)
 
 
 def parse_s3_uri(uri: str) -> tuple[str, str]:
@@ -111,8 +97,13 @@ class S3Store(Store):
         self.endpoint_url = resolve_endpoint(opts)
         self.region = resolve_region(opts)
         self.max_attempts = opts.max_attempts
-        session = boto3.session.Session()
-        self.client = session.client("s3", endpoint_url=self.endpoint_url, config=botocore_config(opts, self.region))
+        try:
+            session = boto3.session.Session()
+            self.client = session.client("s3", endpoint_url=self.endpoint_url, config=botocore_config(opts, self.region))
+        except (ValueError, bx.BotoCoreError) as e:
+            # A malformed endpoint or region: bad input, reported on one line. botocore quotes the
+            # endpoint verbatim (credentials included) in its message, hence the scrub.
+            raise StoreError(f"store {self.uri}: cannot create the S3 client for {self._where()}: {one_line(e)}") from None
         self.transfer = TransferConfig(
             multipart_threshold=opts.multipart_threshold_mb * MB,
             multipart_chunksize=opts.multipart_chunksize_mb * MB,
@@ -256,6 +247,17 @@ class S3Store(Store):
         except (bx.BotoCoreError, bx.ClientError) as e:
             raise self._error(prefix, "listing", e) from None
         return sorted(out)
+
+    def list_sizes(self, prefix: str) -> dict[str, int]:
+        full = self._key(prefix).rstrip("/") + "/" if prefix else (f"{self.prefix}/" if self.prefix else "")
+        strip = len(self.prefix) + 1 if self.prefix else 0
+        out = {}
+        try:
+            for page in self.client.get_paginator("list_objects_v2").paginate(Bucket=self.bucket, Prefix=full):
+                out.update({obj["Key"][strip:]: int(obj["Size"]) for obj in page.get("Contents", [])})
+        except (bx.BotoCoreError, bx.ClientError) as e:
+            raise self._error(prefix, "listing", e) from None
+        return dict(sorted(out.items()))
 
     def delete(self, key: str) -> None:
         try:

@@ -17,6 +17,7 @@ from safetensors.torch import save as save_safetensors
 from aal_k8s.cli import main
 from aal_k8s.config import load_config
 from aal_k8s.data import attribute_names, load_dataset
+from aal_k8s.checksums import seal
 from aal_k8s.final import build_final
 from aal_k8s.model import AttributeNet
 from aal_k8s.planner import plan_stage
@@ -82,8 +83,9 @@ def test_download_fetches_every_classifier_verified_and_writes_the_manifest(
     manifest = json.loads((dest / "manifest.json").read_text())
     assert [m["attribute"] for m in manifest["models"]] == ATTRS
     assert manifest["source"] == {"store": exp.store.uri, "experiment": "synthetic"}
+    stored = {m["attribute"]: m["file"] for m in json.loads(exp.store.get_bytes(exp.key("final", "manifest.json")))["models"]}
     for m in manifest["models"]:
-        assert (dest / m["file"]).read_bytes() == exp.store.get_bytes(exp.key("final", m["file"]))
+        assert (dest / m["file"]).read_bytes() == exp.store.get_bytes(exp.key("final", stored[m["attribute"]]))
         for field in ("attribute", "partner", "lambda", "val_acc", "test_acc", "sha256", "size", "source"):
             assert field in m
     assert manifest["input"]["image_size"] == 16 and manifest["input"]["mean"] == [0.45, 0.42, 0.45]
@@ -148,8 +150,9 @@ def test_download_of_a_corrupted_model_names_its_s3_key_and_keeps_nothing_of_it(
     s3_uri, bucket, raw_s3, tiny_overrides, tmp_path, capsys
 ):
     over = [o for o in tiny_overrides if not o.startswith("store.uri=")] + [f"store.uri={s3_uri}"]
-    build_model_set(load_config(overrides=over, dataset="synthetic"))
-    key = "aal/synthetic/final/models/ring.safetensors"
+    exp, _ = build_model_set(load_config(overrides=over, dataset="synthetic"))
+    [ring] = [m["file"] for m in json.loads(exp.store.get_bytes(exp.key("final", "manifest.json")))["models"] if m["attribute"] == "ring"]
+    key = f"aal/synthetic/final/{ring}"
     body = raw_s3.get_object(Bucket=bucket, Key=key)["Body"].read()
     raw_s3.put_object(Bucket=bucket, Key=key, Body=body[:-1] + bytes([body[-1] ^ 1]))
     dest = tmp_path / "models"
@@ -157,7 +160,7 @@ def test_download_of_a_corrupted_model_names_its_s3_key_and_keeps_nothing_of_it(
     assert _download(over, dest) == 2
     err = capsys.readouterr().err
     assert len(err.strip().splitlines()) == 1
-    assert f"{s3_uri}/synthetic/final/models/ring.safetensors: checksum mismatch" in err
+    assert f"{s3_uri}/synthetic/final/{ring}: checksum mismatch" in err
     assert not (dest / "models" / "ring.safetensors").exists() and not (dest / "manifest.json").exists()
     assert [f for f in os.listdir(dest / "models") if f.startswith(".")] == []
 
@@ -271,7 +274,7 @@ def test_predict_refuses_a_model_file_that_fails_its_checksum_or_does_not_fit(
     f.write_bytes(data)
     manifest = json.loads((dest / "manifest.json").read_text())
     manifest["backbone"] = "resnet18"  # the weights are a small_cnn's: strict loading refuses them
-    (dest / "manifest.json").write_text(json.dumps(manifest))
+    (dest / "manifest.json").write_text(json.dumps(seal(manifest, "manifest_sha256")))  # re-sealed on purpose
     assert _predict("--models", str(dest), "--attrs", "square", images[0]) == 2
     err = capsys.readouterr().err
     assert f"{dest / 'models' / 'square.safetensors'}: weights do not fit backbone 'resnet18'" in err
@@ -297,6 +300,7 @@ def test_predict_and_download_refuse_a_manifest_without_the_training_normalisati
     assert _download(tiny_overrides, dest) == 0
     manifest = json.loads((dest / "manifest.json").read_text())
     del manifest["input"][key]  # used to mean 0 (mean) or 1 (std): silently wrong inputs
+    manifest = seal(manifest, "manifest_sha256")  # re-sealed: the check under test is not the checksum
     (dest / "manifest.json").write_text(json.dumps(manifest))
     capsys.readouterr()
     assert _predict("--models", str(dest), images[0]) == 2
@@ -304,9 +308,23 @@ def test_predict_and_download_refuse_a_manifest_without_the_training_normalisati
     assert f"{dest / 'manifest.json'}: input.{key} must list 3 numbers" in err and len(err.strip().splitlines()) == 1
     assert capsys.readouterr().out == ""
     # the store's manifest is checked the same way before anything is downloaded
-    exp.put_json("final", "manifest.json", obj=manifest)
+    exp.put_sealed("final", "manifest.json", obj=manifest, field="manifest_sha256")
     fresh = tmp_path / "fresh"
     assert _download(tiny_overrides, fresh) == 2
     err = capsys.readouterr().err
     assert f"final/manifest.json: input.{key} must list 3 numbers" in err and len(err.strip().splitlines()) == 1
     assert not fresh.exists()
+
+
+def test_predict_reads_a_bmp_and_the_first_frame_of_an_animated_gif(model_set, tiny_overrides, images, tmp_path, capsys):
+    dest = tmp_path / "models"
+    assert _download(tiny_overrides, dest, "--attrs", "square") == 0
+    src = Image.open(images[0]).convert("RGB")
+    bmp, gif, first = tmp_path / "same.bmp", tmp_path / "moving.gif", tmp_path / "first.png"
+    src.save(bmp)  # a format torchvision does not decode: read with PIL, same pixels
+    src.save(gif, save_all=True, append_images=[Image.new("RGB", src.size, (255, 0, 0))])
+    Image.open(gif).convert("RGB").save(first)  # the GIF's (palette) first frame, losslessly
+    capsys.readouterr()
+    assert _predict("--models", str(dest), "--format", "json", images[0], str(bmp), str(gif), str(first)) == 0
+    p = [r["attributes"]["square"]["probability"] for r in json.loads(capsys.readouterr().out)["predictions"]]
+    assert p[0] == p[1] and p[2] == p[3]

@@ -7,7 +7,9 @@ import numpy as np
 import pytest
 import torch
 from realdata_fixtures import make_celeba, make_duke
-from s3_testing import bucket, free_port, moto_endpoint, raw_s3, s3_env, s3_uri  # noqa: F401
+from s3_testing import (  # noqa: F401
+    bucket, free_port, moto_endpoint, raw_s3, s3_env, s3_server, s3_uri, seaweed_endpoint,
+)
 
 from aal_k8s.cli import main
 from aal_k8s.config import load_config
