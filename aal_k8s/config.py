@@ -97,6 +97,12 @@ class AdversarialConfig:
     # on the validation images a gets right alone but wrong with b, and vice versa (p < 0.05).
     partner_test: str = "none"
     min_drop: float = 0.0  # pairwise partners: a's val accuracy must drop by more than this (0.005 = 0.5 points)
+    # grid (paper): every lambda trains all epochs. halving: successive halving (ASHA/Hyperband's
+    # rule, aal_k8s.halving): all lambdas train to the first rung, the best 1/eta on validation go on
+    # from their rung checkpoint, until the last survivors reach train.epochs.
+    lambda_search: str = "grid"
+    halving_eta: int = 3  # halving: keep the best floor(n/eta) (at least 1) at every rung
+    halving_rungs: list[int] = field(default_factory=list)  # epochs of the rungs; [] = Hyperband's geometric ones
 
 
 @dataclass
@@ -291,6 +297,7 @@ CHOICES = {
     "adversarial.partners_from": ("pairwise", "affinity", "correlation"),
     "adversarial.lambda_schedule": ("constant", "dann"),
     "adversarial.partner_test": ("none", "mcnemar"),
+    "adversarial.lambda_search": ("grid", "halving"),
     "affinity.measure_on": ("train", "val"),
     "executor.backend": ("local", "k8s"),
     "store.addressing_style": ("auto", "path", "virtual"),
@@ -465,6 +472,14 @@ def validate(cfg: Config) -> list[str]:
         problems.append(f"adversarial.min_drop: must be in [0, 1) (a fraction of accuracy), got {adv.min_drop}")
     if isinstance(adv.shared_hidden_layers, int) and adv.shared_hidden_layers < 1:
         problems.append(f"adversarial.shared_hidden_layers: must be >= 1, got {adv.shared_hidden_layers}")
+    if isinstance(adv.halving_eta, int) and adv.halving_eta < 2:
+        problems.append(f"adversarial.halving_eta: must be >= 2, got {adv.halving_eta}")
+    rungs = adv.halving_rungs
+    if isinstance(rungs, list) and all(isinstance(r, int) for r in rungs) and isinstance(t.epochs, int):
+        if any(not 1 <= r < t.epochs for r in rungs) or rungs != sorted(set(rungs)):
+            problems.append(
+                f"adversarial.halving_rungs: must be increasing epochs within [1, train.epochs={t.epochs}), got {rungs}"
+            )
     for key in ("every", "window"):
         value = getattr(aff, key)
         if isinstance(value, int) and value < 0:

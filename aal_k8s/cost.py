@@ -238,6 +238,10 @@ def build_plan(cfg: Config, exp, stages: list[str], plan_fn) -> Plan:
         own = seconds.get(row.stage) or {}
         factor = AFFINITY_COST if row.stage == "affinity" else 1.0
         row.seconds_per_run = sum(own.values()) / len(own) if own else base * factor
+        if row.stage == "adversarial" and cfg.adversarial.lambda_search == "halving":
+            from aal_k8s.halving import halving_fraction
+
+            row.seconds_per_run *= halving_fraction(cfg)  # a lambda trains that share of the grid's epochs on average
     local = cfg.executor.backend == "local"
     k = cfg.k8s
     downloads = "once" if local or k.cache_volume_claim else "per node" if k.cache_host_path else "per run"

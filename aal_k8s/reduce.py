@@ -112,9 +112,14 @@ class ReduceOutput:
     # a -> {"val": [val accuracy of a per epoch], "best_epoch": n}: the final classifier's training curve
     final_curves: dict[str, dict] = field(default_factory=dict)
     provenance: Provenance = field(default_factory=Provenance)
+    # -- lambda by successive halving (adversarial.lambda_search: halving; aal_k8s.halving.summary)
+    halving: dict[str, dict] = field(default_factory=dict)  # a -> rungs, decisions, survivors
 
     def to_json(self) -> dict:
-        return asdict(self)
+        d = asdict(self)
+        if not d["halving"]:
+            del d["halving"]  # grid: the summary stays byte for byte what it was before halving existed
+        return d
 
     @classmethod
     def from_json(cls, d: dict) -> "ReduceOutput":
@@ -283,13 +288,21 @@ def reduce_experiment(exp: ExperimentStore, cfg: Config) -> ReduceOutput:
         return out
 
     # -- adversarial runs of every method's partners (the chosen method's missing runs are listed)
+    halving, stopped = {}, set()  # a -> the lambdas to choose among; runs halving stopped at a rung
+    if cfg.adversarial.lambda_search == "halving":
+        every = plan_stage("adversarial", cfg, out.partners)
+        alive, halving = _halving(exp, cfg, every, out)
+        stopped = {s.run_id for s in every} - {s.run_id for s in alive}
     for method in PARTNER_METHODS:
         partners = out.partner_sources.get(method)
         if partners is None:
             continue
         chosen = method == out.partners_from
         runs: dict[str, dict[float, dict]] = {}
-        for spec, rec in committed("adversarial", plan_stage("adversarial", cfg, partners), expected=chosen):
+        # a stopped run never commits: not missing, whichever method's partner it also is
+        specs = [s for s in plan_stage("adversarial", cfg, partners) if s.run_id not in stopped]
+        expected_lams = halving if chosen else {}  # a -> the lambdas that must all commit before one is chosen
+        for spec, rec in committed("adversarial", specs, expected=chosen):
             a = spec.primary[0]
             runs.setdefault(a, {})[spec.lam] = {
                 "lam": spec.lam,
@@ -303,7 +316,10 @@ def reduce_experiment(exp: ExperimentStore, cfg: Config) -> ReduceOutput:
             out.method_adversarial.setdefault(method, {})[a] = dict(by_lam[lam])
             if chosen:
                 out.adversarial[a] = {repr(r["lam"]): {k: r[k] for k in ("lam", "run_id", "val", "test")} for r in by_lam.values()}
-                if len(by_lam) == len(cfg.adversarial.lambdas):  # lambda is chosen on the full grid only
+                if a in expected_lams:  # halving: among the last rung's survivors, once they all finished
+                    if expected_lams[a] is not None and set(by_lam) == set(expected_lams[a]):
+                        out.chosen_lambda[a] = lam
+                elif len(by_lam) == len(cfg.adversarial.lambdas):  # lambda is chosen on the full grid only
                     out.chosen_lambda[a] = lam
 
     # -- ablations, at each attribute's chosen lambda (only once the adversarial stage is reduced)
@@ -470,6 +486,20 @@ def _paired_tests(out: ReduceOutput, preds: _Predictions, baselines: dict[str, d
             "only_baseline": t.only_second, "p": t.p, "diff": float(per_image.mean()), "ci_low": lo, "ci_high": hi,
         }  # fmt: skip
     return result
+def _halving(exp: ExperimentStore, cfg: Config, specs: list, out: ReduceOutput) -> tuple[list, dict]:
+    """Halving's view of the adversarial runs: the runs still expected (a stopped run never commits
+    and is not missing), each attribute's final survivors (None while rungs are undecided), and
+    its decisions in ``out.halving``; the stopped runs' train time joins the stage's seconds."""
+    from aal_k8s.halving import brackets, progress, summary
+
+    keep, expected = [], {}
+    for a, b in brackets(cfg, specs).items():
+        keep += progress(exp, b).alive
+        out.halving[a] = summary(exp, b)
+        expected[a] = out.halving[a]["survivors"]
+        if out.halving[a]["stopped_seconds"]:
+            out.stage_seconds["adversarial"] = out.stage_seconds.get("adversarial", 0.0) + out.halving[a]["stopped_seconds"]
+    return keep, expected
 
 
 @dataclass

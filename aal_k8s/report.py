@@ -1080,6 +1080,7 @@ def report_blocks(out: ReduceOutput, experiment: str, figures: dict[str, bytes])
     blocks += _published(out)
     blocks += _significance(out)
     blocks += _discovery(out, figures)
+    blocks += _halving(out)
     blocks += _compute(out)
     blocks += _missing(out)
     return blocks
@@ -1088,6 +1089,36 @@ def report_blocks(out: ReduceOutput, experiment: str, figures: dict[str, bytes])
 def _title(out: ReduceOutput, experiment: str) -> str:
     """``AAL report: celeba-rerun (celeba)``; the dataset only once when the experiment is named after it."""
     return f"AAL report: {experiment}" + ("" if experiment == out.dataset else f" ({out.dataset})")
+def _halving(out: ReduceOutput) -> list:
+    """Successive halving's lambda curves: each lambda's rung scores, and where it was stopped
+    (nothing under grid search: the report stays as it was)."""
+    if not out.halving:
+        return []
+    rows = []
+    for a in out.attributes:
+        h = out.halving.get(a)
+        if not h:
+            continue
+        curve: dict[float, list[str]] = {}
+        for d in h["decisions"]:
+            for e in d["entrants"]:
+                mark = "" if e["lam"] in d["survivors"] else " (stopped)"
+                curve.setdefault(e["lam"], []).append(f"e{d['epoch']}: {_pct(e['score'])}{mark}")
+        chosen = out.chosen_lambda.get(a)
+        for lam, points in curve.items():
+            final = out.adversarial.get(a, {}).get(repr(lam))
+            end = _pct(final["val"]) if final else ("" if h["survivors"] is None or lam not in h["survivors"] else "running")
+            rows.append([a, f"{lam:g}" + (" (chosen)" if lam == chosen else ""), "; ".join(points), end])
+    first = next(iter(out.halving.values()))
+    return [
+        Heading(2, "Lambda by successive halving"),
+        Para(
+            f"Rungs at epochs {', '.join(map(str, first['rungs']))}, eta {first['eta']}: every lambda trains to the "
+            "first rung, the best 1/eta on validation (mean primary val accuracy of the best epoch so far) go on "
+            "from their checkpoint; the last rung's survivors train all epochs, and lambda is chosen among them."
+        ),
+        Table(["Attribute", "Lambda", "Val at each rung (%)", "Final val (%)"], "lrll", rows),
+    ]
 
 
 def render_report(out: ReduceOutput, experiment: str) -> Report:

@@ -55,8 +55,9 @@ def _threads(cfg_threads: int) -> int:
     return int(env) if env and env.isdigit() and int(env) > 0 else (os.cpu_count() or 1)
 
 
-def execute(store_uri: str, experiment: str, run_id: str, log=None) -> int:
-    """Run ``run_id`` to its commit; returns the process exit code."""
+def execute(store_uri: str, experiment: str, run_id: str, log=None, until_epoch: int = 0) -> int:
+    """Run ``run_id`` to its commit; returns the process exit code. ``until_epoch`` (a halving
+    rung, aal_k8s.halving): stop after that epoch's checkpoint and record the rung instead."""
     raw = log if log is not None else sys.stderr  # resolved per call: a captured stream may be gone
     log = _Scrubbed(raw)  # pod logs, local.log and worker.log are read by people who must not see credentials
     from aal_k8s.store import ExperimentStore, open_store, store_options_from_env
@@ -71,7 +72,7 @@ def execute(store_uri: str, experiment: str, run_id: str, log=None) -> int:
         return e.exit_code
     tee = _Tee(raw)
     try:
-        return _execute(exp, run_id, _Scrubbed(tee), options)  # scrubbed before the tee keeps a copy
+        return _execute(exp, run_id, _Scrubbed(tee), options, until_epoch)  # scrubbed before the tee keeps a copy
     finally:  # also on KeyboardInterrupt / SystemExit (SIGTERM: preemption, eviction, cancel)
         try:
             exp.store.put_bytes(exp.attempt_key(run_id, ATTEMPT_LOG), tee.text().encode())
@@ -79,7 +80,7 @@ def execute(store_uri: str, experiment: str, run_id: str, log=None) -> int:
             print(f"run {run_id}: could not copy the log to the store: {e}", file=log)
 
 
-def _execute(exp, run_id: str, log, options) -> int:
+def _execute(exp, run_id: str, log, options, until_epoch: int = 0) -> int:
     try:
         aside = exp.quarantine_record(run_id)
         if aside is not None:  # truncated or altered: retrain rather than trust or fail forever
@@ -91,10 +92,16 @@ def _execute(exp, run_id: str, log, options) -> int:
             cleaned = f"; removed {len(gone)} leftover files ({sum(gone.values())} bytes)" if gone else ""
             print(f"run {run_id}: already committed, nothing to do{cleaned}", file=log)
             return 0
+        if until_epoch:
+            from aal_k8s.halving import reached
+
+            if reached(exp, run_id, until_epoch):
+                print(f"run {run_id}: already at rung epoch {until_epoch}, nothing to do", file=log)
+                return 0
         spec = exp.read_spec(run_id)
         if spec.run_id != run_id:
             raise AALError(f"run {run_id}: stored spec hashes to {spec.run_id}; the spec was altered")
-        return _train_and_commit(exp, spec, log, options.checkpoint_keep)
+        return _train_and_commit(exp, spec, log, options.checkpoint_keep, until_epoch)
     except _CommittedElsewhere as e:
         print(f"run {run_id}: committed meanwhile by attempt {e.attempt}; stopping this attempt", file=log)
         return 0
@@ -134,6 +141,10 @@ def _record(exp, run_id: str, message: str, code: int, log) -> None:
         print(f"run {run_id}: could not record the failure: {e}", file=log)
 
 
+class _RungReached(Exception):
+    """The halving rung's checkpoint and record are written: this attempt is done."""
+
+
 class _CommittedElsewhere(Exception):
     def __init__(self, attempt: str):
         super().__init__(attempt)
@@ -161,7 +172,7 @@ def _load_checkpoint(exp, spec, log):
     return state
 
 
-def _train_and_commit(exp, spec, log, checkpoint_keep: int = 2) -> int:
+def _train_and_commit(exp, spec, log, checkpoint_keep: int = 2, until_epoch: int = 0) -> int:
     import io
     import time
 
@@ -199,6 +210,16 @@ def _train_and_commit(exp, spec, log, checkpoint_keep: int = 2) -> int:
         if record is not None:  # a duplicate attempt finished first: no point going on
             exp.discard_attempt(spec.run_id)  # this attempt's files; the winner's stay
             raise _CommittedElsewhere(record.get("attempt", "?"))
+        if until_epoch and state["epoch"] >= until_epoch:  # after the checkpoint: the next rung resumes from it
+            progress(state["epoch"], state["history"][-1])
+            rung(state)
+            raise _RungReached()
+
+    def rung(state: dict) -> None:
+        from aal_k8s.halving import write_rung
+
+        write_rung(exp, spec.run_id, until_epoch, state["history"], float(state["timings"].get("total", 0.0)))
+        print(f"run {spec.run_id}: reached halving rung epoch {until_epoch}; stopping here", file=log)
 
     init_state = None
     if spec.init_from:  # the shared ablation starts from the multi-task run's CNN
@@ -208,14 +229,21 @@ def _train_and_commit(exp, spec, log, checkpoint_keep: int = 2) -> int:
 
         init_state = load_safetensors(exp.read_artifact(spec.init_from, "best.safetensors"))
     resume = _load_checkpoint(exp, spec, log)
-    if resume is not None:
-        for entry in resume["history"]:  # this attempt's event file gets the whole curves
-            events.epoch(entry)
+    if until_epoch >= cfg.train.epochs:
+        until_epoch = 0  # the last rung is the full run: train to the end and commit
     try:
+        if until_epoch and resume is not None and int(resume["epoch"]) >= until_epoch:
+            rung(resume)  # a crash between the rung's checkpoint and its record
+            return 0
+        if resume is not None:
+            for entry in resume["history"]:  # this attempt's event file gets the whole curves
+                events.epoch(entry)
         result = train_run(
             spec, data, on_epoch_end=progress, resume_state=resume, on_checkpoint=checkpoint, init_state=init_state
         )
         events.result(result.best_epoch, result.val_acc, result.test_acc)
+    except _RungReached:
+        return 0
     finally:
         events.close()
     from aal_k8s import predictions

@@ -27,19 +27,23 @@ class SubmitReport:
     submitted: list[str] = field(default_factory=list)  # run ids handed to the backend now
     skipped: list[str] = field(default_factory=list)  # already committed
     failed: dict[str, str] = field(default_factory=dict)  # run id -> reason (local: finished runs)
+    stopped: list[str] = field(default_factory=list)  # halving stopped them at a rung: nothing to wait for
 
 
 class Backend(abc.ABC):
     name: str
 
     @abc.abstractmethod
-    def submit(self, specs: list[RunSpec], experiment_store) -> SubmitReport:
+    def submit(self, specs: list[RunSpec], experiment_store, until_epoch: int = 0) -> SubmitReport:
         """Hand every not-yet-committed run to the backend. The local backend runs them to the
-        end before returning; the Kubernetes backend returns once the Jobs exist."""
+        end before returning; the Kubernetes backend returns once the Jobs exist. ``until_epoch``:
+        a halving rung (aal_k8s.halving): the workers stop after that epoch, and a run that
+        reached it counts as done."""
 
     @abc.abstractmethod
-    def wait(self, specs: list[RunSpec], experiment_store) -> dict[str, RunState]:
-        """Block until every run is complete or failed; return their final states."""
+    def wait(self, specs: list[RunSpec], experiment_store, until_epoch: int = 0) -> dict[str, RunState]:
+        """Block until every run is complete (or, with ``until_epoch``, at that rung) or failed;
+        return their final states."""
 
     @abc.abstractmethod
     def states(self, specs: list[RunSpec], experiment_store) -> dict[str, RunState]:

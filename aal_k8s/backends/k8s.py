@@ -23,6 +23,7 @@ The client and its config (kubeconfig, or the in-cluster ServiceAccount) load on
 
 from __future__ import annotations
 
+import contextlib
 import email.utils
 import json
 import sys
@@ -38,6 +39,7 @@ from aal_k8s.backends.k8s_manifests import (
     WORKER_CONTAINER,
     job_manifest,
     job_name,
+    rung_job_name,
     selector,
     to_yaml,
 )
@@ -247,6 +249,7 @@ class KubernetesBackend(Backend):
         self.clock = clock or time.monotonic
         self.wall = wall or time.time
         self._log = log
+        self._until = 0  # the halving rung being submitted or waited for (0: none)
 
     # -- plumbing ----------------------------------------------------------------------------
     @property
@@ -365,12 +368,37 @@ class KubernetesBackend(Backend):
         return {k: v for k, (_, v) in latest.items()}
 
     def _committed(self, exp, specs: list[RunSpec]) -> set[str]:
-        """Run ids committed in the store: one listing, not one request per run."""
+        """Run ids committed in the store: one listing, not one request per run. During a halving
+        rung (``_until``), also the runs that reached it: they are done with that rung's Job."""
         wanted = {s.run_id for s in specs}
         try:
-            return wanted & exp.committed_ids()
+            done = wanted & exp.committed_ids()
         except Exception:  # a store without listing: ask run by run
-            return {r for r in wanted if exp.is_committed(r)}
+            done = {r for r in wanted if exp.is_committed(r)}
+        if self._until:
+            from aal_k8s.halving import reached
+
+            done |= {r for r in wanted - done if reached(exp, r, self._until)}
+        return done
+
+    def _is_done(self, exp, run_id: str) -> bool:
+        if self._until:
+            from aal_k8s.halving import reached
+
+            return reached(exp, run_id, self._until)
+        return exp.is_committed(run_id)
+
+    def _job_name(self, experiment: str, run_id: str) -> str:
+        return rung_job_name(experiment, run_id, self._until)
+
+    @contextlib.contextmanager
+    def _rung(self, until_epoch: int):
+        """Submit/wait the Jobs of one halving rung (0: the runs' own Jobs)."""
+        before, self._until = self._until, until_epoch
+        try:
+            yield
+        finally:
+            self._until = before
 
     # -- render / submit ---------------------------------------------------------------------
     def render(self, specs: list[RunSpec], exp) -> str:
@@ -390,7 +418,11 @@ class KubernetesBackend(Backend):
         )
         return to_yaml([job_manifest(s, self.cfg, self._pack_bytes(exp)) for s in todo], header)
 
-    def submit(self, specs: list[RunSpec], exp) -> SubmitReport:
+    def submit(self, specs: list[RunSpec], exp, until_epoch: int = 0) -> SubmitReport:
+        with self._rung(until_epoch):
+            return self._submit(specs, exp)
+
+    def _submit(self, specs: list[RunSpec], exp) -> SubmitReport:
         self._check_store()
         report = SubmitReport()
         committed = self._committed(exp, specs)
@@ -401,7 +433,7 @@ class KubernetesBackend(Backend):
         existing, _ = self._list_jobs(exp.experiment, self._stages(todo))
         created, already = 0, 0
         for spec in todo:
-            name = job_name(spec.experiment, spec.run_id)
+            name = self._job_name(spec.experiment, spec.run_id)
             job = existing.get(name)
             if job is None:
                 exp.write_spec(spec)  # the worker reads it: always before the Job exists
@@ -410,7 +442,7 @@ class KubernetesBackend(Backend):
                         f"{self.ns}/{name}: create Job",
                         self.apis.batch.create_namespaced_job,
                         self.ns,
-                        job_manifest(spec, self.cfg, self._pack_bytes(exp)),
+                        job_manifest(spec, self.cfg, self._pack_bytes(exp), self._until),
                     )
                     created += 1
                     if created % 100 == 0:
@@ -471,7 +503,7 @@ class KubernetesBackend(Backend):
         if outcome == "failed":
             return RunState(run_id, "failed", self._failed_reason(job, pods, exp, run_id))
         if outcome == "complete":
-            url = exp.store.url(exp.run_key(run_id, COMMIT_FILE))
+            url = exp.store.url(exp.run_key(run_id, f"rungs/epoch-{self._until:04d}.json" if self._until else COMMIT_FILE))
             return RunState(run_id, "failed", f"Job {self.ns}/{name} succeeded but {url} does not exist")
         if (job.get("spec") or {}).get("suspend"):
             queue = (_meta(job).get("labels") or {}).get(KUEUE_QUEUE_LABEL)
@@ -501,7 +533,7 @@ class KubernetesBackend(Backend):
         stages = self._stages(rest)
         jobs, _ = self._list_jobs(exp.experiment, stages)
         pods_by_run: dict[str, list[dict]] = {}
-        if any(job_name(s.experiment, s.run_id) in jobs for s in rest):
+        if any(self._job_name(s.experiment, s.run_id) in jobs for s in rest):
             for pod in self._list_pods(exp.experiment, stages):
                 pods_by_run.setdefault((_meta(pod).get("labels") or {}).get(RUN_LABEL), []).append(pod)
         cache: dict = {}
@@ -512,7 +544,7 @@ class KubernetesBackend(Backend):
             return cache["events"]
 
         for spec in rest:
-            job = jobs.get(job_name(spec.experiment, spec.run_id))
+            job = jobs.get(self._job_name(spec.experiment, spec.run_id))
             if job is not None:
                 out[spec.run_id] = self._job_state(spec.run_id, job, pods_by_run.get(spec.run_id, []), events, exp)
                 continue
@@ -524,10 +556,14 @@ class KubernetesBackend(Backend):
         return out
 
     # -- wait --------------------------------------------------------------------------------
-    def wait(self, specs: list[RunSpec], exp) -> dict[str, RunState]:
+    def wait(self, specs: list[RunSpec], exp, until_epoch: int = 0) -> dict[str, RunState]:
+        with self._rung(until_epoch):
+            return self._wait(specs, exp)
+
+    def _wait(self, specs: list[RunSpec], exp) -> dict[str, RunState]:
         if not specs:
             return {}
-        by_name = {job_name(s.experiment, s.run_id): s.run_id for s in specs}
+        by_name = {self._job_name(s.experiment, s.run_id): s.run_id for s in specs}
         stages = self._stages(specs)
         done: dict[str, RunState] = {r: RunState(r, "complete") for r in self._committed(exp, specs)}
         progress = {"shown": None, "at": None}
@@ -536,13 +572,13 @@ class KubernetesBackend(Backend):
             if run_id in done:
                 return
             if job is None:  # deleted (cancelled, or TTL-collected while we were away)
-                if exp.is_committed(run_id):
+                if self._is_done(exp, run_id):
                     done[run_id] = RunState(run_id, "complete")
                 else:
                     done[run_id] = RunState(run_id, "failed", "its Job was deleted before the run committed")
                 return
             outcome = job_outcome(job)
-            if outcome == "complete" and exp.is_committed(run_id):
+            if outcome == "complete" and self._is_done(exp, run_id):
                 done[run_id] = RunState(run_id, "complete")
             elif outcome is not None:
                 done[run_id] = RunState(run_id, "failed", "")
@@ -579,7 +615,7 @@ class KubernetesBackend(Backend):
             pending = {r: st for r, st in states.items() if st.state == "pending"}
             if not pending:
                 return
-            names = {r: f"{self.ns}/{job_name(exp.experiment, r)}" for r in pending}
+            names = {r: f"{self.ns}/{self._job_name(exp.experiment, r)}" for r in pending}
             if watch["told"] is None or now - watch["told"] >= PROGRESS_EVERY_S:
                 first = sorted(pending)[0]
                 self.log(f"{'/'.join(stages)}: {len(pending)} pending, e.g. {names[first]}: {pending[first].reason}")

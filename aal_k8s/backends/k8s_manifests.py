@@ -189,12 +189,19 @@ def merge_patch(target, patch):
     return out
 
 
-def job_manifest(spec: RunSpec, cfg, pack_bytes: int = 0) -> dict:
+def rung_job_name(experiment: str, run_id: str, until_epoch: int = 0) -> str:
+    """The Job of a run, or of one halving rung of it (``until_epoch``; aal_k8s.halving): each rung
+    its own Job, so a finished rung's Job never stands in for the next one's."""
+    return job_name(experiment, f"{run_id}-e{until_epoch}" if until_epoch else run_id)
+
+
+def job_manifest(spec: RunSpec, cfg, pack_bytes: int = 0, until_epoch: int = 0) -> dict:
     """The Job that runs ``aal-k8s worker`` for ``spec`` (``cfg``: the experiment Config;
-    ``pack_bytes``: one download of the dataset pack, which sizes the pod's /tmp)."""
+    ``pack_bytes``: one download of the dataset pack, which sizes the pod's /tmp; ``until_epoch``:
+    a halving rung, the worker stops after that epoch)."""
     k = cfg.k8s
     tmp_size = ephemeral_storage(cfg, pack_bytes)
-    name = job_name(spec.experiment, spec.run_id)
+    name = rung_job_name(spec.experiment, spec.run_id, until_epoch)
     labels = run_labels(spec)
     job_labels = dict(labels)
     if k.queue_name:
@@ -209,7 +216,8 @@ def job_manifest(spec: RunSpec, cfg, pack_bytes: int = 0) -> dict:
         "image": k.image,
         "imagePullPolicy": k.image_pull_policy,
         "command": ["aal-k8s"],
-        "args": ["worker", "--store", cfg.store.uri, "--experiment", spec.experiment, "--run", spec.run_id],
+        "args": ["worker", "--store", cfg.store.uri, "--experiment", spec.experiment, "--run", spec.run_id,
+                 *(["--until-epoch", str(until_epoch)] if until_epoch else [])],  # fmt: skip
         "env": _env(cfg),
         "envFrom": [{"secretRef": {"name": k.store_secret}}] if k.store_secret else [],
         "resources": _resources(k, tmp_size),

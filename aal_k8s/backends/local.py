@@ -56,13 +56,14 @@ class LocalBackend(Backend):
         threads = self.cfg.train.threads or max(1, (os.cpu_count() or 1) // par)
         return par, threads
 
-    def worker_command(self, spec: RunSpec, exp) -> list[str]:
+    def worker_command(self, spec: RunSpec, exp, until_epoch: int = 0) -> list[str]:
         return [
             sys.executable, "-m", "aal_k8s", "worker",
             "--store", exp.store.uri, "--experiment", exp.experiment, "--run", spec.run_id,
+            *(["--until-epoch", str(until_epoch)] if until_epoch else []),
         ]  # fmt: skip
 
-    def _run_one(self, spec: RunSpec, exp, threads: int) -> tuple[str, int, str]:
+    def _run_one(self, spec: RunSpec, exp, threads: int, until_epoch: int = 0) -> tuple[str, int, str]:
         from aal_k8s.store import store_options_env
 
         env = dict(os.environ, AAL_K8S_THREADS=str(threads), OMP_NUM_THREADS=str(threads))
@@ -72,7 +73,7 @@ class LocalBackend(Backend):
                 return spec.run_id, -1, "not started: the stage was stopped"
             # its own session: Ctrl-C reaches only this process, which stops the workers in order
             proc = subprocess.Popen(
-                self.worker_command(spec, exp), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, env=env,
+                self.worker_command(spec, exp, until_epoch), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, env=env,
                 start_new_session=True,
             )  # fmt: skip
             self._procs.add(proc)
@@ -89,11 +90,14 @@ class LocalBackend(Backend):
         last = next((ln for ln in reversed(text.strip().splitlines()) if ln.strip()), "")
         return spec.run_id, proc.returncode, last
 
-    def submit(self, specs: list[RunSpec], exp) -> SubmitReport:
+    def submit(self, specs: list[RunSpec], exp, until_epoch: int = 0) -> SubmitReport:
+        """``until_epoch``: a halving rung (aal_k8s.halving); a run that reached it is skipped."""
+        from aal_k8s.halving import reached
+
         report = SubmitReport()
         todo = []
         for spec in specs:
-            if exp.is_committed(spec.run_id):
+            if reached(exp, spec.run_id, until_epoch) if until_epoch else exp.is_committed(spec.run_id):
                 report.skipped.append(spec.run_id)
             else:
                 exp.write_spec(spec)
@@ -106,7 +110,7 @@ class LocalBackend(Backend):
         bar = _progress(len(todo), self.progress)
         pool = ThreadPoolExecutor(max_workers=par)
         try:
-            futures = [pool.submit(self._run_one, s, exp, threads) for s in todo]
+            futures = [pool.submit(self._run_one, s, exp, threads, until_epoch) for s in todo]
             for fut in as_completed(futures):
                 run_id, code, last = fut.result()
                 report.submitted.append(run_id)
@@ -147,7 +151,15 @@ class LocalBackend(Backend):
             raise StoreError(f"run {run_id}: no log at {exp.store.url(key)} (not run by the local backend yet)")
         (out or sys.stdout).write(exp.store.get_bytes(key).decode(errors="replace"))
 
-    def wait(self, specs: list[RunSpec], exp) -> dict[str, RunState]:
+    def wait(self, specs: list[RunSpec], exp, until_epoch: int = 0) -> dict[str, RunState]:
+        if until_epoch:  # a halving rung: submit ran it; a run that did not get there failed
+            from aal_k8s.halving import reached
+
+            return {
+                s.run_id: RunState(s.run_id, "complete") if reached(exp, s.run_id, until_epoch)
+                else RunState(s.run_id, "failed", (exp.read_failure(s.run_id) or {}).get("message", ""))
+                for s in specs
+            }  # fmt: skip
         return self.states(specs, exp)  # submit already ran everything to the end
 
     def states(self, specs: list[RunSpec], exp) -> dict[str, RunState]:

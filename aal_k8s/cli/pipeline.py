@@ -82,7 +82,8 @@ def run(args) -> int:
     def stage(name: str) -> bool:
         specs = plan(cfg, exp, name)
         report = execute_stage(backend, exp, name, specs)
-        for run_id, st in backend.wait(specs, exp).items():  # k8s: runs fail after submit returned
+        waited = [s for s in specs if s.run_id not in report.stopped]  # halving: the stopped never commit
+        for run_id, st in backend.wait(waited, exp).items():  # k8s: runs fail after submit returned
             if st.state == "failed":
                 report.failed.setdefault(run_id, st.reason or "failed")
         print_failures(report, name)

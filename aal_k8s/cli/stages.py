@@ -49,7 +49,12 @@ def execute_stage(backend: Backend, exp: ExperimentStore, stage: str, specs: lis
             aside = exp.quarantine_record(spec.run_id)
             where = f"moved to {exp.store.url(aside)}" if aside else "already moved aside"
             print(f"run {spec.run_id}: {problem}; {where}, the run is trained again", file=sys.stderr)
-    report = backend.submit(specs, exp)
+    if stage == "adversarial" and backend.cfg.adversarial.lambda_search == "halving":
+        from aal_k8s.halving import run_halving
+
+        report = run_halving(backend, exp, backend.cfg, specs)
+    else:
+        report = backend.submit(specs, exp)
     if report.skipped:
         print(f"stage {stage}: {len(report.skipped)} already complete, skipped", file=sys.stderr)
     return report

@@ -12,6 +12,10 @@ def add_arguments(p) -> None:
     p.add_argument("--store", required=True, metavar="URI")
     p.add_argument("--experiment", required=True, metavar="NAME")
     p.add_argument("--run", required=True, metavar="RUN_ID")
+    p.add_argument(
+        "--until-epoch", type=int, default=0, metavar="N",
+        help="a halving rung: stop after epoch N's checkpoint and record the rung (no commit)",
+    )  # fmt: skip
 
 
 def run(args) -> int:
@@ -23,4 +27,7 @@ def run(args) -> int:
     # execute (aal_k8s.cli.main's handler): the attempt's log still reaches the store; exit 143.
 
     # sys.stderr as it is now (execute's default was bound when aal_k8s.worker was first imported)
-    return execute(args.store, args.experiment, args.run, log=sys.stderr)
+    if args.until_epoch < 0:
+        print(f"--until-epoch: must be >= 0, got {args.until_epoch}", file=sys.stderr)
+        return 2
+    return execute(args.store, args.experiment, args.run, log=sys.stderr, until_epoch=args.until_epoch)

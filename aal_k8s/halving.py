@@ -1,0 +1,272 @@
+"""λ by successive halving (``adversarial.lambda_search: halving``).
+
+The rule is ASHA's / Hyperband's: every λ of an attribute trains to the first rung (an epoch), the
+best ``floor(n / eta)`` (at least one) on validation go on from their rung checkpoint to the next
+rung, and so on; the survivors of the last rung train to ``train.epochs`` and commit as usual.
+
+Run identity. A halving run *is* the grid run with the same λ: same RunSpec, same run id. A rung
+does not change what a run computes: the lr schedule, the data order and the epochs counted are
+those of the full run (``train.epochs``, decay at ``train.lr_decay_epoch``), the rung only stops
+the worker after an epoch, and a resumed run ends bitwise as an uninterrupted one on CPU (the
+trainer's checkpoint contract). So a survivor's result is exactly the grid run's, and the two
+searches share their committed runs and checkpoints: switching an experiment from halving to grid
+only trains the stopped λ's remaining epochs, from their rung checkpoints. A run stopped at a rung
+is never committed (it has no result), only its checkpoints and rung record stay.
+
+Store records (all create-only, so a rerun after a crash reads what was decided and never decides
+again; and what is decided is a function of the rung scores, so a decision that was not recorded
+yet comes out the same when taken again)::
+
+    runs/<id>/rungs/epoch-0002.json          the run's validation history up to the rung epoch
+    halving/<attribute>/<bracket>/rung-0002.json
+                                             one rung's decision: entrants, scores, survivors
+
+``<bracket>`` hashes the attribute's run ids, the rungs and eta, so another λ grid or eta gets its
+own decisions rather than someone else's. A λ's score at a rung is the mean primary validation
+accuracy of its best epoch so far (the rule the final choice uses), ties going to the earlier λ of
+``adversarial.lambdas``.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import sys
+from dataclasses import dataclass, field
+
+from aal_k8s.errors import AALError
+from aal_k8s.runspec import RunSpec
+
+
+def automatic_rungs(n: int, epochs: int, eta: int) -> list[int]:
+    """Hyperband's bracket with ``epochs`` as the maximum resource: as many rungs as halvings
+    take ``n`` λ to one, rung k at ``epochs / eta^(r - k)`` (floored, at least epoch 1)."""
+    r, m = 0, n
+    while m > 1:
+        m, r = keep_count(m, eta), r + 1
+    return sorted({max(1, epochs // eta ** (r - k)) for k in range(r)} - {epochs})
+
+
+def keep_count(n: int, eta: int) -> int:
+    return max(1, n // eta)
+
+
+def rungs_for(cfg) -> list[int]:
+    adv = cfg.adversarial
+    return list(adv.halving_rungs) or automatic_rungs(len(adv.lambdas), cfg.train.epochs, adv.halving_eta)
+
+
+def run_epochs(n: int, epochs: int, eta: int, rungs: list[int]) -> int:
+    """Epochs trained for one attribute's ``n`` λ (no epoch trained twice)."""
+    total, alive, done = 0, n, 0
+    for e in rungs:
+        total += alive * (e - done)
+        alive, done = keep_count(alive, eta), e
+    return total + alive * (epochs - done)
+
+
+def halving_fraction(cfg) -> float:
+    """Epochs halving trains per attribute over the grid's (``aal-k8s plan`` scales by it)."""
+    n, epochs, eta = len(cfg.adversarial.lambdas), cfg.train.epochs, cfg.adversarial.halving_eta
+    return run_epochs(n, epochs, eta, rungs_for(cfg)) / (n * epochs)
+
+
+def score_at(history: list[dict], primary, epoch: int) -> float | None:
+    """Mean primary validation accuracy of the best epoch up to ``epoch``; None when the history
+    does not reach it."""
+    seen = [h for h in history if int(h["epoch"]) <= epoch]
+    if len(seen) < epoch:
+        return None
+    return max(sum(h["val_acc"][p] for p in primary) / len(primary) for h in seen)
+
+
+def decide(entrants: list[dict], eta: int) -> list[float]:
+    """The λ that go on, in entrant (grid) order: the best ``keep_count`` by score, ties to the
+    earlier entrant. ``entrants``: ``[{"lam", "score"}, ...]`` in grid order."""
+    k = keep_count(len(entrants), eta)
+    ranked = sorted(range(len(entrants)), key=lambda i: (-entrants[i]["score"], i))[:k]
+    return [entrants[i]["lam"] for i in sorted(ranked)]
+
+
+# -- store records -------------------------------------------------------------------------------
+def rung_key(exp, run_id: str, epoch: int) -> str:
+    return exp.run_key(run_id, f"rungs/epoch-{epoch:04d}.json")
+
+
+def write_rung(exp, run_id: str, epoch: int, history: list[dict], seconds: float) -> None:
+    """The run reached ``epoch``: its history up to it (create-only: the first attempt's stays)."""
+    body = {"run_id": run_id, "epoch": epoch, "history": [h for h in history if int(h["epoch"]) <= epoch],
+            "seconds": seconds, "attempt": exp.attempt}  # fmt: skip
+    exp.store.put_if_absent(rung_key(exp, run_id, epoch), json.dumps(body, indent=1).encode())
+
+
+def read_rung(exp, run_id: str, epoch: int) -> dict | None:
+    key = rung_key(exp, run_id, epoch)
+    return exp.get_json(*key.removeprefix(exp.experiment + "/").split("/")) if exp.store.exists(key) else None
+
+
+def reached(exp, run_id: str, epoch: int) -> bool:
+    return exp.is_committed(run_id) or exp.store.exists(rung_key(exp, run_id, epoch))
+
+
+def _history(exp, spec: RunSpec, epoch: int) -> tuple[list[dict] | None, float]:
+    """(history, seconds) of ``spec`` up to ``epoch``: its commit record (a grid run, or a survivor
+    finished before a crash) or its rung record; (None, 0) when it has not got there."""
+    rec = exp.read_metrics(spec.run_id)
+    if rec is not None:
+        return rec["history"], float(rec.get("timings", {}).get("total", 0.0))
+    rung = read_rung(exp, spec.run_id, epoch)
+    return (rung["history"], float(rung.get("seconds", 0.0))) if rung else (None, 0.0)
+
+
+@dataclass
+class Bracket:
+    """One attribute's λ runs under successive halving."""
+
+    attribute: str
+    specs: list[RunSpec]  # grid order
+    rungs: list[int]
+    eta: int
+    epochs: int
+
+    @property
+    def key(self) -> str:
+        ident = {"runs": [s.run_id for s in self.specs], "rungs": self.rungs, "eta": self.eta}
+        return hashlib.sha256(json.dumps(ident, sort_keys=True).encode()).hexdigest()[:8]
+
+    def decision_parts(self, epoch: int) -> tuple[str, ...]:
+        return ("halving", self.attribute, self.key, f"rung-{epoch:04d}.json")
+
+
+def brackets(cfg, specs: list[RunSpec]) -> dict[str, Bracket]:
+    """The adversarial stage's runs grouped by attribute, each group in grid order."""
+    out: dict[str, Bracket] = {}
+    rungs, adv = rungs_for(cfg), cfg.adversarial
+    for s in specs:
+        a = s.primary[0]
+        out.setdefault(a, Bracket(a, [], rungs, adv.halving_eta, cfg.train.epochs)).specs.append(s)
+    return out
+
+
+@dataclass
+class Progress:
+    """How far one bracket has got: the decisions recorded so far and the λ still alive."""
+
+    bracket: Bracket
+    decisions: list[dict] = field(default_factory=list)
+    alive: list[RunSpec] = field(default_factory=list)
+
+    @property
+    def decided(self) -> bool:
+        """Every rung decided: ``alive`` are the final survivors."""
+        return len(self.decisions) == len(self.bracket.rungs)
+
+
+def _read_decision(exp, b: Bracket, epoch: int, alive: list[RunSpec]) -> dict | None:
+    d = exp.get_json(*b.decision_parts(epoch))
+    if d is not None and [e["run_id"] for e in d["entrants"]] != [s.run_id for s in alive]:
+        raise AALError(f"{exp.store.url(exp.key(*b.decision_parts(epoch)))}: recorded for other runs than "
+                       f"the survivors of the rungs before it (the store was altered)")  # fmt: skip
+    return d
+
+
+def progress(exp, b: Bracket) -> Progress:
+    """The bracket's recorded decisions, read in rung order."""
+    p = Progress(b, alive=list(b.specs))
+    for epoch in b.rungs:
+        d = _read_decision(exp, b, epoch, p.alive)
+        if d is None:
+            break
+        p.decisions.append(d)
+        p.alive = [s for s in p.alive if s.lam in d["survivors"]]
+    return p
+
+
+def take_decision(exp, b: Bracket, epoch: int, alive: list[RunSpec]) -> dict | None:
+    """Decide rung ``epoch`` from the scores in the store and record it (create-only; when another
+    process recorded it first, that record is the decision). None when a run has no score yet."""
+    entrants = []
+    for s in alive:
+        history, seconds = _history(exp, s, epoch)
+        score = None if history is None else score_at(history, s.primary, epoch)
+        if score is None:
+            return None
+        entrants.append({"lam": s.lam, "run_id": s.run_id, "score": score, "seconds": seconds})
+    survivors = decide(entrants, b.eta)
+    d = {
+        "attribute": b.attribute,
+        "epoch": epoch,
+        "eta": b.eta,
+        "rungs": b.rungs,
+        "entrants": entrants,
+        "survivors": survivors,
+        "stopped": [e["lam"] for e in entrants if e["lam"] not in survivors],
+    }
+    key = exp.key(*b.decision_parts(epoch))
+    if not exp.store.put_if_absent(key, json.dumps(d, indent=1, sort_keys=True).encode()):
+        d = _read_decision(exp, b, epoch, alive)
+    return d
+
+
+def run_halving(backend, exp, cfg, specs: list[RunSpec], log=None):
+    """Execute the adversarial stage by successive halving through ``backend``; the
+    ``SubmitReport`` of every rung and of the final runs together. Stops at the first rung with a
+    failed run (its bracket cannot be decided); a rerun continues from the store."""
+    from aal_k8s.backends import SubmitReport
+
+    log = log or sys.stderr
+    report = SubmitReport()
+
+    def merge(r) -> bool:
+        report.submitted += [i for i in r.submitted if i not in report.submitted]
+        report.skipped += [i for i in r.skipped if i not in report.skipped]
+        report.failed.update(r.failed)
+        return not r.failed
+
+    prog = {a: progress(exp, b) for a, b in brackets(cfg, specs).items()}
+    for i, epoch in enumerate(rungs_for(cfg)):
+        open_ = [p for p in prog.values() if len(p.decisions) == i]
+        if not open_:
+            continue  # decided before (a rerun)
+        todo = [s for p in open_ for s in p.alive if not reached(exp, s.run_id, epoch)]
+        print(f"stage adversarial: halving rung {i + 1} (epoch {epoch}): {sum(len(p.alive) for p in open_)} runs, "
+              f"{len(todo)} to train", file=log)  # fmt: skip
+        if todo:  # Kubernetes: one Job per run and rung; the decision waits for all of them
+            merge(backend.submit(todo, exp, until_epoch=epoch))
+            if not report.failed:
+                for run_id, st in backend.wait(todo, exp, until_epoch=epoch).items():
+                    if st.state == "failed":
+                        report.failed[run_id] = st.reason or "failed"
+            if report.failed:
+                return report
+        for p in open_:
+            d = take_decision(exp, p.bracket, epoch, p.alive)
+            if d is None:
+                missing = [s.run_id for s in p.alive if not reached(exp, s.run_id, epoch)]
+                report.failed.update({m: f"did not reach halving rung epoch {epoch}" for m in missing})
+                return report
+            p.decisions.append(d)
+            p.alive = [s for s in p.alive if s.lam in d["survivors"]]
+            stopped = ", ".join(f"{lam:g}" for lam in d["stopped"]) or "none"
+            print(f"stage adversarial: {p.bracket.attribute}: rung epoch {epoch} stopped lambda {stopped}", file=log)
+    merge(backend.submit([s for p in prog.values() for s in p.alive], exp))
+    alive = {s.run_id for p in prog.values() for s in p.alive}
+    report.stopped = [s.run_id for s in specs if s.run_id not in alive]  # never commit: no one waits for them
+    return report
+
+
+def summary(exp, b: Bracket) -> dict:
+    """What reduce records per attribute (and the report shows): each rung's scores and the λ
+    stopped there; ``survivors`` once every rung is decided; ``stopped_seconds``: the train time of
+    the stopped runs (they have no commit record to count it)."""
+    p = progress(exp, b)
+    stopped_s = 0.0
+    for d in p.decisions:
+        stopped_s += sum(e.get("seconds", 0.0) for e in d["entrants"] if e["lam"] in d["stopped"])
+    return {
+        "rungs": b.rungs,
+        "eta": b.eta,
+        "decisions": [{k: d[k] for k in ("epoch", "entrants", "survivors", "stopped")} for d in p.decisions],
+        "survivors": [s.lam for s in p.alive] if p.decided else None,
+        "stopped_seconds": stopped_s,
+    }
