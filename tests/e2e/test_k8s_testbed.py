@@ -375,3 +375,20 @@ def test_the_controller_role_of_rbac_yaml_is_enough_to_submit_watch_explain_and_
     until("the cancelled Jobs to be gone", lambda: list(jobs_of(e2e.ns)) == [job_name(exp.experiment, specs[0].run_id)])
     for text in outputs:
         assert "403" not in text and "forbidden" not in text.lower(), text
+
+
+# -- 9: scale --------------------------------------------------------------------------------------
+def test_the_780_jobs_of_a_celeba_pairwise_stage_are_created_with_one_call_each_and_all_cancelled(e2e, tmp_path):
+    import importlib.util
+
+    path = os.path.join(REPO, "benchmarks", "bench_k8s_scale.py")
+    spec = importlib.util.spec_from_file_location("bench_k8s_scale", path)
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    figures = bench.run(e2e.ns.name, str(tmp_path / "store"))  # suspended Jobs: no pod starts
+    assert figures["jobs"] == 780
+    assert figures["submit"]["calls"] == {"list_namespaced_job": 1, "create_namespaced_job": 780}
+    assert figures["submit again"]["calls"] == {"list_namespaced_job": 1}
+    assert figures["reasons"] == {("pending", "Suspended: waiting for Kueue admission in queue bench"): 780}
+    assert figures["cancel"]["calls"] == {"list_namespaced_job": 1, "delete_namespaced_job": 780}
+    assert not jobs_of(e2e.ns) and not pods_of(e2e.ns)
