@@ -363,6 +363,9 @@ def test_the_controller_role_of_rbac_yaml_is_enough_to_submit_watch_explain_and_
     backend = KubernetesBackend(cfg)
     final = backend.wait([specs[0], specs[2]], exp)  # list + watch
     assert final[specs[0].run_id].state == "complete" and final[specs[2].run_id].state == "failed"
+    reason = final[specs[2].run_id].reason
+    assert reason.startswith("PodFailurePolicy: Container worker") and "last pod exit 2" in reason, reason
+    assert f"worker: run {specs[2].run_id}: no spec at {e2e.store}/" in reason
     code, out, err = e2e.cli("status", "--stage", "single", *e2e.sets())  # jobs, pods, events, the store
     outputs += [out, err]
     row = next(ln for ln in out.splitlines() if ln.startswith("single "))
