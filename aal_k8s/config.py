@@ -163,6 +163,10 @@ class ExecutorConfig:
     parallel: int = 0  # concurrent local runs; 0 = number of CPU cores (1 per GPU when on CUDA)
 
 
+#: The default k8s.image: a placeholder that must be replaced (the k8s backend refuses to create Jobs with it).
+PLACEHOLDER_IMAGE = "ghcr.io/your-org/aal-k8s:0.1.0"
+
+
 def _gpu_toleration() -> list[dict]:
     return [{"key": "nvidia.com/gpu", "operator": "Exists", "effect": "NoSchedule"}]
 
@@ -173,7 +177,7 @@ class K8sConfig:
 
     namespace: str = "aal-k8s"  # namespace of the Jobs (k8s/namespace.yaml creates it)
     context: str = ""  # kubeconfig context; "" = the current one (unused inside a cluster)
-    image: str = "ghcr.io/your-org/aal-k8s:0.1.0"  # the worker image built from Dockerfile: push it, set this
+    image: str = PLACEHOLDER_IMAGE  # the worker image built from Dockerfile: push it, set this
     image_pull_policy: str = "IfNotPresent"  # Always | IfNotPresent | Never
     image_pull_secrets: list[str] = field(default_factory=list)  # docker-registry Secrets (private registry)
     gpus: int = 1  # GPUs per run; 0 = CPU-only pods
@@ -182,6 +186,10 @@ class K8sConfig:
     cpu_limit: str | int | float = "8"  # "" = no CPU limit; equal to the request (with memory too) = Guaranteed QoS
     memory_request: str | int | float = "48Gi"  # memory reserved per run
     memory_limit: str | int | float = "48Gi"  # "" = no limit; above it the pod is OOM-killed (exit 137, retried)
+    # node disk for the pod's /tmp (checkpoint staging; the dataset pack when no cache volume is
+    # set): a request the scheduler places pods by, and the emptyDir's size limit. auto = the pack's
+    # size + 2Gi without a cache volume, 2Gi with one; "" = neither
+    ephemeral_storage: str | int | float = "auto"
     shm_size: str | int | float = "8Gi"  # size of /dev/shm (a memory-backed emptyDir; DataLoader workers need it)
     node_selector: dict[str, str] = field(default_factory=dict)  # e.g. {nvidia.com/gpu.product: NVIDIA-A100-SXM4-80GB}
     tolerations: list[dict] = field(default_factory=_gpu_toleration)  # Kubernetes Toleration objects
@@ -197,6 +205,10 @@ class K8sConfig:
     cache_host_path: str = ""  # node folder for dataset packs, shared by the node's pods (AAL_K8S_CACHE); see docs
     cache_volume_claim: str = ""  # or a PVC for that cache (ReadWriteMany: one download per cluster)
     cache_mount_path: str = "/var/cache/aal-k8s"  # where the cache is mounted in the pods
+    # JSON merge patch (RFC 7386) onto every worker pod template, {metadata: ..., spec: ...}: affinity,
+    # runtimeClassName, labels/annotations for cost attribution... (null deletes; lists replace)
+    pod_template_patch: dict = field(default_factory=dict)
+    store_volume_claim: str = ""  # a (ReadWriteMany) PVC holding a folder store.uri, mounted at that path in every pod
     env: dict[str, str] = field(default_factory=dict)  # extra plain env for the worker; secrets go in store_secret
     api_max_attempts: int = 6  # tries of one API call on 429 / 5xx / connection errors (other 4xx: never retried)
     api_backoff_seconds: float = 1.0  # first retry delay, doubled after each failure
@@ -206,6 +218,14 @@ class K8sConfig:
     # `wait` (pipeline) gives up, naming the pending runs and why, once no run has started or finished
     # for this long while some are pending (unschedulable, never admitted by a queue); null = forever
     wait_patience_seconds: int | None = 3600
+
+
+@dataclass
+class PlanConfig:
+    # ``aal-k8s plan`` and the confirmation of submit/pipeline on Kubernetes (aal_k8s.cost).
+    device_class: str = "h100-target"  # rates when no committed run calibrates them (aal_k8s.cost.DEVICE_RATES)
+    gpu_hour_price: float = 3.0  # price of one GPU-hour (any currency) for the plan's cost line
+    confirm_above_jobs: int = 50  # k8s submit/pipeline ask before creating more Jobs than this (--yes skips)
 
 
 @dataclass
@@ -219,6 +239,7 @@ class Config:
     store: StoreConfig = field(default_factory=StoreConfig)
     executor: ExecutorConfig = field(default_factory=ExecutorConfig)
     k8s: K8sConfig = field(default_factory=K8sConfig)
+    plan: PlanConfig = field(default_factory=PlanConfig)
 
     @property
     def experiment_name(self) -> str:
@@ -421,6 +442,16 @@ def validate(cfg: Config) -> list[str]:
     if pre not in ("imagenet", "none") and isinstance(pre, str) and not os.path.isfile(pre):
         problems.append(f"model.pretrained: {pre!r} is neither imagenet, none nor an existing file")
     problems += validate_k8s(cfg.k8s)
+    if cfg.k8s.store_volume_claim and isinstance(cfg.store.uri, str) and cfg.store.uri.startswith("s3://"):
+        problems.append("k8s.store_volume_claim: only for a folder store.uri (an s3:// store needs no volume)")
+    from aal_k8s.cost import DEVICE_RATES  # the rates table lives with the cost model
+
+    if cfg.plan.device_class not in DEVICE_RATES:
+        problems.append(f"plan.device_class: {cfg.plan.device_class!r} is not one of {', '.join(DEVICE_RATES)}")
+    if isinstance(cfg.plan.gpu_hour_price, float) and cfg.plan.gpu_hour_price < 0:
+        problems.append(f"plan.gpu_hour_price: must be >= 0, got {cfg.plan.gpu_hour_price}")
+    if isinstance(cfg.plan.confirm_above_jobs, int) and cfg.plan.confirm_above_jobs < 0:
+        problems.append(f"plan.confirm_above_jobs: must be >= 0, got {cfg.plan.confirm_above_jobs}")
     return problems
 
 
@@ -451,10 +482,12 @@ def load_config(
     path: str | os.PathLike | None = None,
     overrides: list[str] | None = None,
     dataset: str | None = None,
+    base: dict | None = None,
 ) -> Config:
-    """Build the experiment config: defaults < dataset preset < YAML file < ``--set`` overrides.
+    """Build the experiment config: defaults < dataset preset < ``base`` < YAML file < ``--set`` overrides.
 
     ``dataset`` (the CLI's ``--dataset``) picks the preset and wins over the file's dataset.name.
+    ``base`` is a pinned experiment's recorded config (aal_k8s.experiment): flags apply on top.
     """
     problems: list[str] = []
     data: dict = {}
@@ -475,11 +508,16 @@ def load_config(
     if dataset is not None:
         _set_dotted(over, "dataset.name", dataset)
 
-    name = over.get("dataset", {}).get("name") or (data.get("dataset") or {}).get("name") or "synthetic"
+    base = base or {}
+    name = (
+        over.get("dataset", {}).get("name") or (data.get("dataset") or {}).get("name")
+        or (base.get("dataset") or {}).get("name") or "synthetic"
+    )  # fmt: skip
     cfg = Config()
     preset = DATASET_PRESETS.get(name) if isinstance(name, str) else None
     if preset:
         _merge(cfg, preset, "", problems)
+    _merge(cfg, base, "", problems)
     _merge(cfg, data, "", problems)
     _merge(cfg, over, "", problems)
     problems += _new_keys(problems, validate(cfg))
@@ -558,7 +596,7 @@ def validate_k8s(k) -> list[str]:
     names = {
         "priority_class": k.priority_class, "service_account": k.service_account, "queue_name": k.queue_name,
         "store_secret": k.store_secret, "data_volume_claim": k.data_volume_claim,
-        "cache_volume_claim": k.cache_volume_claim,
+        "cache_volume_claim": k.cache_volume_claim, "store_volume_claim": k.store_volume_claim,
     }  # fmt: skip
     names.update({f"image_pull_secrets[{i}]": n for i, n in enumerate(k.image_pull_secrets)})
     for key, value in names.items():
@@ -569,9 +607,11 @@ def validate_k8s(k) -> list[str]:
     if not _qualified_name(k.gpu_resource) or "/" not in str(k.gpu_resource):
         p.append(f"k8s.gpu_resource: {k.gpu_resource!r} is not an extended resource name like nvidia.com/gpu")
     amounts = {}
-    for key in ("cpu_request", "cpu_limit", "memory_request", "memory_limit", "shm_size"):
+    for key in ("cpu_request", "cpu_limit", "memory_request", "memory_limit", "shm_size", "ephemeral_storage"):
         value = getattr(k, key)
-        if isinstance(value, bool) or value == "" and key in ("cpu_limit", "memory_limit"):
+        if isinstance(value, bool) or value == "" and key in ("cpu_limit", "memory_limit", "ephemeral_storage"):
+            continue
+        if key == "ephemeral_storage" and value == "auto":
             continue
         try:
             amounts[key] = parse_quantity(str(value))
@@ -639,6 +679,23 @@ def validate_k8s(k) -> list[str]:
         p.append("k8s.cache_host_path, k8s.cache_volume_claim: set one of them, not both")
     if isinstance(k.cache_host_path, str) and k.cache_host_path and not k.cache_host_path.startswith("/"):
         p.append(f"k8s.cache_host_path: {k.cache_host_path!r} must be an absolute path on the node")
+    patch = k.pod_template_patch
+    if isinstance(patch, dict):
+        unknown = sorted(set(patch) - {"metadata", "spec"})
+        if unknown:
+            p.append(f"k8s.pod_template_patch: unknown field(s) {unknown} (a pod template has metadata and spec)")
+        for key, value in patch.items():
+            if key in ("metadata", "spec") and value is not None and not isinstance(value, dict):
+                p.append(f"k8s.pod_template_patch.{key}: expected a mapping, got {value!r}")
+        spec = patch.get("spec") if isinstance(patch.get("spec"), dict) else {}
+        for key in ("containers", "volumes"):  # lists replace whole: the worker container would be lost
+            if key in spec:
+                p.append(f"k8s.pod_template_patch.spec.{key}: not patchable (use k8s.image, k8s.env, the volume keys)")
+        for key, value in ((patch.get("metadata") or {}) if isinstance(patch.get("metadata"), dict) else {}).items():
+            if key in ("labels", "annotations") and isinstance(value, dict):
+                bad = [n for n in value if not _qualified_name(n)]
+                if bad:
+                    p.append(f"k8s.pod_template_patch.metadata.{key}: {bad} are not valid keys")
     for name in k.env:
         if not _full(_ENV_NAME, name):
             p.append(f"k8s.env: {name!r} is not a valid environment variable name")

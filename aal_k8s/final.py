@@ -32,6 +32,21 @@ def classifier_state(run_state: dict, heads: list[str], attribute: str) -> dict:
     return state
 
 
+def input_spec(cfg: Config) -> dict:
+    """The manifest's ``input``: what ``aal_k8s.modelset.preprocess`` needs to feed the models
+    what their evaluation in training fed them."""
+    mean, std = normalisation(cfg.dataset.name)
+    return {
+        "image_size": cfg.dataset.synthetic.image_size if cfg.dataset.name == "synthetic" else cfg.model.image_size,
+        "channels": "RGB",
+        "resize": "bilinear",  # the image is resized to image_size x image_size
+        "layout": "NCHW",
+        "scale": "pixels / 255",
+        "mean": list(mean),
+        "std": list(std),
+    }
+
+
 def build_final(exp: ExperimentStore, cfg: Config, out: ReduceOutput) -> dict:
     if len(out.final) != len(out.attributes):
         lacking = [a for a in out.attributes if a not in out.final]
@@ -40,7 +55,6 @@ def build_final(exp: ExperimentStore, cfg: Config, out: ReduceOutput) -> dict:
             "finish the single, pairwise and adversarial stages and run `aal-k8s reduce`"
         )
     names = attribute_names(cfg.dataset.name)
-    mean, std = normalisation(cfg.dataset.name)
     entries = []
     cache: dict[str, dict] = {}
     for a in out.attributes:
@@ -80,15 +94,7 @@ def build_final(exp: ExperimentStore, cfg: Config, out: ReduceOutput) -> dict:
         "experiment": exp.experiment,
         "dataset": cfg.dataset.name,
         "backbone": cfg.model.backbone,
-        "input": {
-            "image_size": cfg.dataset.synthetic.image_size if cfg.dataset.name == "synthetic" else cfg.model.image_size,
-            "channels": "RGB",
-            "resize": "bilinear",  # the image is resized to image_size x image_size
-            "layout": "NCHW",
-            "scale": "pixels / 255",
-            "mean": list(mean),
-            "std": list(std),
-        },
+        "input": input_spec(cfg),
         "format": "safetensors",  # backbone.* tensors + head.weight [1, D] + head.bias [1]
         "output": {
             "logit": "head.weight @ backbone(x) + head.bias",

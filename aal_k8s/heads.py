@@ -6,6 +6,11 @@ This is the one function the trainer calls for the hot loop (``head_losses``). I
     z[b, k]   = h[b] . W[k] + bias[k]
     loss[k]   = mean over the (unmasked) batch of BCE-with-logits(z[:, k], y[:, k])
 
+Masked-out elements are left out by selection, not multiplied by 0: a NaN (or inf) label or feature
+row that the mask excludes leaves the losses, the residual and ``dh`` finite. The weight gradient
+``dW = dz^T h`` is a product over rows, so a NaN *feature* row still reaches ``dW`` as 0 * NaN;
+drop such rows from ``h`` instead of masking them.
+
 Backward, for an upstream gradient g[k] on loss[k]:
 
     dW[k], dbias[k] = g[k] * w[k] * d loss[k] / d(W[k], bias[k])   # heads minimise their own loss
@@ -55,7 +60,13 @@ def _masked_mean_bce(z: torch.Tensor, y: torch.Tensor, mask: torch.Tensor | None
         n = torch.full((z.shape[1],), float(z.shape[0]), device=z.device, dtype=z.dtype)
         return per.sum(0) / n.clamp_min(1.0)
     m = mask.to(z.dtype)
-    return (per * m).sum(0) / m.sum(0).clamp_min(1.0)
+    return _select(m, per * m).sum(0) / m.sum(0).clamp_min(1.0)
+
+
+def _select(m: torch.Tensor, masked: torch.Tensor) -> torch.Tensor:
+    """``masked`` where the mask is set, 0 elsewhere: a select, not a product, so that a NaN or
+    inf in a masked-out label or feature row (0 * NaN = NaN) cannot reach the loss or gradient."""
+    return torch.where(m != 0, masked, torch.zeros((), dtype=masked.dtype, device=masked.device))
 
 
 class _ReferenceHeads(torch.autograd.Function):
@@ -80,7 +91,7 @@ class _ReferenceHeads(torch.autograd.Function):
         if g_loss is None:
             g_loss = torch.zeros(z.shape[1], device=z.device, dtype=acc)
         # d loss[k] / d z[b, k] = mask * (sigmoid(z) - y) / n[k]
-        dz = (torch.sigmoid(z) - labels.to(acc)) * m / n
+        dz = _select(m, (torch.sigmoid(z) - labels.to(acc)) * m) / n
         dz_param = dz * (g_loss.to(acc) * loss_w.to(acc))
         dz_feat = dz * (g_loss.to(acc) * feat_c.to(acc))
         if g_logits is not None:
@@ -109,6 +120,10 @@ def head_losses(h, weight, bias, labels, loss_w, feat_c, mask=None, impl: str = 
         from aal_k8s import ops
 
         if ops.extension_available():
+            if h.dtype != weight.dtype and not torch.is_autocast_enabled(h.device.type):
+                # bf16 features from an autocast backbone with fp32 heads (the trainer's CUDA
+                # default): the op takes one dtype, so upcast h (exact), as the reference does
+                h = h.to(weight.dtype)
             return ops.fused_heads(h, weight, bias, labels, loss_w, feat_c, mask)
         if impl == "fused":
             raise RuntimeError(f"the fused head extension is not built: {ops.extension_error()}")

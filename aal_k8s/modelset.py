@@ -16,6 +16,7 @@ import glob
 import json
 import os
 
+from aal_k8s.data import DATASETS
 from aal_k8s.errors import AALError, StageOrderError, StoreError
 from aal_k8s.store import ExperimentStore
 from aal_k8s.store.base import atomic_write
@@ -36,6 +37,18 @@ def _check_manifest(manifest, where: str) -> dict:
         ok = ok and isinstance(manifest.get("backbone"), str)
     if not ok:
         raise AALError(f"{where}: not a final model set manifest (models, input, backbone missing)")
+    for key in ("mean", "std"):
+        # no default: 0/1 instead of the training normalisation would give confident wrong answers
+        v = manifest["input"].get(key)
+        numbers = isinstance(v, list) and all(isinstance(x, (int, float)) and not isinstance(x, bool) for x in v)
+        if not (numbers and len(v) == 3):
+            raise AALError(
+                f"{where}: input.{key} must list 3 numbers (the normalisation the models were trained with), got {v!r}"
+            )
+    if not all(x > 0 for x in manifest["input"]["std"]):
+        raise AALError(f"{where}: input.std must be positive, got {manifest['input']['std']!r}")
+    if manifest.get("dataset") not in DATASETS:  # it decides how images are decoded and resized
+        raise AALError(f"{where}: dataset {manifest.get('dataset')!r} is not one of {', '.join(DATASETS)}")
     for m in manifest["models"]:
         parts = m["file"].replace("\\", "/").split("/")
         if m["file"].startswith("/") or ".." in parts:
@@ -189,22 +202,28 @@ def find_images(inputs: list[str]) -> list[str]:
     return found
 
 
-def load_image(path: str, size: int):
-    """uint8 tensor [3, size, size]: RGB, resized bilinearly when needed."""
-    import numpy as np
+def preprocess(paths: list[str], manifest: dict, device: str = "cpu"):
+    """Model inputs [N, 3, S, S] for image files, exactly as the models' training evaluated them:
+    decoded by the dataset's decoder (``aal_k8s.data.common.read_image``), resized first to the
+    dataset's decoding size where its loader does that (Duke), then through the evaluation
+    transform (``aal_k8s.data.pipeline.model_inputs``: bilinear resize to the input size,
+    normalisation with the manifest's mean/std). ``manifest``: a checked final model set manifest."""
     import torch
-    from PIL import Image, UnidentifiedImageError
 
-    try:
-        with Image.open(path) as im:
-            im = im.convert("RGB")
-            if im.size != (size, size):
-                im = im.resize((size, size), Image.BILINEAR)
-            arr = np.asarray(im, dtype=np.uint8).copy()
-    except (OSError, UnidentifiedImageError, ValueError, Image.DecompressionBombError) as e:
-        reason = "not an image PIL can read" if isinstance(e, UnidentifiedImageError) else type(e).__name__
-        raise AALError(f"{path}: cannot read image ({reason})") from None
-    return torch.from_numpy(arr).permute(2, 0, 1).contiguous()
+    from aal_k8s.data import decode_size
+    from aal_k8s.data.common import read_image, resize_decoded
+    from aal_k8s.data.pipeline import model_inputs
+
+    inp = manifest["input"]
+    first = decode_size(manifest["dataset"])
+    out = []
+    for path in paths:
+        img = read_image(path, any_format=True)  # unreadable: a one-line DatasetError naming the file
+        if first is not None and tuple(img.shape[1:]) != first:
+            img = resize_decoded(img, first)
+        # one image at a time: sizes differ, and the result does not depend on the batch
+        out.append(model_inputs(img[None], int(inp["image_size"]), inp["mean"], inp["std"], device))
+    return torch.cat(out)
 
 
 def predict(models_dir: str, inputs: list[str], attrs: list[str] | None = None, device: str = "cpu",
@@ -214,18 +233,13 @@ def predict(models_dir: str, inputs: list[str], attrs: list[str] | None = None, 
 
     images = find_images(inputs)
     manifest, nets = load_classifiers(models_dir, attrs, device)
-    inp = manifest["input"]
-    size = int(inp["image_size"])
-    mean = torch.tensor(inp.get("mean", [0.0, 0.0, 0.0]), device=device).view(1, -1, 1, 1)
-    std = torch.tensor(inp.get("std", [1.0, 1.0, 1.0]), device=device).view(1, -1, 1, 1)
     if threshold is None:
         threshold = float(manifest.get("output", {}).get("threshold", 0.5))
     rows = []
     with torch.inference_mode():
         for start in range(0, len(images), batch_size):
             names = images[start : start + batch_size]
-            x = torch.stack([load_image(p, size) for p in names]).to(device).float().div_(255.0)
-            x = (x - mean) / std
+            x = preprocess(names, manifest, device)
             probs = {m["attribute"]: torch.sigmoid(net(x)).double().cpu().tolist() for m, net in nets}
             for i, name in enumerate(names):
                 rows.append(

@@ -23,6 +23,10 @@ In eager mode ``fused_heads`` applies the same ``setup_context``/``backward`` th
 in Python on every call, which costs as much as the kernel itself at B=256 on a small CPU); under
 ``torch.compile`` it calls the registered op, whose autograd formula the compiler traces.
 
+The op is differentiable once: a double backward (``create_graph=True`` and then differentiating
+the gradients) raises. Masked-out elements are selected away, not multiplied by 0 (see
+``aal_k8s.heads`` for the one case a NaN still gets through: a NaN feature row reaches ``dW``).
+
 ``fused_heads(...)`` returns ``(loss, logits)`` with the contract of
 ``aal_k8s.heads.reference_head_losses``. Use ``aal_k8s.heads.head_losses`` in training code: it
 falls back to the reference with one warning when the extension is missing.
@@ -170,7 +174,31 @@ def _setup_context(ctx, inputs, output) -> None:
     ctx.set_materialize_grads(False)
 
 
+_TWICE = b"aal_k8s::fused_heads is differentiable once: its backward has no derivative (double backward)"
+
+
 def _backward(ctx, grad_loss, grad_logits, _grad_residual, _grad_count):
+    """The backward formula. Under ``create_graph=True`` the gradients it returns raise when they are
+    differentiated again: the backward op has no derivative, and without this autograd would warn
+    and hand out None for the second derivative. (``once_differentiable`` only does this when the
+    incoming gradients require grad, not when h or the weights do.)"""
+    with torch.no_grad():
+        grads = _backward_formula(ctx, grad_loss, grad_logits)
+    inputs = [t for t in (*ctx.saved_tensors, grad_loss, grad_logits) if t is not None and t.requires_grad]
+    present = [i for i, g in enumerate(grads) if g is not None]
+    if not torch.is_grad_enabled() or not inputs or not present:
+        return grads
+    # an error node whose edges lead to everything the gradients depend on, so that the engine
+    # runs it (and raises) whichever of them is differentiated
+    n = len(present) + len(inputs)
+    raising = torch._C._functions.DelayedError(_TWICE, n)(*(grads[i].detach() for i in present), *inputs)
+    out = list(grads)
+    for i, g in zip(present, raising):
+        out[i] = g
+    return tuple(out)
+
+
+def _backward_formula(ctx, grad_loss, grad_logits):
     residual, count, h, weight, loss_w, feat_c = ctx.saved_tensors
     need_h, need_w, need_b = ctx.needs_input_grad[:3]
     if (grad_loss is None and grad_logits is None) or not (need_h or need_w or need_b):
@@ -210,6 +238,20 @@ def _acc_dtype(dtype: torch.dtype) -> torch.dtype:
     return torch.float64 if dtype == torch.float64 else torch.float32
 
 
+_FEATURE_DTYPES = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
+
+
+def _check_fake(op: str, h: Tensor, **others: Tensor | None) -> None:
+    """The device and dtype rules of csrc/fused_heads.h for the fake (meta) kernels. Without them a
+    mix of devices dispatches here (Meta outranks CPU) and returns uninitialised tensors on h's
+    device instead of the error the real kernels give."""
+    torch._check(h.dtype in _FEATURE_DTYPES,
+                 lambda: f"{op}: h must be float16, bfloat16, float32 or float64, got {h.dtype}")
+    for name, t in others.items():
+        if t is not None:
+            torch._check(t.device == h.device, lambda: f"{op}: {name} is on {t.device} but h is on {h.device}")
+
+
 def _register() -> None:
     fwd = f"{_OP_NAMESPACE}::fused_heads"
     bwd = f"{_OP_NAMESPACE}::fused_heads_backward"
@@ -218,6 +260,8 @@ def _register() -> None:
     def _fused_heads_fake(h, weight, bias, labels, loss_w, feat_c, mask=None):
         torch._check(h.dim() == 2 and weight.dim() == 2, lambda: "h [B, D] and weight [K, D]")
         torch._check(weight.shape[1] == h.shape[1], lambda: "weight and h disagree on D")
+        _check_fake("fused_heads", h, weight=weight, bias=bias, labels=labels, loss_w=loss_w,
+                    feat_c=feat_c, mask=mask)
         torch._check(h.dtype == weight.dtype == bias.dtype, lambda: "h/weight/bias dtypes differ")
         B, K = h.shape[0], weight.shape[0]
         acc = _acc_dtype(h.dtype)
@@ -231,6 +275,8 @@ def _register() -> None:
     @torch.library.register_fake(bwd)
     def _fused_heads_backward_fake(grad_loss, grad_logits, residual, count, h, weight, loss_w,
                                    feat_c):
+        _check_fake("fused_heads_backward", h, grad_loss=grad_loss, grad_logits=grad_logits,
+                    residual=residual, count=count, weight=weight, loss_w=loss_w, feat_c=feat_c)
         return (
             torch.empty_like(h, memory_format=torch.contiguous_format),
             torch.empty_like(weight, memory_format=torch.contiguous_format),

@@ -21,7 +21,7 @@ import itertools
 from aal_k8s.config import Config
 from aal_k8s.data import attribute_names
 from aal_k8s.errors import AALError, StageOrderError
-from aal_k8s.runspec import STAGES, RunSpec
+from aal_k8s.runspec import RUN_SECTIONS, STAGES, RunSpec
 
 #: The stages ``aal-k8s pipeline`` runs by default (the paper's protocol), in order; reduce sits
 #: between multi and adversarial, and again after adversarial.
@@ -42,11 +42,7 @@ def _spec(cfg: Config, stage: str, primary, auxiliary=(), mode="single", lam=0.0
         lam=float(lam),
         seed=cfg.train.seed,
         attr_index=tuple(names.index(a) + 1 for a in (*primary, *auxiliary)),
-        config={
-            "dataset": _plain(cfg.dataset),
-            "model": _plain(cfg.model),
-            "train": _plain(cfg.train),
-        },
+        config={section: _plain(getattr(cfg, section)) for section in RUN_SECTIONS},
         options=dict(options or {}),
         init_from=init_from,
     )

@@ -28,11 +28,56 @@ MODES = ("single", "multi", "adversarial", "gan", "wgan", "shared", "affinity")
 ADVERSARIAL_MODES = ("adversarial", "gan", "wgan", "shared")  # modes with auxiliary heads and a lambda
 _STAGE_TAG = {"single": "sin", "pairwise": "pair", "multi": "mul", "adversarial": "adv", "affinity": "aff"}
 
-# Config keys that change how fast a run goes, not what it computes: kept out of the run id.
-_EXECUTION_ONLY = {
-    "train": ("device", "threads", "eval_batch_size", "heads_impl", "compile"),
-    "dataset": ("root", "pack", "cache_dir", "workers"),  # where the same images are read from
+#: The run identity: what a run id hashes. A run's id must change exactly when its result would,
+#: and never because the code grew: every committed run of every store is found by its id, so an id
+#: that moves orphans the run and it is trained again. Version 1 is the identity of every id made so
+#: far; changing what an existing key means (or these lists) needs RUN_ID_VERSION 2, which is then
+#: hashed into every new id.
+RUN_ID_VERSION = 1
+#: Version 1's config keys, hashed always (with the stage, attributes, mode, lambda, seed, options).
+RESULT_KEYS_V1 = {
+    "dataset": ("name", "seed", "val_fraction", "strict_counts", "synthetic", "augment"),
+    "dataset.synthetic": ("n_train", "n_val", "n_test", "image_size", "label_noise", "agreement"),
+    "dataset.augment": ("crop", "flip"),
+    "model": ("backbone", "pretrained", "image_size"),
+    "train": ("lr", "weight_decay", "epochs", "lr_decay_epoch", "lr_decay_factor", "batch_size", "seed", "precision"),
 }
+#: Config keys that change how fast a run goes, or where the same images are read from, not what it
+#: computes: never in the id.
+EXECUTION_ONLY = (
+    "train.device", "train.threads", "train.eval_batch_size", "train.heads_impl", "train.compile",
+    "dataset.root", "dataset.pack", "dataset.cache_dir", "dataset.workers",
+)  # fmt: skip
+#: Version 1's RunSpec fields (the experiment name is not one: a copied experiment keeps its ids).
+_SPEC_KEYS_V1 = ("stage", "dataset", "primary", "auxiliary", "mode", "lam", "seed", "attr_index")
+#: The config sections a RunSpec carries (the worker trains with them).
+RUN_SECTIONS = ("dataset", "model", "train")
+
+
+def config_identity(config: dict[str, Any]) -> dict[str, Any]:
+    """The part of a run's resolved config sections that its id hashes.
+
+    Version 1's keys always; a key added since (any key not listed, not execution-only) only when
+    its value differs from its default, so adding a config field with a default changes no id, and
+    setting it to anything else gives new ids. Defaults are the config dataclasses' own (no preset)."""
+    from aal_k8s.config import Config
+
+    defaults = Config().to_dict()
+    return {s: _identity_of(config.get(s, {}), defaults.get(s, {}), s) for s in sorted(config)}
+
+
+def _identity_of(section: dict, defaults: dict, path: str) -> dict:
+    out = {}
+    pinned = RESULT_KEYS_V1.get(path, ())
+    for k, v in section.items():
+        key = f"{path}.{k}"
+        if key in EXECUTION_ONLY:
+            continue
+        if isinstance(v, dict) and key in RESULT_KEYS_V1:
+            out[k] = _identity_of(v, defaults.get(k, {}) if isinstance(defaults.get(k), dict) else {}, key)
+        elif k in pinned or k not in defaults or v != defaults[k]:
+            out[k] = v
+    return out
 
 
 @dataclass(frozen=True)
@@ -58,16 +103,13 @@ class RunSpec:
 
     @property
     def run_id(self) -> str:
-        ident = {k: v for k, v in asdict(self).items() if k not in ("experiment", "config")}
+        ident = {k: getattr(self, k) for k in _SPEC_KEYS_V1}
         for k in ("options", "init_from"):  # added later: absent when empty, so older ids stay valid
-            if not ident[k]:
-                del ident[k]
-        ident["config"] = {
-            section: {
-                k: v for k, v in self.config.get(section, {}).items() if k not in _EXECUTION_ONLY.get(section, ())
-            }
-            for section in sorted(self.config)
-        }
+            if getattr(self, k):
+                ident[k] = getattr(self, k)
+        ident["config"] = config_identity(self.config)
+        if RUN_ID_VERSION != 1:
+            ident["id_version"] = RUN_ID_VERSION
         digest = hashlib.sha256(json.dumps(ident, sort_keys=True).encode()).hexdigest()[:8]
         idx = self.attr_index
         n_p = len(self.primary)

@@ -23,6 +23,29 @@ import traceback
 from aal_k8s.errors import EXIT_USAGE, AALError
 
 EXIT_CRASH = 1
+#: Each attempt's own output, copied to the store when it ends (committed, failed, crashed or
+#: stopped), so `aal-k8s logs` works after Kubernetes has deleted the Job and its pods.
+ATTEMPT_LOG = "worker.log"
+
+
+class _Tee:
+    """Writes to ``stream`` and keeps a copy."""
+
+    def __init__(self, stream):
+        self.stream, self.parts = stream, []
+
+    def write(self, text: str) -> int:
+        self.parts.append(text)
+        return self.stream.write(text)
+
+    def flush(self) -> None:
+        self.stream.flush()
+
+    def text(self) -> str:
+        return "".join(self.parts)
+
+    def __getattr__(self, name):  # isatty, encoding... as the stream has them
+        return getattr(self.stream, name)
 
 
 def _threads(cfg_threads: int) -> int:
@@ -43,6 +66,17 @@ def execute(store_uri: str, experiment: str, run_id: str, log=None) -> int:
     except AALError as e:
         print(f"run {run_id}: failed: {e.message}", file=log)
         return e.exit_code
+    tee = _Tee(log)
+    try:
+        return _execute(exp, run_id, tee, options)
+    finally:  # also on KeyboardInterrupt / SystemExit (SIGTERM: preemption, eviction, cancel)
+        try:
+            exp.store.put_bytes(exp.attempt_key(run_id, ATTEMPT_LOG), tee.text().encode())
+        except Exception as e:  # the store itself may be what failed
+            print(f"run {run_id}: could not copy the log to the store: {e}", file=log)
+
+
+def _execute(exp, run_id: str, log, options) -> int:
     try:
         if exp.is_committed(run_id):
             print(f"run {run_id}: already committed, nothing to do", file=log)

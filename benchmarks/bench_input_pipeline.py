@@ -18,6 +18,10 @@ The images are generated JPEGs in a temporary folder (no dataset needed):
     python benchmarks/bench_input_pipeline.py                       # small CPU run (64x64)
     python benchmarks/bench_input_pipeline.py --size celeba         # 218x178 -> 224, on a GPU
     python benchmarks/bench_input_pipeline.py --append BENCHMARKS.md
+    python benchmarks/bench_input_pipeline.py --size celeba --compile both --json p.json   # + compiled, side by side
+
+``--size celeba-tiny`` keeps CelebA's stored 218x178 images but feeds the model 32x32 batches of 4:
+the same code path in seconds on a CPU (the GPU campaign's dry run).
 """
 
 from __future__ import annotations
@@ -54,6 +58,7 @@ HEADS_IMPL = "auto" if importlib.util.find_spec("aal_k8s.ops") else "reference"
 SIZES = {  # (height, width) of the stored images, model input side, default batch
     "small": ((64, 64), 64, 32),
     "celeba": ((218, 178), 224, 256),
+    "celeba-tiny": ((218, 178), 32, 4),
 }
 
 
@@ -203,13 +208,14 @@ def bench(args) -> dict:
     split = part.split(hw)
     data = LoadedDataset("bench", ["a", "aux"], {"train": split, "val": split, "test": split}, IMAGENET_MEAN, IMAGENET_STD)
     precisions = [False, True] if device.type == "cpu" or args.fp32_gpu else [True]
-    for bf16 in precisions:
+    compiled = {"off": [False], "on": [True], "both": [False, True]}[args.compile]
+    for bf16, comp in [(b, c) for b in precisions for c in compiled]:
         pipe = InputPipeline(data, [0, 1], device, out_size=out, crop=CROP, flip=True, bf16=bf16, splits=("train",))
         model, opt = make_model(device, channels_last=True)
-        if args.compile:
-            model.features = torch.compile(model.features)
+        if comp:
+            model.features = torch.compile(model.features, backend=args.compile_backend)
         gen = torch.Generator().manual_seed(0)
-        name = f"packed {'bf16' if bf16 else 'fp32'} channels_last (resident on {device.type})"
+        name = f"packed {'bf16' if bf16 else 'fp32'} channels_last{' compiled' if comp else ''} (resident on {device.type})"
         variants[name] = (
             lambda pipe=pipe, gen=gen: cycle(lambda: pipe.train_batches(bs, gen, epoch=1)),
             lambda x, y, model=model, opt=opt, bf16=bf16: step(model, opt, x, y, w, c, bf16, device),
@@ -221,24 +227,83 @@ def bench(args) -> dict:
     # rounds interleave the pipelines, so a change of load on a shared machine hits them all;
     # each number is the best of the rounds
     rates = {k: {name: [] for name in variants} for k in ("input", "train", "eval")}
+    failures = {}  # a pipeline that raises (a DataLoader worker killed, a compile error) is dropped
+    partial = {"device": device, "batch": bs, "hw": hw, "out": out, "pack_seconds": pack_seconds, "load": load,
+               "failures": failures}  # fmt: skip
     for r in range(args.repeats):
         warm = args.warmup if r == 0 else max(1, args.warmup // 2)
         for name, (tb, tstep, eb, efwd, model) in variants.items():
-            rates["input"][name].append(timed(tb, lambda x, y: None, device, warm, args.input_steps))
-            model.train()
-            rates["train"][name].append(timed(tb, tstep, device, warm, args.steps))
-            model.eval()
-            rates["eval"][name].append(timed(eb, efwd, device, 1, args.eval_steps))
+            if name in failures:
+                continue
+            try:
+                got_input = timed(tb, lambda x, y: None, device, warm, args.input_steps)
+                model.train()
+                got_train = timed(tb, tstep, device, warm, args.steps)
+                model.eval()
+                got_eval = timed(eb, efwd, device, 1, args.eval_steps)
+            except Exception as e:  # noqa: BLE001 - reported in the output; the other pipelines go on
+                failures[name] = f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}"[:300]
+                print(f"round {r + 1}: {name}: FAILED {failures[name]}", file=sys.stderr)
+                continue
+            rates["input"][name].append(got_input)
+            rates["train"][name].append(got_train)
+            rates["eval"][name].append(got_eval)
             print(f"round {r + 1}: {name}: input {rates['input'][name][-1]:.1f}, train {rates['train'][name][-1]:.1f}, "
                   f"eval {rates['eval'][name][-1]:.1f} images/s", file=sys.stderr)  # fmt: skip
-    return {"rates": rates, "batch": bs, "hw": hw, "out": out, "pack_seconds": pack_seconds,
-            "device": device, "load": load, "load_end": os.getloadavg()[0]}  # fmt: skip
+            if args.json:  # after every measurement, so a run stopped early keeps what it measured
+                write_json({**partial, "rates": rates, "load_end": os.getloadavg()[0]}, args, args.json)
+    return {**partial, "rates": rates, "load_end": os.getloadavg()[0]}
 
 
 def projection_hours(train_ips: float, eval_ips: float) -> float:
     runs = sum(RUNS.values())
     per_run = EPOCHS * CELEBA["train"] / train_ips + (EPOCHS * CELEBA["val"] + CELEBA["test"]) / eval_ips
     return runs * per_run / 3600.0
+
+
+def summarise(r: dict) -> dict:
+    """Per pipeline: best and median images/s of each measurement, the ratio of its train rate to
+    the naive one, and the projected protocol device-hours (from the best and the median rates)."""
+    naive = "naive fp32 NCHW (PIL + DataLoader)"
+    out = {}
+    for name, train in r["rates"]["train"].items():
+        if not train:
+            continue
+        best = {k: max(r["rates"][k][name]) for k in ("input", "train", "eval")}
+        med = {k: float(np.median(r["rates"][k][name])) for k in ("input", "train", "eval")}
+        base = r["rates"]["train"].get(naive) or []
+        out[name] = {
+            "best": best,
+            "median": med,
+            "train_vs_naive": best["train"] / max(base) if base else None,
+            "projected_hours": projection_hours(best["train"], best["eval"]),
+            "projected_hours_median": projection_hours(med["train"], med["eval"]),
+        }
+    return out
+
+
+def write_json(r: dict, args, path: str) -> None:
+    import json
+
+    doc = {
+        "device": device_name(r["device"]),
+        "torch": torch.__version__,
+        "cuda": torch.version.cuda,
+        "size": args.size,
+        "images": args.images,
+        "batch": r["batch"],
+        "input": f"{r['hw'][0]}x{r['hw'][1]} -> {r['out']}",
+        "heads_impl": HEADS_IMPL,
+        "compile": args.compile,
+        "compile_backend": args.compile_backend,
+        "pack_seconds": r["pack_seconds"],
+        "failures": r.get("failures", {}),
+        "rates": r["rates"],
+        "summary": summarise(r),
+    }
+    with open(path + ".tmp", "w") as f:
+        json.dump(doc, f, indent=1)
+    os.replace(path + ".tmp", path)
 
 
 def device_name(device) -> str:
@@ -271,7 +336,8 @@ def report(r: dict, args) -> str:
         f"- images: {args.images} generated JPEGs {r['hw'][0]}x{r['hw'][1]} (h x w), model input {r['out']}x{r['out']}, "
         f"batch {r['batch']}, ResNet18 + 2 AAL heads (head_losses, impl={HEADS_IMPL}) + Adam, {args.steps} timed steps after "
         f"{args.warmup} warm-up steps (later rounds {max(1, args.warmup // 2)}) on a fresh iterator, naive DataLoader "
-        f"workers: {args.workers}",
+        f"workers: {args.workers}; torch.compile of the packed model's features: {args.compile}"
+        f"{'' if args.compile == 'off' else ' (backend ' + args.compile_backend + ')'}",
         f"- pack build (decode {args.images} JPEGs once): {r['pack_seconds']:.1f} s; host load average "
         f"(1 min): {r['load']:.1f} at the start, {r['load_end']:.1f} at the end, on {len(os.sched_getaffinity(0))} cores",
         f"- each cell: best (median) of {args.repeats} interleaved rounds; input only = {args.input_steps} batches "
@@ -280,18 +346,23 @@ def report(r: dict, args) -> str:
         "| pipeline | input only images/s | train step images/s | vs naive | eval images/s | projected CelebA protocol (device-hours) |",
         "|---|---:|---:|---:|---:|---:|",
     ]
-    best = {k: {n: max(v) for n, v in d.items()} for k, d in r["rates"].items()}
-    median = {k: {n: float(np.median(v)) for n, v in d.items()} for k, d in r["rates"].items()}
+    best = {k: {n: max(v) for n, v in d.items() if v} for k, d in r["rates"].items()}
+    median = {k: {n: float(np.median(v)) for n, v in d.items() if v} for k, d in r["rates"].items()}
     naive = "naive fp32 NCHW (PIL + DataLoader)"
     for name in best["train"]:
         cells = []
         for key in ("input", "train"):
             cells.append(f"{best[key][name]:,.1f} ({median[key][name]:,.1f})")
-        cells.append(f"{best['train'][name] / best['train'][naive]:.2f}x ({median['train'][name] / median['train'][naive]:.2f}x)")
+        if naive in best["train"]:
+            cells.append(f"{best['train'][name] / best['train'][naive]:.2f}x "
+                         f"({median['train'][name] / median['train'][naive]:.2f}x)")  # fmt: skip
+        else:
+            cells.append("– (naive failed)")
         cells.append(f"{best['eval'][name]:,.1f} ({median['eval'][name]:,.1f})")
         cells.append(f"{projection_hours(best['train'][name], best['eval'][name]):,.0f} "
                      f"({projection_hours(median['train'][name], median['eval'][name]):,.0f})")  # fmt: skip
         lines.append(f"| {name} | " + " | ".join(cells) + " |")
+    lines += [f"| {name} | FAILED: {msg} | | | | |" for name, msg in r.get("failures", {}).items()]
     lines += [
         "",
         f"Projection: {sum(RUNS.values())} runs (40 single + 780 pairwise + 1 multi + 200 adversarial), each "
@@ -301,7 +372,7 @@ def report(r: dict, args) -> str:
     if args.size != "celeba":
         lines.append(
             f"At {r['hw'][0]}x{r['hw'][1]} -> {r['out']} images, not CelebA's 218x178 -> 224: the projection is "
-            "of this device at this size, a lower bound on the real cost (about 12x the pixels at 224)."
+            f"of this device at this size, a lower bound on the real cost (about {(224 / r['out']) ** 2:.0f}x the pixels at 224)."
         )
     return "\n".join(lines) + "\n"
 
@@ -320,13 +391,17 @@ def main(argv=None) -> int:
     p.add_argument("--repeats", type=int, default=3, help="interleaved rounds; the best of them is reported")
     p.add_argument("--workers", type=int, default=min(8, len(os.sched_getaffinity(0))), help="naive DataLoader workers")
     p.add_argument("--threads", type=int, default=0, help="torch threads (0 = default)")
-    p.add_argument("--compile", action="store_true", help="torch.compile the packed model's features")
+    p.add_argument("--compile", nargs="?", const="on", default="off", choices=["off", "on", "both"],
+                   help="torch.compile the packed model's features (both: each packed pipeline with and without)")
+    p.add_argument("--compile-backend", default="inductor", help="torch.compile backend (eager/aot_eager: tracing only)")
     p.add_argument("--fp32-gpu", action="store_true", help="also time the packed pipeline in fp32 on a GPU")
     p.add_argument("--append", metavar="FILE", help="append the Markdown section to FILE (e.g. BENCHMARKS.md)")
+    p.add_argument("--markdown", metavar="FILE", help="write the Markdown section to FILE")
+    p.add_argument("--json", metavar="FILE", help="write the rates and their summary as JSON to FILE")
     args = p.parse_args(argv)
     gpu = args.device.startswith("cuda")
     args.size = args.size or ("celeba" if gpu else "small")
-    args.images = args.images or (4096 if args.size == "celeba" else 256)
+    args.images = args.images or {"celeba": 4096, "celeba-tiny": 16}.get(args.size, 256)
     args.steps = args.steps or (50 if gpu else 4)
     args.eval_steps = args.eval_steps or (20 if gpu else 3)
     args.input_steps = args.input_steps or (200 if gpu else 64)  # far more than a DataLoader prefetches
@@ -340,6 +415,14 @@ def main(argv=None) -> int:
     if args.append:
         with open(args.append, "a") as f:
             f.write("\n" + text)
+    if args.markdown:
+        with open(args.markdown, "w") as f:
+            f.write(text)
+    if args.json:
+        write_json(r, args, args.json)
+    if r["failures"]:  # the others were measured and written; the run still did not do its job
+        print(f"failed pipelines: {r['failures']}", file=sys.stderr)
+        return 3
     return 0
 
 

@@ -10,6 +10,8 @@
 //   e[b,k]   = (sigmoid(z[b,k]) - y[b,k]) * m[b,k]            ("residual", saved for backward)
 //   n[k]     = sum_b m[b,k]                                   ("count")
 //   loss[k]  = sum_b m[b,k] * bce(z[b,k], y[b,k]) / max(n[k], 1)
+// where m[b,k] == 0 the residual and loss terms are selected as 0, not multiplied by 0, so a NaN
+// or inf in a masked-out label or row (0 * NaN = NaN) cannot reach the loss or the residual.
 // Backward with upstream g[k] (on loss) and G[b,k] (on logits):
 //   dzp[b,k] = e[b,k] * g[k] * w[k] / max(n[k],1) + G[b,k]    -> dW = dzp^T h, db = sum_b dzp
 //   dzf[b,k] = e[b,k] * g[k] * c[k] / max(n[k],1) + G[b,k]    -> dh = dzf W
@@ -346,8 +348,8 @@ AAL_INLINE void terms_scalar(const T* z, const T* y, const T* m, T* resid, T* lt
     T loss, sig_minus_y;
     bce_with_logits(z[i], y[i], loss, sig_minus_y);
     const T mi = m ? m[i] : T(1);
-    resid[i] = sig_minus_y * mi;
-    lterm[i] = loss * mi;
+    resid[i] = mi != T(0) ? sig_minus_y * mi : T(0);  // select: 0 * NaN would be NaN
+    lterm[i] = mi != T(0) ? loss * mi : T(0);
   }
 }
 
@@ -406,8 +408,8 @@ struct VecMath {
     const F inv = 1.0f / (e + 1.0f);
     const F sig = z >= zero ? inv : e * inv;
     const F loss = (z > zero ? z : zero) - z * y + log1p_unit(e);
-    resid = (sig - y) * m;
-    lterm = loss * m;
+    resid = m != zero ? (sig - y) * m : zero;  // select: 0 * NaN would be NaN
+    lterm = m != zero ? loss * m : zero;
   }
 };
 

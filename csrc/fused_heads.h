@@ -17,6 +17,13 @@ inline at::ScalarType acc_type_for(at::ScalarType t) {
   return t == at::kDouble ? at::kDouble : at::kFloat;
 }
 
+// The kernels read h as one of these four types: any other dtype would be reinterpreted (garbage)
+// or read past its buffer (uint8/bool are narrower than the narrowest supported type).
+inline void check_feature_dtype(at::ScalarType st, const char* op) {
+  TORCH_CHECK(st == at::kFloat || st == at::kDouble || st == at::kHalf || st == at::kBFloat16, op,
+              ": h must be float16, bfloat16, float32 or float64, got ", st);
+}
+
 inline void check_forward_args(const at::Tensor& h, const at::Tensor& weight, const at::Tensor& bias,
                                const at::Tensor& labels, const at::Tensor& loss_w,
                                const at::Tensor& feat_c, const std::optional<at::Tensor>& mask) {
@@ -34,8 +41,7 @@ inline void check_forward_args(const at::Tensor& h, const at::Tensor& weight, co
   TORCH_CHECK(feat_c.dim() == 1 && feat_c.size(0) == K, "fused_heads: feat_c must be [K=", K,
               "], got ", feat_c.sizes());
   const auto st = h.scalar_type();
-  TORCH_CHECK(st == at::kFloat || st == at::kDouble || st == at::kHalf || st == at::kBFloat16,
-              "fused_heads: h must be float16, bfloat16, float32 or float64, got ", st);
+  check_feature_dtype(st, "fused_heads");
   TORCH_CHECK(weight.scalar_type() == st && bias.scalar_type() == st,
               "fused_heads: h, weight and bias must share a dtype, got ", st, ", ",
               weight.scalar_type(), ", ", bias.scalar_type(),
@@ -68,6 +74,7 @@ inline void check_backward_args(const std::optional<at::Tensor>& grad_loss,
               "fused_heads_backward: h [B, D] and weight [K, D] expected, got ", h.sizes(), " and ",
               weight.sizes());
   const int64_t B = h.size(0), K = weight.size(0);
+  check_feature_dtype(h.scalar_type(), "fused_heads_backward");
   const auto acc = acc_type_for(h.scalar_type());
   TORCH_CHECK(weight.scalar_type() == h.scalar_type(),
               "fused_heads_backward: h and weight must share a dtype");
@@ -79,13 +86,20 @@ inline void check_backward_args(const std::optional<at::Tensor>& grad_loss,
               "fused_heads_backward: count must be [K] in ", acc);
   TORCH_CHECK(loss_w.dim() == 1 && loss_w.size(0) == K && feat_c.dim() == 1 && feat_c.size(0) == K,
               "fused_heads_backward: loss_w and feat_c must be [K]");
+  TORCH_CHECK(loss_w.is_floating_point() && feat_c.is_floating_point(),
+              "fused_heads_backward: loss_w and feat_c must be floating point");
   if (grad_loss.has_value()) {
     TORCH_CHECK(grad_loss->dim() == 1 && grad_loss->size(0) == K,
                 "fused_heads_backward: grad_loss must be [K], got ", grad_loss->sizes());
+    TORCH_CHECK(grad_loss->is_floating_point(),
+                "fused_heads_backward: grad_loss must be floating point, got ", grad_loss->scalar_type());
   }
   if (grad_logits.has_value()) {
     TORCH_CHECK(grad_logits->dim() == 2 && grad_logits->size(0) == B && grad_logits->size(1) == K,
                 "fused_heads_backward: grad_logits must be [B, K], got ", grad_logits->sizes());
+    TORCH_CHECK(grad_logits->is_floating_point(),
+                "fused_heads_backward: grad_logits must be floating point, got ",
+                grad_logits->scalar_type());
   }
   const auto dev = h.device();
   for (const at::Tensor* t : {&weight, &residual, &count, &loss_w, &feat_c}) {

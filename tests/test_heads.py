@@ -88,3 +88,22 @@ def test_unknown_implementation_is_rejected():
     loss_w, feat_c = head_coefficients(3, 0, 0.0)
     with pytest.raises(ValueError, match="not one of"):
         head_losses(h, w, bias, y, loss_w, feat_c, impl="cuda-magic")
+
+
+def test_the_fused_path_takes_bf16_features_with_fp32_heads_as_the_trainer_gives_them():
+    from aal_k8s import ops
+
+    if not ops.extension_available():
+        pytest.skip(f"fused extension not built: {ops.extension_error()}")
+    h, w, bias, y = _inputs(b=16, d=32, k=2, dtype=torch.float32)
+    hb = h.detach().to(torch.bfloat16).requires_grad_()  # what a bf16-autocast backbone returns
+    loss_w, feat_c = head_coefficients(1, 1, 0.3)
+    loss, _ = head_losses(hb, w, bias, y, loss_w, feat_c, impl="fused")
+    dh, dw = torch.autograd.grad(loss.sum(), (hb, w))
+    hf = hb.detach().float().requires_grad_()
+    ref, _ = reference_head_losses(hf, w, bias, y, loss_w, feat_c)
+    ref_dh, ref_dw = torch.autograd.grad(ref.sum(), (hf, w))
+    assert dh.dtype == torch.bfloat16 and dw.dtype == torch.float32
+    torch.testing.assert_close(loss, ref.detach(), rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(dw, ref_dw, rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(dh, ref_dh.to(torch.bfloat16))

@@ -431,6 +431,122 @@ def test_bad_shapes_and_dtypes_are_rejected_with_a_clear_message():
         ops.fused_heads(*base[:6], torch.ones(4, 2))
 
 
+def _backward_args(B=6, K=3, D=5, **change):
+    """Valid arguments of ``fused_heads_backward`` (from a real forward), some replaced."""
+    inp = make_inputs(B, K, D, mask=True, seed=21)
+    with torch.no_grad():
+        loss, logits, resid, count = torch.ops.aal_k8s.fused_heads.default(
+            inp["h"], inp["W"], inp["b"], inp["y"], inp["w"], inp["c"], inp["m"])
+    args = dict(grad_loss=torch.ones_like(loss), grad_logits=torch.ones_like(logits), residual=resid,
+                count=count, h=inp["h"], weight=inp["W"], loss_w=inp["w"], feat_c=inp["c"])
+    args.update(change)
+    return tuple(args.values())
+
+
+@needs_ext
+@pytest.mark.parametrize("dtype", [torch.uint8, torch.bool, torch.int32, torch.int64, torch.complex64], ids=str)
+def test_backward_refuses_a_feature_dtype_its_kernels_cannot_read(dtype):
+    # int/complex h used to be read as garbage; uint8/bool h as float, past the end of its buffer
+    # (the process aborted), so those run in a child process: a regression fails this test only
+    message = "fused_heads_backward: h must be float16, bfloat16, float32 or float64"
+    if dtype in (torch.uint8, torch.bool):
+        code = ("import sys, torch; sys.path.insert(0, 'tests'); from test_ops import _backward_args\n"
+                f"h = torch.ones(6, 5, dtype={dtype})\n"
+                "try: torch.ops.aal_k8s.fused_heads_backward.default(*_backward_args(h=h))\n"
+                "except RuntimeError as e: print(str(e).splitlines()[0])")  # fmt: skip
+        res = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, timeout=300)
+        assert res.returncode == 0 and message in res.stdout, res.stdout + res.stderr[-2000:]
+        return
+    with pytest.raises(RuntimeError, match=message):
+        torch.ops.aal_k8s.fused_heads_backward.default(*_backward_args(h=torch.ones(6, 5, dtype=dtype)))
+
+
+@needs_ext
+@pytest.mark.parametrize("which", ["grad_loss", "grad_logits"])
+def test_backward_refuses_upstream_gradients_that_are_not_floating_point(which):
+    good = dict(zip(("grad_loss", "grad_logits"), _backward_args()[:2]))
+    bad = {which: good[which].to(torch.complex64)}
+    with pytest.raises(RuntimeError, match=f"fused_heads_backward: {which} must be floating point"):
+        torch.ops.aal_k8s.fused_heads_backward.default(*_backward_args(**bad))
+
+
+@needs_ext
+@pytest.mark.parametrize("name", ["weight", "bias", "labels", "loss_w", "feat_c", "mask"])
+def test_forward_refuses_an_input_on_another_device_than_h(name):
+    # a meta tensor among CPU ones dispatches to the fake kernel, which used to return
+    # uninitialised CPU tensors
+    inp = make_inputs(4, 3, 5, mask=True)
+    args = dict(h=inp["h"], weight=inp["W"], bias=inp["b"], labels=inp["y"], loss_w=inp["w"],
+                feat_c=inp["c"], mask=inp["m"])
+    args[name] = args[name].to("meta")
+    with pytest.raises(RuntimeError, match=f"fused_heads: {name} is on meta but h is on cpu"):
+        torch.ops.aal_k8s.fused_heads.default(*args.values())
+
+
+@needs_ext
+@pytest.mark.parametrize("name", ["grad_loss", "grad_logits", "residual", "count", "weight", "loss_w", "feat_c"])
+def test_backward_refuses_an_input_on_another_device_than_h(name):
+    names = ("grad_loss", "grad_logits", "residual", "count", "h", "weight", "loss_w", "feat_c")
+    args = dict(zip(names, _backward_args()))
+    args[name] = args[name].to("meta")
+    with pytest.raises(RuntimeError, match=f"fused_heads_backward: {name} is on meta but h is on cpu"):
+        torch.ops.aal_k8s.fused_heads_backward.default(*args.values())
+
+
+@needs_ext
+def test_all_meta_inputs_still_give_meta_outputs_of_the_right_shapes():
+    inp = make_inputs(4, 3, 5, mask=True, device="meta")
+    loss, logits, resid, count = torch.ops.aal_k8s.fused_heads.default(
+        inp["h"], inp["W"], inp["b"], inp["y"], inp["w"], inp["c"], inp["m"])
+    assert [t.device.type for t in (loss, logits, resid, count)] == ["meta"] * 4
+    assert (loss.shape, logits.shape, resid.shape, count.shape) == ((3,), (4, 3), (4, 3), (3,))
+
+
+@needs_ext
+@pytest.mark.parametrize("path", ["eager wrapper", "registered formula"])
+def test_double_backward_raises_instead_of_returning_no_gradient(path):
+    inp = make_inputs(8, 3, 5, mask=True, seed=22)
+    h, W = inp["h"].clone().requires_grad_(), inp["W"].clone().requires_grad_()
+    args = (h, W, inp["b"], inp["y"], inp["w"], inp["c"], inp["m"])
+    if path == "eager wrapper":
+        loss, _ = ops.fused_heads(*args)
+    else:
+        loss = torch.ops.aal_k8s.fused_heads.default(*args)[0]
+    dh, dW = torch.autograd.grad(loss.sum(), (h, W), create_graph=True)
+    for g in (dh, dW):  # allow_unused: the old behaviour was a warning and None, not an error
+        with pytest.raises(RuntimeError, match="fused_heads is differentiable once"):
+            torch.autograd.grad(g.square().sum(), (h, W), allow_unused=True)
+
+
+def _nan_in_masked_out_elements(impl, device):
+    B, K, D = 40, 3, 9
+    inp = make_inputs(B, K, D, mask=True, seed=23, device=device)
+    inp["m"][5, 1] = 0.0
+    inp["m"][7, :] = 0.0
+    poisoned = dict(inp, y=inp["y"].clone(), h=inp["h"].clone())
+    poisoned["y"][5, 1] = float("nan")
+    poisoned["h"][7, :] = float("nan")
+    got, want = run(impl, poisoned, g_logits=False), run(impl, inp, g_logits=False)
+    # masked-out elements are not part of the maths at all: same loss and feature gradient
+    assert torch.equal(got["loss"], want["loss"])
+    keep = torch.arange(B, device=device) != 7
+    assert torch.equal(got["dh"][keep], want["dh"][keep]) and not got["dh"][7].any()
+    assert torch.equal(got["db"], want["db"])  # (dW still meets the NaN row: see aal_k8s.heads)
+
+
+@pytest.mark.parametrize("impl", [
+    pytest.param(fused, marks=needs_ext, id="fused"),
+    pytest.param(reference, id="reference"),
+])  # fmt: skip
+def test_a_nan_in_a_masked_out_label_or_feature_row_leaves_loss_and_feature_gradient_finite(impl):
+    _nan_in_masked_out_elements(impl, "cpu")
+
+
+@cuda_test
+def test_a_nan_in_a_masked_out_label_or_feature_row_leaves_loss_and_feature_gradient_finite_on_cuda():
+    _nan_in_masked_out_elements(fused, "cuda")
+
+
 @needs_ext
 def test_autocast_runs_the_heads_in_the_autocast_dtype_and_keeps_the_loss_in_float32():
     inp = make_inputs(32, 4, 16, mask=True, seed=13)

@@ -121,12 +121,11 @@ def test_affinity_stage_is_one_run_over_every_attribute_measuring_every_2m_steps
     assert plan_stage("affinity", custom)[0].options == {"every": 5, "window": 3, "measure_on": "train"}
 
 
-def test_paper_run_ids_do_not_change_with_the_new_optional_settings(cfg):
-    """Options and init_from are left out of the id when empty: stores made before keep their runs."""
+def test_ablation_settings_do_not_change_the_discovery_run_ids(cfg):
+    """(The literal ids of every stage are pinned in tests/test_run_ids.py.)"""
     paper = [s.run_id for st in ("single", "pairwise", "multi") for s in plan_stage(st, cfg)]
     other = load_config(dataset="synthetic", overrides=["adversarial.wgan_clip=0.05", "affinity.every=3"])
     assert paper == [s.run_id for st in ("single", "pairwise", "multi") for s in plan_stage(st, other)]
-    assert plan_stage("single", cfg)[0].run_id == "sin-a01-" + plan_stage("single", cfg)[0].run_id[-8:]
 
 
 def test_dann_schedule_is_part_of_the_adversarial_run_id(cfg):

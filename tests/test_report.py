@@ -299,12 +299,18 @@ def test_compute_per_stage_is_relative_to_the_multi_run(md):
 
 
 def test_correlation_section_reports_pearson_r_or_is_skipped_without_labels(md):
-    out = sample()
-    from aal_k8s.figures import pearson, scatter_points
+    import numpy as np
 
-    points = scatter_points(out)
-    r = pearson([p[2] for p in points], [p[3] for p in points])
-    assert f"Pearson r of the scatter: {r:.3f} over 30 ordered pairs" in md
+    out = sample()
+    # the scatter computed here, not with figures.scatter_points/pearson: (label r, relative change %)
+    xs, ys = [], []
+    for a in out.attributes:
+        for b in out.attributes:
+            if b != a and b in out.label_corr.get(a, {}) and b in out.pair_val.get(a, {}):
+                xs.append(out.label_corr[a][b])
+                ys.append(100.0 * (out.pair_val[a][b] - out.single_val[a]) / out.single_val[a])
+    r = np.corrcoef(xs, ys)[0, 1]
+    assert len(xs) == 30 and f"Pearson r of the scatter: {r:.3f} over 30 ordered pairs" in md
     out.label_corr = {}
     md_empty = render_markdown(out, "e")
     assert "Skipped: the reduce output has no label correlations" in md_empty

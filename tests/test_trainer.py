@@ -70,17 +70,27 @@ def test_shared_stage_without_the_multi_weights_is_an_error(tiny_cfg):
 
 def test_dann_schedule_changes_training_only_through_lambda(tiny_overrides):
     from aal_k8s.config import load_config
+    from aal_k8s.objectives import dann_lambda
 
-    data = None
-    results = {}
+    data, steps = None, {}
     for schedule in ("constant", "dann"):
         cfg = load_config(overrides=[*tiny_overrides, f"adversarial.lambda_schedule={schedule}"], dataset="synthetic")
         data = data or load_dataset(cfg.dataset)
-        results[schedule] = train_run(plan_stage("adversarial", cfg, PARTNERS)[0], data)
-    # the auxiliary head sees no schedule (it always minimises its own BCE); the first step has
-    # lambda_p = 0 under dann, so the backbone differs from the constant run's
-    a, b = results["constant"].state_dict, results["dann"].state_dict
-    assert not torch.equal(a["backbone.body.0.weight"], b["backbone.body.0.weight"])
+        spec = plan_stage("adversarial", cfg, PARTNERS)[0]
+        steps[schedule] = [_step(spec, data, at=k) for k in (0, 1)]
+    lam, n_p, total_steps = spec.lam, len(spec.primary), cfg.train.epochs * 3  # 96 images / 32 a batch
+    assert lam > 0
+    # the heads' gradients never depend on lambda: on the first update (same weights, same batch)
+    # they are the same under both schedules
+    for name in ("head_weight", "head_bias"):
+        assert torch.equal(steps["constant"][0].grads[name], steps["dann"][0].grads[name]), name
+    # the features' gradient follows lambda_k = dann(lam, k / T) at update k (0 at the first)...
+    for k in (0, 1):
+        lam_k = dann_lambda(lam, k / total_steps, cfg.adversarial.dann_alpha)
+        _assert_grads(steps["dann"][k], _expected_grads("adversarial", steps["dann"][k], n_p, lam_k))
+    assert dann_lambda(lam, 0.0) == 0.0
+    # ... and the constant schedule's follows lam
+    _assert_grads(steps["constant"][1], _expected_grads("adversarial", steps["constant"][1], n_p, lam))
 
 
 def test_runs_record_split_sizes_and_train_label_correlation(tiny_cfg):
@@ -130,3 +140,159 @@ def _roundtrip(state):
     torch.save(state, buf)
     buf.seek(0)
     return buf
+
+
+# -- what each mode optimises, and the learning rate it does it at --------------------------------
+import copy  # noqa: E402
+from dataclasses import dataclass  # noqa: E402
+
+import torch.nn.functional as F  # noqa: E402
+from torch.optim.optimizer import register_optimizer_step_pre_hook  # noqa: E402
+
+
+@dataclass
+class Step:
+    model: torch.nn.Module  # as it was before the update
+    x: torch.Tensor
+    y: torch.Tensor
+    grads: dict[str, torch.Tensor]  # the gradients the update used, by parameter name
+
+
+class _Stop(Exception):
+    pass
+
+
+def _step(spec, data, at: int = 0, init_state=None) -> Step:
+    """Run ``train_run(spec)`` up to its update number ``at`` (0-based) and return that update's
+    model, batch and gradients; training stops there."""
+    from aal_k8s import trainer
+
+    seen: dict = {"batches": [], "updates": 0}
+    real_pipeline, real_net = trainer.pipeline_for_run, trainer.AttributeNet
+
+    def recording_pipeline(*args, **kwargs):
+        pipe = real_pipeline(*args, **kwargs)
+        train_batches = pipe.train_batches
+
+        def recorded(*a, **k):
+            for x, y in train_batches(*a, **k):
+                seen["batches"].append((x.clone(), y.clone()))
+                yield x, y
+
+        pipe.train_batches = recorded
+        return pipe
+
+    def recording_net(*args, **kwargs):
+        seen["model"] = real_net(*args, **kwargs)
+        return seen["model"]
+
+    def before_update(opt, args, kwargs):
+        if seen["updates"] == at:
+            model = seen["model"]
+            grads = {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
+            x, y = seen["batches"][at]
+            seen["step"] = Step(copy.deepcopy(model), x, y, grads)
+            raise _Stop
+        seen["updates"] += 1
+
+    handle = register_optimizer_step_pre_hook(before_update)
+    try:
+        with pytest.MonkeyPatch.context() as mp, pytest.raises(_Stop):
+            mp.setattr(trainer, "pipeline_for_run", recording_pipeline)
+            mp.setattr(trainer, "AttributeNet", recording_net)
+            train_run(spec, data, init_state=init_state)
+    finally:
+        handle.remove()
+    return seen["step"]
+
+
+def _expected_grads(mode: str, step: Step, n_p: int, lam: float) -> dict[str, torch.Tensor]:
+    """The gradients of each player's objective, written out with plain autograd (paper eq. 4-6 and
+    the WGAN critic), on the model and batch of ``step``."""
+    net = copy.deepcopy(step.model)
+    net.zero_grad(set_to_none=True)
+    y = step.y
+    h = net.features(step.x)
+    W, b = net.head_weight, net.head_bias
+    z = h @ W.t() + b
+    bce = F.binary_cross_entropy_with_logits(z, y, reduction="none").mean(0)  # [K]
+    primary = bce[:n_p].mean()
+    feature_params = {n: p for n, p in net.named_parameters() if p.requires_grad and not n.startswith("head_")}
+    if mode in ("single", "multi", "affinity"):
+        features_obj = heads_obj = primary
+    elif mode in ("adversarial", "shared"):  # gradient reversal: features fight the auxiliary heads
+        features_obj = primary - lam * bce[n_p:].mean()
+        heads_obj = primary + bce[n_p:].mean()
+    elif mode == "gan":  # features fool the frozen auxiliary heads (flipped labels)
+        z_aux = h @ W[n_p:].detach().t() + b[n_p:].detach()
+        features_obj = primary + lam * F.binary_cross_entropy_with_logits(z_aux, 1.0 - y[:, n_p:])
+        heads_obj = primary + bce[n_p:].mean()
+    elif mode == "wgan":  # linear critics estimate the gap between the y=1 and y=0 features
+
+        def gap(f):
+            pos = y[:, n_p:] > 0.5
+            return torch.stack([f[pos[:, j], j].mean() - f[~pos[:, j], j].mean() for j in range(f.shape[1])]).mean()
+
+        features_obj = primary + lam * gap(h @ W[n_p:].detach().t() + b[n_p:].detach())
+        heads_obj = primary - gap(h.detach() @ W[n_p:].t() + b[n_p:])
+    else:
+        raise ValueError(mode)
+    names = list(feature_params)
+    out = dict(zip(names, torch.autograd.grad(features_obj, [feature_params[n] for n in names], retain_graph=True)))
+    gw, gb = torch.autograd.grad(heads_obj, [W, b])
+    out["head_weight"], out["head_bias"] = gw, gb
+    return out
+
+
+def _assert_grads(step: Step, want: dict[str, torch.Tensor]) -> None:
+    assert set(step.grads) == set(want)
+    for name, g in want.items():
+        torch.testing.assert_close(step.grads[name], g, rtol=1e-4, atol=1e-6, msg=lambda m: f"{name}: {m}")
+
+
+@pytest.mark.parametrize("stage", ["single", "multi", "pairwise", "affinity", "adversarial", *ABLATION_STAGES])
+def test_each_stage_trains_its_modes_objective(tiny_cfg, stage):
+    data = load_dataset(tiny_cfg.dataset)
+    spec = plan_stage(stage, tiny_cfg, PARTNERS, lambdas=LAMBDAS, groups={"square": ["ring", "red_tint"]})[0]
+    init = None
+    if spec.init_from:  # the shared ablation's frozen CNN: any weights of the right shapes will do
+        from aal_k8s.model import AttributeNet
+
+        init = AttributeNet(tiny_cfg.model.backbone, "none", spec.heads).state_dict()
+    n_p = len(spec.primary)
+    if spec.mode in ("adversarial", "gan", "wgan", "shared"):
+        assert spec.auxiliary and spec.lam > 0
+    step = _step(spec, data, init_state=init)
+    want = _expected_grads(spec.mode, step, n_p, spec.lam if spec.auxiliary else 0.0)
+    _assert_grads(step, want)
+    if spec.mode == "shared":
+        assert not any(n.startswith("backbone.") for n in step.grads)  # frozen
+
+
+def test_the_optimizer_runs_each_epoch_at_the_decayed_learning_rate_and_the_decay_matters(tiny_overrides):
+    from aal_k8s.config import load_config
+
+    def run(factor):
+        over = [*tiny_overrides, "train.epochs=3", "train.lr=0.001", "train.lr_decay_epoch=2",
+                f"train.lr_decay_factor={factor}"]  # fmt: skip
+        cfg = load_config(overrides=over, dataset="synthetic")
+        lrs, weights = [], []
+
+        def keep(state):  # what the optimizer really used, not what the history says
+            lrs.append([g["lr"] for g in state["optimizer"]["param_groups"]])
+            weights.append({k: v.clone() for k, v in state["model"].items() if v.is_floating_point()})
+
+        train_run(plan_stage("single", cfg)[0], load_dataset(cfg.dataset), on_checkpoint=keep)
+        return lrs, weights
+
+    lrs, decayed = run(10.0)
+    assert lrs == [[1e-3], [1e-4], [1e-4]]
+    _, plain = run(1.0)
+    # epoch 1 is the same; epoch 2's update is about a tenth of the undecayed one (Adam's step
+    # scales with the learning rate)
+    params = [k for k in decayed[0] if "running" not in k]
+    assert all(torch.equal(decayed[0][k], plain[0][k]) for k in params)
+    def moved(w):  # how far epoch 2 took the parameters
+        return sum(float((w[1][k] - w[0][k]).norm()) for k in params)
+
+    assert 0.05 < moved(decayed) / moved(plain) < 0.2, (moved(decayed), moved(plain))

@@ -45,6 +45,10 @@ class Backend(abc.ABC):
     def states(self, specs: list[RunSpec], experiment_store) -> dict[str, RunState]:
         """Current state of each run (store first: a committed run is complete)."""
 
+    def preflight(self) -> None:
+        """Refuse, before anything is written, a submission that cannot work (k8s: the placeholder
+        image, a store no pod can see)."""
+
     def render(self, specs: list[RunSpec], experiment_store) -> str:
         """What ``submit --dry-run`` prints: one line per run (k8s: the Job manifests)."""
         lines = []
@@ -56,6 +60,21 @@ class Backend(abc.ABC):
     def cancel(self, specs: list[RunSpec], experiment_store) -> list[str]:
         """Stop queued/running runs; never touches committed results. Returns the cancelled ids."""
         return []
+
+    def stored_logs(self, run_id: str, experiment_store, out=None) -> bool:
+        """Write every attempt's log the worker copied to the store (``attempts/<a>/worker.log``),
+        one after the other with a header each; False when there is none."""
+        import sys
+
+        from aal_k8s.worker import ATTEMPT_LOG
+
+        prefix = experiment_store.key("runs", run_id, "attempts")
+        keys = [k for k in experiment_store.store.list(prefix) if k.endswith("/" + ATTEMPT_LOG)]
+        out = out or sys.stdout
+        for key in keys:
+            out.write(f"== {experiment_store.store.url(key)}\n")
+            out.write(experiment_store.store.get_bytes(key).decode(errors="replace"))
+        return bool(keys)
 
     def logs(self, run_id: str, experiment_store, follow: bool = False, out=None) -> None:
         """Write the run's log to ``out`` (stdout): local, the worker output kept in the store;

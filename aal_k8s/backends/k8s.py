@@ -41,6 +41,7 @@ from aal_k8s.backends.k8s_manifests import (
     selector,
     to_yaml,
 )
+from aal_k8s.config import PLACEHOLDER_IMAGE
 from aal_k8s.errors import AALError
 from aal_k8s.runspec import RunSpec
 from aal_k8s.store.layout import COMMIT_FILE
@@ -282,7 +283,21 @@ class KubernetesBackend(Backend):
     def _plain(self, obj):
         return obj if isinstance(obj, (dict, list)) or obj is None else self.apis.to_dict(obj)
 
-    def _check_store(self) -> None:
+    def _pack_bytes(self, exp) -> int:
+        """One download of the dataset pack (the store's manifest, else an estimate); once per backend."""
+        if not hasattr(self, "_pack_size"):
+            from aal_k8s.cost import pack_bytes
+
+            self._pack_size = pack_bytes(self.cfg, exp.store)
+        return self._pack_size
+
+    def preflight(self) -> None:
+        self._check_store()
+
+    def _check_store(self, creating: bool = True) -> None:
+        """Refuse to create Jobs that cannot work: credentials in the URI, the placeholder image
+        (every pod would sit in ImagePullBackOff), a folder store no pod can see (every run would
+        write nowhere). A dry run (``creating=False``) only warns about the last two."""
         uri = self.cfg.store.uri
         parts = urlsplit(uri)
         if parts.username or parts.password or "@" in parts.netloc:
@@ -290,13 +305,20 @@ class KubernetesBackend(Backend):
                 "store.uri must not carry credentials (they would land in every Job manifest): "
                 f"put them in the Secret {self.k.store_secret or '(k8s.store_secret)'} instead"
             )
-        if "your-org" in self.k.image:
-            self.log(f"warning: k8s.image is still the placeholder {self.k.image!r}: pods will not find it")
-        if not uri.startswith("s3://"):
-            self.log(
-                f"warning: store.uri {uri!r} is not an s3:// store; worker pods can reach it only if "
-                "that path is mounted in them (see docs/kubernetes.md)"
+        problems = []
+        if self.k.image == PLACEHOLDER_IMAGE or "your-org" in self.k.image:
+            problems.append(
+                f"k8s.image is still the placeholder {self.k.image!r}: push the image built from Dockerfile and set k8s.image"
             )
+        if not uri.startswith("s3://") and not self.k.store_volume_claim:
+            problems.append(
+                f"store.uri {uri!r} is not an s3:// store and no pod can see that folder: use an s3:// store, "
+                "or set k8s.store_volume_claim to a ReadWriteMany PVC holding it (see docs/kubernetes.md)"
+            )
+        if problems and creating:
+            raise AALError("; ".join(problems))
+        for p in problems:
+            self.log(f"warning: {p}")
 
     def _stages(self, specs: list[RunSpec]) -> list[str]:
         return sorted({s.stage for s in specs})
@@ -343,17 +365,14 @@ class KubernetesBackend(Backend):
     def _committed(self, exp, specs: list[RunSpec]) -> set[str]:
         """Run ids committed in the store: one listing, not one request per run."""
         wanted = {s.run_id for s in specs}
-        root = exp.key("runs") + "/"
         try:
-            keys = exp.store.list(exp.key("runs"))
+            return wanted & exp.committed_ids()
         except Exception:  # a store without listing: ask run by run
             return {r for r in wanted if exp.is_committed(r)}
-        done = {k[len(root) :].split("/")[0] for k in keys if k.startswith(root) and k.endswith("/" + COMMIT_FILE)}
-        return wanted & done
 
     # -- render / submit ---------------------------------------------------------------------
     def render(self, specs: list[RunSpec], exp) -> str:
-        self._check_store()
+        self._check_store(creating=False)
         try:
             committed = self._committed(exp, specs)
         except Exception as e:  # a dry run must work without store credentials too
@@ -364,9 +383,10 @@ class KubernetesBackend(Backend):
         header = (
             f"aal-k8s: {len(todo)} Jobs for stage {stages} of experiment {exp.experiment} "
             f"({len(committed)} runs already complete in {self.cfg.store.uri} are left out).\n"
-            f"Apply with: kubectl apply -f -   (namespace {self.ns})"
+            f"To inspect only: do not kubectl apply these. Each Job's worker reads its run's spec from the\n"
+            f"store, which only `aal-k8s submit` writes; create them with aal-k8s submit (namespace {self.ns})."
         )
-        return to_yaml([job_manifest(s, self.cfg) for s in todo], header)
+        return to_yaml([job_manifest(s, self.cfg, self._pack_bytes(exp)) for s in todo], header)
 
     def submit(self, specs: list[RunSpec], exp) -> SubmitReport:
         self._check_store()
@@ -388,7 +408,7 @@ class KubernetesBackend(Backend):
                         f"{self.ns}/{name}: create Job",
                         self.apis.batch.create_namespaced_job,
                         self.ns,
-                        job_manifest(spec, self.cfg),
+                        job_manifest(spec, self.cfg, self._pack_bytes(exp)),
                     )
                     created += 1
                     if created % 100 == 0:
@@ -688,6 +708,8 @@ class KubernetesBackend(Backend):
         out = out or sys.stdout
         name = job_name(exp.experiment, run_id)
         pods = self._list_pods(exp.experiment, None, run_id)
+        if not pods and self.stored_logs(run_id, exp, out):  # the Job is gone: the attempts' copies
+            return
         if not pods:
             try:
                 job = self._plain(

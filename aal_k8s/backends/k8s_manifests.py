@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 import re
 from dataclasses import asdict
 
@@ -118,8 +119,25 @@ def _quantity(q) -> str:
     return str(q)
 
 
-def _resources(k) -> dict:
+#: /tmp besides the pack: checkpoint staging, torch/triton caches.
+TMP_HEADROOM_GI = 2
+
+
+def ephemeral_storage(cfg, pack_bytes: int) -> str:
+    """The pod's /tmp size (request and emptyDir limit): ``k8s.ephemeral_storage``, or with auto the
+    pack's size (it lands in /tmp when no cache volume is mounted) plus TMP_HEADROOM_GI."""
+    k = cfg.k8s
+    if k.ephemeral_storage != "auto":
+        return _quantity(k.ephemeral_storage)
+    shared = k.cache_host_path or k.cache_volume_claim
+    pack_gi = 0 if shared else -(-pack_bytes // 2**30)  # whole GiB, rounded up
+    return f"{pack_gi + TMP_HEADROOM_GI}Gi"
+
+
+def _resources(k, tmp_size: str = "") -> dict:
     requests = {"cpu": _quantity(k.cpu_request), "memory": _quantity(k.memory_request)}
+    if tmp_size:  # scheduled onto a node with that much disk; evicted only above the emptyDir's limit
+        requests["ephemeral-storage"] = tmp_size
     limits = {}
     if k.cpu_limit != "":
         limits["cpu"] = _quantity(k.cpu_limit)
@@ -157,9 +175,25 @@ def _env(cfg) -> list[dict]:
     return env
 
 
-def job_manifest(spec: RunSpec, cfg) -> dict:
-    """The Job that runs ``aal-k8s worker`` for ``spec`` (``cfg``: the experiment Config)."""
+def merge_patch(target, patch):
+    """``target`` with the JSON merge patch ``patch`` applied (RFC 7386): mappings merge key by key,
+    null deletes a key, anything else (lists too) replaces. Neither argument is modified."""
+    if not isinstance(patch, dict):
+        return patch
+    out = dict(target) if isinstance(target, dict) else {}
+    for key, value in patch.items():
+        if value is None:
+            out.pop(key, None)
+        else:
+            out[key] = merge_patch(out.get(key), value)
+    return out
+
+
+def job_manifest(spec: RunSpec, cfg, pack_bytes: int = 0) -> dict:
+    """The Job that runs ``aal-k8s worker`` for ``spec`` (``cfg``: the experiment Config;
+    ``pack_bytes``: one download of the dataset pack, which sizes the pod's /tmp)."""
     k = cfg.k8s
+    tmp_size = ephemeral_storage(cfg, pack_bytes)
     name = job_name(spec.experiment, spec.run_id)
     labels = run_labels(spec)
     job_labels = dict(labels)
@@ -178,7 +212,7 @@ def job_manifest(spec: RunSpec, cfg) -> dict:
         "args": ["worker", "--store", cfg.store.uri, "--experiment", spec.experiment, "--run", spec.run_id],
         "env": _env(cfg),
         "envFrom": [{"secretRef": {"name": k.store_secret}}] if k.store_secret else [],
-        "resources": _resources(k),
+        "resources": _resources(k, tmp_size),
         "securityContext": {
             "runAsNonRoot": True,
             "allowPrivilegeEscalation": False,
@@ -195,7 +229,7 @@ def job_manifest(spec: RunSpec, cfg) -> dict:
     if not container["envFrom"]:
         del container["envFrom"]
     volumes = [
-        {"name": "tmp", "emptyDir": {}},
+        {"name": "tmp", "emptyDir": {"sizeLimit": tmp_size} if tmp_size else {}},
         {"name": "dshm", "emptyDir": {"medium": "Memory", "sizeLimit": _quantity(k.shm_size)}},
     ]
     if k.data_volume_claim:
@@ -207,6 +241,10 @@ def job_manifest(spec: RunSpec, cfg) -> dict:
             volumes.append({"name": "cache", "hostPath": {"path": k.cache_host_path, "type": "Directory"}})
         else:
             volumes.append({"name": "cache", "persistentVolumeClaim": {"claimName": k.cache_volume_claim}})
+    if k.store_volume_claim:  # a folder store shared through a PVC: the same path in every pod
+        path = os.path.abspath(cfg.store.uri.removeprefix("file://"))
+        container["volumeMounts"].append({"name": "store", "mountPath": path})
+        volumes.append({"name": "store", "persistentVolumeClaim": {"claimName": k.store_volume_claim}})
     pod_spec = {
         "restartPolicy": "Never",
         "automountServiceAccountToken": False,  # the worker never talks to the API server
@@ -248,7 +286,7 @@ def job_manifest(spec: RunSpec, cfg) -> dict:
                 },
             ]
         },
-        "template": {"metadata": {"labels": labels}, "spec": pod_spec},
+        "template": merge_patch({"metadata": {"labels": labels}, "spec": pod_spec}, k.pod_template_patch),
     }
     if k.active_deadline_seconds is not None:
         job_spec["activeDeadlineSeconds"] = k.active_deadline_seconds
@@ -270,7 +308,8 @@ class _Dumper(getattr(yaml, "CSafeDumper", yaml.SafeDumper)):  # libyaml when pr
 
 
 def to_yaml(manifests: list[dict], header: str = "") -> str:
-    """Multi-document YAML for ``kubectl apply -f -`` (``header``: comment lines on top)."""
+    """Multi-document YAML to inspect (``header``: comment lines on top). Not for ``kubectl apply``:
+    a Job whose spec is not in the store fails at once; ``aal-k8s submit`` writes it first."""
     out = "".join(f"# {ln}\n" if ln else "#\n" for ln in header.splitlines())
     docs = [yaml.dump(m, Dumper=_Dumper, sort_keys=False, default_flow_style=False, width=1 << 16) for m in manifests]
     return out + "".join(f"---\n{d}" for d in docs)

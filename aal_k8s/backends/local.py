@@ -18,6 +18,8 @@ from aal_k8s.errors import StoreError
 from aal_k8s.runspec import RunSpec
 
 LOG_NAME = "local.log"
+#: Seconds a stopped worker gets to copy its log to the store before it is killed.
+STOP_GRACE_SECONDS = 10.0
 
 
 def default_parallel(device: str) -> int:
@@ -40,6 +42,7 @@ class LocalBackend(Backend):
         self.progress = progress
         self._procs: set[subprocess.Popen] = set()
         self._lock = threading.Lock()
+        self._stopping = False  # set on Ctrl-C / SIGTERM: no further worker starts
 
     def _parallel(self, n_runs: int) -> tuple[int, int]:
         par = self.cfg.executor.parallel or default_parallel(self.cfg.train.device)
@@ -47,17 +50,25 @@ class LocalBackend(Backend):
         threads = self.cfg.train.threads or max(1, (os.cpu_count() or 1) // par)
         return par, threads
 
+    def worker_command(self, spec: RunSpec, exp) -> list[str]:
+        return [
+            sys.executable, "-m", "aal_k8s", "worker",
+            "--store", exp.store.uri, "--experiment", exp.experiment, "--run", spec.run_id,
+        ]  # fmt: skip
+
     def _run_one(self, spec: RunSpec, exp, threads: int) -> tuple[str, int, str]:
         from aal_k8s.store import store_options_env
 
         env = dict(os.environ, AAL_K8S_THREADS=str(threads), OMP_NUM_THREADS=str(threads))
         env.update(store_options_env(self.cfg.store))  # endpoint, retries, checkpoint_keep (no secrets)
-        cmd = [
-            sys.executable, "-m", "aal_k8s", "worker",
-            "--store", exp.store.uri, "--experiment", exp.experiment, "--run", spec.run_id,
-        ]  # fmt: skip
-        proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, env=env)
-        with self._lock:
+        with self._lock:  # checked and registered under the lock: a stop never misses a new worker
+            if self._stopping:
+                return spec.run_id, -1, "not started: the stage was stopped"
+            # its own session: Ctrl-C reaches only this process, which stops the workers in order
+            proc = subprocess.Popen(
+                self.worker_command(spec, exp), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, env=env,
+                start_new_session=True,
+            )  # fmt: skip
             self._procs.add(proc)
         try:
             output, _ = proc.communicate()
@@ -82,27 +93,39 @@ class LocalBackend(Backend):
             return report
         par, threads = self._parallel(len(todo))
         bar = _progress(len(todo), self.progress)
+        pool = ThreadPoolExecutor(max_workers=par)
         try:
-            with ThreadPoolExecutor(max_workers=par) as pool:
-                futures = [pool.submit(self._run_one, s, exp, threads) for s in todo]
-                for fut in as_completed(futures):
-                    run_id, code, last = fut.result()
-                    report.submitted.append(run_id)
-                    if code != 0:
-                        report.failed[run_id] = f"exit {code}: {last}"
-                    bar.update(1)
-                    bar.set_postfix(failed=len(report.failed))
-        except BaseException:
-            self._kill_all()
+            futures = [pool.submit(self._run_one, s, exp, threads) for s in todo]
+            for fut in as_completed(futures):
+                run_id, code, last = fut.result()
+                report.submitted.append(run_id)
+                if code != 0:
+                    report.failed[run_id] = f"exit {code}: {last}"
+                bar.update(1)
+                bar.set_postfix(failed=len(report.failed))
+        except BaseException:  # Ctrl-C, SIGTERM (aal_k8s.cli), or a bug: stop the stage now
+            pool.shutdown(wait=False, cancel_futures=True)  # queued runs never start
+            self._stop_all()
             raise
         finally:
+            pool.shutdown(wait=True)  # each thread returns once its worker has exited
             bar.close()
         report.submitted.sort()
         return report
 
-    def _kill_all(self) -> None:
+    def _stop_all(self) -> None:
+        """SIGTERM every running worker (it copies its log to the store and exits; nothing is
+        committed: a commit is one create-only write, after everything else), SIGKILL after
+        STOP_GRACE_SECONDS. No worker starts afterwards."""
         with self._lock:
-            for p in self._procs:
+            self._stopping = True
+            procs = list(self._procs)
+        for p in procs:
+            p.terminate()
+        for p in procs:
+            try:
+                p.wait(timeout=STOP_GRACE_SECONDS)
+            except subprocess.TimeoutExpired:
                 p.kill()
 
     def logs(self, run_id: str, exp, follow: bool = False, out=None) -> None:

@@ -1,5 +1,6 @@
 """The ``aal-k8s`` command line: one module per subcommand.
 
+    aal-k8s plan --dataset celeba --backend k8s    # runs, GPU-hours, bytes and cost first
     aal-k8s pipeline --dataset synthetic           # the whole protocol, end to end
     aal-k8s submit --stage pairwise --dataset celeba --backend k8s
     aal-k8s status --stage pairwise
@@ -13,11 +14,13 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import signal
 import sys
+import threading
 
 from aal_k8s.errors import AALError
 
-SUBCOMMANDS = ["pipeline", "submit", "status", "reduce", "final", "report", "worker", "prepare"]
+SUBCOMMANDS = ["plan", "pipeline", "submit", "status", "reduce", "final", "report", "worker", "prepare"]
 SUBCOMMANDS += ["logs", "cancel"]  # a run's log, cancelling a stage (both backends; see docs/kubernetes.md)
 SUBCOMMANDS += ["download", "predict", "doctor"]
 
@@ -46,16 +49,33 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+class Terminated(KeyboardInterrupt):
+    """SIGTERM, raised like Ctrl-C's KeyboardInterrupt so that the same cleanup runs (local workers
+    stopped, queued runs never started, a worker's log copied to the store)."""
+
+
+def _terminate(signum, frame):
+    raise Terminated()
+
+
 def main(argv: list[str] | None = None) -> int:
     try:
         args = build_parser().parse_args(argv)
     except SystemExit as e:  # --help, or an argparse error already printed on one line
         return int(e.code or 0)
+    in_main = threading.current_thread() is threading.main_thread()  # only there can handlers be set
+    previous = signal.signal(signal.SIGTERM, _terminate) if in_main else None
     try:
         return int(args.func(args) or 0)
     except AALError as e:
         print(f"aal-k8s: error: {e.message}", file=sys.stderr)
         return e.exit_code
+    except Terminated:
+        print("aal-k8s: terminated", file=sys.stderr)
+        return 143
     except KeyboardInterrupt:
         print("aal-k8s: interrupted", file=sys.stderr)
         return 130
+    finally:
+        if in_main:
+            signal.signal(signal.SIGTERM, previous)

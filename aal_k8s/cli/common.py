@@ -23,9 +23,34 @@ def add_config_args(p: argparse.ArgumentParser) -> None:
         "--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
         help="override one config key, e.g. --set train.epochs=2 (repeatable)",
     )  # fmt: skip
+    g.add_argument(
+        "--override-pinned", action="store_true",
+        help="apply flags that change what the pinned experiment computes, and record the change in "
+        "<experiment>/experiment.yaml (default: such flags are an error)",
+    )  # fmt: skip
+
+
+def open_experiment(args) -> tuple[Config, ExperimentStore]:
+    """The command's config and experiment store. The config comes from the experiment's pinned
+    record when it has one (flags on top; result-changing drift is an error), else from the flags;
+    commands that write call ``aal_k8s.experiment.ensure_pinned`` before their first write."""
+    from aal_k8s.experiment import resolve
+
+    flags = config_from_args(args)
+    exp = experiment_store(flags)
+    cfg = resolve(
+        flags, exp, config_file=args.config, overrides=_overrides(args), dataset=args.dataset,
+        override=getattr(args, "override_pinned", False),
+    )  # fmt: skip
+    return cfg, exp
 
 
 def config_from_args(args) -> Config:
+    """The config the flags alone describe (no pinned record)."""
+    return load_config(args.config, _overrides(args), dataset=args.dataset)
+
+
+def _overrides(args) -> list[str]:
     overrides = list(args.overrides)
     if getattr(args, "store", None):
         overrides.append(f"store.uri={args.store}")
@@ -35,7 +60,7 @@ def config_from_args(args) -> Config:
         overrides.append(f"executor.backend={args.backend}")
     if getattr(args, "partners_from", None):
         overrides.append(f"adversarial.partners_from={args.partners_from}")
-    return load_config(args.config, overrides, dataset=args.dataset)
+    return overrides
 
 
 def experiment_store(cfg: Config) -> ExperimentStore:

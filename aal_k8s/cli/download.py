@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import sys
 
-from aal_k8s.cli.common import add_config_args, config_from_args, examples, experiment_store
+from aal_k8s.cli.common import add_config_args, examples, open_experiment
 from aal_k8s.modelset import download_final
 
 HELP = "fetch the final model set (verified) from the store to a folder"
@@ -27,8 +27,7 @@ def add_arguments(p) -> None:
 
 
 def run(args) -> int:
-    cfg = config_from_args(args)
-    exp = experiment_store(cfg)
+    cfg, exp = open_experiment(args)
     attrs = [a.strip() for a in args.attrs.split(",") if a.strip()] if args.attrs else None
     download_final(exp, args.to, attrs, log=sys.stdout)
     return 0

@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
-from aal_k8s.cli.common import add_config_args, config_from_args, examples, experiment_store
+from aal_k8s.cli.common import add_config_args, examples, open_experiment
 from aal_k8s.errors import StageOrderError
+from aal_k8s.experiment import ensure_pinned
 from aal_k8s.final import build_final
 from aal_k8s.reduce import ReduceOutput
 
@@ -23,9 +24,10 @@ def load_reduce(exp) -> ReduceOutput:
 
 
 def run(args) -> int:
-    cfg = config_from_args(args)
-    exp = experiment_store(cfg)
-    manifest = build_final(exp, cfg, load_reduce(exp))
+    cfg, exp = open_experiment(args)
+    out = load_reduce(exp)
+    ensure_pinned(exp, cfg)
+    manifest = build_final(exp, cfg, out)
     for m in manifest["models"]:
         print(f"{m['attribute']}: {m['source']}, test {100 * m['test_acc']:.2f}% -> {m['file']}")
     print(f"wrote {exp.store.url(exp.key('final', 'manifest.json'))}")

@@ -5,7 +5,7 @@ with the local backend, the worker output kept in the store (``runs/<id>/local.l
 from __future__ import annotations
 
 from aal_k8s.backends import get_backend
-from aal_k8s.cli.common import add_config_args, config_from_args, examples, experiment_store
+from aal_k8s.cli.common import add_config_args, examples, open_experiment
 
 HELP = "print the log of one run"
 EXAMPLES = examples(
@@ -21,7 +21,7 @@ def add_arguments(p) -> None:
 
 
 def run(args) -> int:
-    cfg = config_from_args(args)
+    cfg, exp = open_experiment(args)
     backend = get_backend(cfg.executor.backend, cfg)
-    backend.logs(args.run, experiment_store(cfg), follow=args.follow)
+    backend.logs(args.run, exp, follow=args.follow)
     return 0

@@ -13,12 +13,15 @@ import os
 import sys
 
 from aal_k8s.backends import get_backend
-from aal_k8s.cli.common import add_config_args, config_from_args, examples, experiment_store
+from aal_k8s.cli.common import add_config_args, examples, open_experiment
+from aal_k8s.cli.plan import open_for_plan, protocol_plan
 from aal_k8s.cli.report import write_report
+from aal_k8s.cost import confirm
 from aal_k8s.cli.stages import execute_stage, plan, print_failures
 from aal_k8s.data.common import check_source
 from aal_k8s.final import build_final
 from aal_k8s.errors import AALError
+from aal_k8s.experiment import ensure_pinned
 from aal_k8s.planner import ALL, PIPELINE
 from aal_k8s.reduce import reduce_experiment, write_reduce
 from aal_k8s.runspec import ABLATION_STAGES, DISCOVERY_STAGES
@@ -40,6 +43,8 @@ def add_arguments(p) -> None:
         help="paper (default: single,pairwise,multi,adversarial), all (+ affinity and the ablations "
         "gan,wgan,shared,group), or a comma list of stages",
     )  # fmt: skip
+    p.add_argument("--dry-run", action="store_true", help="print the plan (runs, GPU-hours, bytes, cost) and exit")
+    p.add_argument("--yes", "-y", action="store_true", help="k8s: create the Jobs without asking, however many")
     add_config_args(p)
 
 
@@ -58,10 +63,17 @@ def parse_stages(text: str) -> list[str]:
 
 def run(args) -> int:
     stages = parse_stages(args.stages)
-    cfg = config_from_args(args)
-    exp = experiment_store(cfg)
+    if args.dry_run:
+        cfg, exp = open_for_plan(args)
+        print(protocol_plan(cfg, exp, stages).render(), end="")
+        return 0
+    cfg, exp = open_experiment(args)
     backend = get_backend(cfg.executor.backend, cfg)
     check_source(cfg.dataset, exp.store, local=cfg.executor.backend == "local")
+    backend.preflight()
+    if cfg.executor.backend == "k8s":
+        confirm(protocol_plan(cfg, exp, stages), cfg, args.yes)
+    ensure_pinned(exp, cfg)
 
     def stage(name: str) -> bool:
         specs = plan(cfg, exp, name)

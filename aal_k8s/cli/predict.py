@@ -1,8 +1,9 @@
 """Predict attributes of images with a downloaded final model set (see ``aal-k8s download``).
 
-Images are read with PIL, converted to RGB, resized to the manifest's input size and normalised
-as in training; each attribute's classifier gives a probability (sigmoid of its logit) and a
-decision (probability >= threshold). Every model file is checked against its sha256 first.
+Images go through the preprocessing the models were evaluated with in training
+(``aal_k8s.modelset.preprocess``: the dataset's decoder and resizes, the manifest's mean/std); each
+attribute's classifier gives a probability (sigmoid of its logit) and a decision (probability >=
+threshold). Every model file is checked against its sha256 first.
 """
 
 from __future__ import annotations

@@ -43,7 +43,7 @@ def run(args) -> int:
     if shard < 1 or args.workers < 0:
         raise AALError("prepare: --shard-size must be >= 1 and --workers >= 0")
     mod = importlib.import_module(DATASETS[name])
-    target = open_store(cfg.store.uri)
+    target = open_store(cfg.store.uri, cfg.store)  # not the environment's defaults: --set store.* applies
     prefix = pack_prefix(name)
     if isinstance(target, LocalStore) and not args.output:
         build_store = target

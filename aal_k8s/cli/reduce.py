@@ -7,7 +7,8 @@ and lists the missing ones.
 
 from __future__ import annotations
 
-from aal_k8s.cli.common import add_config_args, config_from_args, examples, experiment_store
+from aal_k8s.cli.common import add_config_args, examples, open_experiment
+from aal_k8s.experiment import ensure_pinned
 from aal_k8s.reduce import reduce_experiment, write_reduce
 
 HELP = "reduce committed runs into partners, lambda and final choices"
@@ -19,8 +20,8 @@ def add_arguments(p) -> None:
 
 
 def run(args) -> int:
-    cfg = config_from_args(args)
-    exp = experiment_store(cfg)
+    cfg, exp = open_experiment(args)
+    ensure_pinned(exp, cfg)
     out = reduce_experiment(exp, cfg)
     write_reduce(exp, out)
     for stage, ids in sorted(out.missing.items()):

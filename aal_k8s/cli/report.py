@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import os
 
-from aal_k8s.cli.common import add_config_args, config_from_args, examples, experiment_store
+from aal_k8s.cli.common import add_config_args, examples, open_experiment
 from aal_k8s.cli.final import load_reduce
 from aal_k8s.report import FIGURE_DIR, render_report
 from aal_k8s.store.base import atomic_write
@@ -21,8 +21,7 @@ def add_arguments(p) -> None:
 
 
 def run(args) -> int:
-    cfg = config_from_args(args)
-    exp = experiment_store(cfg)
+    cfg, exp = open_experiment(args)
     write_report(exp, load_reduce(exp), args.output)
     print(f"wrote {exp.store.url(exp.key('report', 'report.md'))}")
     print(f"wrote {exp.store.url(exp.key('report', 'report.html'))}")

@@ -23,12 +23,11 @@ def add_stage_args(p, attrs_help: str) -> None:
 def stage_runs(args):
     """(config, experiment store, the stage's RunSpecs, backend) for ``--stage``/``--attrs``."""
     from aal_k8s.backends import get_backend
-    from aal_k8s.cli.common import config_from_args, experiment_store
+    from aal_k8s.cli.common import open_experiment
     from aal_k8s.data import resolve_attributes
 
-    cfg = config_from_args(args)
+    cfg, exp = open_experiment(args)
     attrs = resolve_attributes(cfg.dataset.name, args.attrs.split(",")) if args.attrs else None
-    exp = experiment_store(cfg)
     specs = plan(cfg, exp, args.stage, attrs)
     return cfg, exp, specs, get_backend(cfg.executor.backend, cfg)
 

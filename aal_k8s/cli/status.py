@@ -8,7 +8,7 @@ the counts are true whichever backend executed the runs.
 from __future__ import annotations
 
 from aal_k8s.backends import STATES, get_backend
-from aal_k8s.cli.common import add_config_args, config_from_args, examples, experiment_store
+from aal_k8s.cli.common import add_config_args, examples, open_experiment
 from aal_k8s.cli.stages import plan
 from aal_k8s.errors import StageOrderError
 from aal_k8s.runspec import STAGES
@@ -23,8 +23,7 @@ def add_arguments(p) -> None:
 
 
 def run(args) -> int:
-    cfg = config_from_args(args)
-    exp = experiment_store(cfg)
+    cfg, exp = open_experiment(args)
     backend = get_backend(cfg.executor.backend, cfg)
     header = f"{'stage':<12}" + "".join(f"{s:>14}" for s in STATES)
     print(f"experiment {exp.experiment} in {exp.store.uri} ({backend.name} backend)")

@@ -9,7 +9,9 @@ from __future__ import annotations
 
 from aal_k8s.cli.common import add_config_args, examples
 from aal_k8s.cli.stages import add_stage_args, execute_stage, print_failures, stage_runs
+from aal_k8s.cost import build_plan, confirm
 from aal_k8s.data.common import check_source
+from aal_k8s.experiment import ensure_pinned
 
 HELP = "submit the runs of one stage"
 EXAMPLES = examples(
@@ -21,7 +23,8 @@ EXAMPLES = examples(
 
 def add_arguments(p) -> None:
     add_stage_args(p, "only these attributes (names or 1-based indices)")
-    p.add_argument("--dry-run", action="store_true", help="print the runs (k8s: the manifests) and exit")
+    p.add_argument("--dry-run", action="store_true", help="print the runs (k8s: the manifests, to inspect) and exit")
+    p.add_argument("--yes", "-y", action="store_true", help="k8s: create the Jobs without asking, however many")
     add_config_args(p)
 
 
@@ -31,6 +34,10 @@ def run(args) -> int:
         print(backend.render(specs, exp), end="")
         return 0
     check_source(cfg.dataset, exp.store, local=cfg.executor.backend == "local")
+    backend.preflight()
+    if cfg.executor.backend == "k8s":
+        confirm(build_plan(cfg, exp, [args.stage], lambda _: specs), cfg, args.yes)
+    ensure_pinned(exp, cfg)
     report = execute_stage(backend, exp, args.stage, specs)
     print_failures(report, args.stage)
     print(f"stage {args.stage}: {len(report.submitted)} submitted, {len(report.skipped)} already complete, "

@@ -19,5 +19,8 @@ def run(args) -> int:
 
     from aal_k8s.worker import execute
 
+    # SIGTERM (preemption, eviction, a deleted Job, the local backend stopping) unwinds through
+    # execute (aal_k8s.cli.main's handler): the attempt's log still reaches the store; exit 143.
+
     # sys.stderr as it is now (execute's default was bound when aal_k8s.worker was first imported)
     return execute(args.store, args.experiment, args.run, log=sys.stderr)

@@ -62,6 +62,13 @@ def normalisation(name: str) -> tuple[tuple[float, ...], tuple[float, ...]]:
     return tuple(mod.MEAN), tuple(mod.STD)
 
 
+def decode_size(name: str) -> tuple[int, int] | None:
+    """(height, width) that decoding resizes every image of dataset ``name`` to before the model's
+    own resize (``RESIZE`` datasets, e.g. Duke), or None when images are used at their size."""
+    mod = _module(name)
+    return tuple(mod.IMAGE_SIZE) if getattr(mod, "RESIZE", False) else None
+
+
 def load_dataset(cfg, store=None) -> LoadedDataset:
     """Load (or generate) all splits of ``cfg.name`` (a ``DatasetConfig``); ``store`` is the run's
     store, searched for a prepared pack (``packs/<name>/``) when ``cfg.pack`` is ``auto``."""

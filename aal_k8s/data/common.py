@@ -53,9 +53,32 @@ def decode_image(path: str, size: tuple[int, int], resize: bool) -> torch.Tensor
     """uint8 [3, H, W] RGB of the image file at ``path`` with ``(H, W) == size``.
 
     The one decoder of the project (torchvision's libjpeg-turbo/libpng): packs, the image-folder
-    pipeline and the tests all decode through it, so packed and unpacked pixels are identical.
-    ``resize`` resizes other sizes (bilinear, antialiased); otherwise a different size is an error.
+    pipeline, ``predict`` and the tests all decode through it, so packed and unpacked pixels are
+    identical. ``resize`` resizes other sizes (bilinear, antialiased); otherwise a different size
+    is an error.
     """
+    img = read_image(path)
+    h, w = int(img.shape[1]), int(img.shape[2])
+    if (h, w) != tuple(size):
+        if not resize:
+            raise DatasetError(
+                f"{path}: image is {w}x{h} pixels (width x height), expected {size[1]}x{size[0]}"
+            )
+        img = resize_decoded(img, size)
+    return img.contiguous()
+
+
+def resize_decoded(img: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
+    """The resize of decoding (datasets whose images vary in size): bilinear, antialiased."""
+    from torchvision.transforms.v2.functional import resize as tv_resize
+
+    return tv_resize(img, list(size), antialias=True)
+
+
+def read_image(path: str, any_format: bool = False) -> torch.Tensor:
+    """uint8 [3, H, W] RGB of the image file at ``path``, at its own size, decoded as
+    ``decode_image`` does. ``any_format``: formats the decoder does not read (BMP, TIFF, PPM...,
+    all lossless) are read with PIL, which gives the same pixels."""
     decode = _decoder() or _pil_decode
     try:
         with open(path, "rb") as f:
@@ -69,19 +92,16 @@ def decode_image(path: str, size: tuple[int, int], resize: bool) -> torch.Tensor
             # torchvision 0.29 deprecates its image decoders in favour of TorchCodec; they work
             warnings.simplefilter("ignore", DeprecationWarning)
             img = decode(data)
+        # an animated GIF decodes to [frames, 3, H, W]: its first frame, as PIL reads it
+        return img[0] if img.dim() == 4 else img
     except Exception as e:
         reason = (str(e).strip().splitlines() or [type(e).__name__])[0][:120]
+        if any_format and decode is not _pil_decode:
+            try:
+                return _pil_decode(data)
+            except Exception:
+                reason = "neither torchvision nor PIL reads it"
         raise DatasetError(f"{path}: unreadable image ({reason})") from None
-    h, w = int(img.shape[1]), int(img.shape[2])
-    if (h, w) != tuple(size):
-        if not resize:
-            raise DatasetError(
-                f"{path}: image is {w}x{h} pixels (width x height), expected {size[1]}x{size[0]}"
-            )
-        from torchvision.transforms.v2.functional import resize as tv_resize
-
-        img = tv_resize(img, list(size), antialias=True)
-    return img.contiguous()
 
 
 def require_dir(path: str, what: str) -> None:

@@ -165,18 +165,49 @@ def parse_manifest(raw: bytes, where: str) -> dict:
     if not isinstance(m, dict) or m.get("format") != FORMAT:
         got = m.get("format") if isinstance(m, dict) else None
         raise DatasetError(f"{where}: not a pack manifest of format {FORMAT} (format: {got!r})")
-    try:
-        img = m["image"]
-        assert img["channels"] == 3 and img["dtype"] == "uint8" and img["layout"] == "NCHW"
-        assert int(img["height"]) > 0 and int(img["width"]) > 0
-        for entry in m["splits"].values():
-            assert sum(s["count"] for s in entry["images"]) == entry["count"]
-            for f in pack_files({"splits": {"x": entry}}):
-                assert isinstance(f["key"], str) and int(f["size"]) >= 0 and len(f["sha256"]) == 64
-        assert isinstance(m["attributes"], list) and isinstance(m["dataset"], str)
-    except (KeyError, TypeError, ValueError, AssertionError):
-        raise DatasetError(f"{where}: pack manifest is incomplete or inconsistent") from None
+    problem = _manifest_problem(m)
+    if problem:
+        raise DatasetError(f"{where}: pack manifest is incomplete or inconsistent ({problem})")
     return m
+
+
+def _manifest_problem(m: dict) -> str | None:
+    """What is wrong with a parsed manifest of the right format (None: nothing). Explicit checks,
+    not asserts: under ``python -O`` an assert is skipped and a malformed manifest would pass."""
+
+    def is_int(v) -> bool:
+        return isinstance(v, int) and not isinstance(v, bool)
+
+    img = m.get("image")
+    if not isinstance(img, dict):
+        return "image: missing"
+    for k, want in (("channels", 3), ("dtype", "uint8"), ("layout", "NCHW")):
+        if img.get(k) != want:
+            return f"image.{k}: expected {want!r}, got {img.get(k)!r}"
+    for k in ("height", "width"):
+        if not is_int(img.get(k)) or img[k] <= 0:
+            return f"image.{k}: expected a positive integer, got {img.get(k)!r}"
+    if not isinstance(m.get("attributes"), list) or not isinstance(m.get("dataset"), str):
+        return "attributes (a list) or dataset (a string) missing"
+    splits = m.get("splits")
+    if not isinstance(splits, dict) or not splits:
+        return "splits: missing"
+    for split, entry in splits.items():
+        if not isinstance(entry, dict) or not isinstance(entry.get("images"), list) or not is_int(entry.get("count")):
+            return f"splits.{split}: needs count and images"
+        if any(not isinstance(s, dict) or not is_int(s.get("count")) for s in entry["images"]):
+            return f"splits.{split}.images: every shard needs a count"
+        if sum(s["count"] for s in entry["images"]) != entry["count"]:
+            return f"splits.{split}: shard counts do not add up to count {entry['count']}"
+        for name in ("labels", "names"):
+            if not isinstance(entry.get(name), dict):
+                return f"splits.{split}.{name}: missing"
+        for f in entry["images"] + [entry["labels"], entry["names"]]:
+            if not isinstance(f.get("key"), str) or not is_int(f.get("size")) or f["size"] < 0:
+                return f"splits.{split}: a file without key or size"
+            if not isinstance(f.get("sha256"), str) or len(f["sha256"]) != 64:
+                return f"splits.{split}: {f['key']} has no sha256"
+    return None
 
 
 def _check(data: bytes, f: dict, where: str) -> None:

@@ -61,8 +61,6 @@ class BatchTransform:
     ):
         self.mean = torch.tensor(mean, device=device).view(1, -1, 1, 1)
         self.std = torch.tensor(std, device=device).view(1, -1, 1, 1)
-        self.scale = 1.0 / (255.0 * self.std)  # x / 255 - mean) / std == x * scale + shift
-        self.shift = -self.mean / self.std
         self.device = device
         self.out_size = out_size
         self.crop, self.flip, self.transform = float(crop), bool(flip), transform
@@ -70,9 +68,8 @@ class BatchTransform:
 
     def __call__(self, images: torch.Tensor, train: bool, gen: torch.Generator | None = None) -> torch.Tensor:
         images = images.to(self.device, non_blocking=True)
-        if not self.transform:  # synthetic data: normalise only, the original operations
-            x = images.float().div_(255.0)
-            return ((x - self.mean) / self.std).contiguous(memory_format=torch.channels_last).to(self.dtype)
+        if not self.transform:  # synthetic data: normalise only
+            return self._normalise(images.float())
         b, _, h, w = images.shape
         s = self.out_size or h
         x = images.float()
@@ -90,8 +87,23 @@ class BatchTransform:
             x = F.grid_sample(x, grid, mode="bilinear", padding_mode="border", align_corners=False)
         elif (h, w) != (s, s):
             x = F.interpolate(x, size=(s, s), mode="bilinear", align_corners=False)
-        x = torch.addcmul(self.shift, x, self.scale)
+        return self._normalise(x)
+
+    def _normalise(self, x: torch.Tensor) -> torch.Tensor:
+        """Float pixels in [0, 255] -> (x / 255 - mean) / std, channels_last. One formula for
+        every path (a fused x * scale + shift rounds differently), so evaluation, ``predict`` and
+        the synthetic data get bitwise the same inputs from the same pixels."""
+        x = (x / 255.0 - self.mean) / self.std
         return x.contiguous(memory_format=torch.channels_last).to(self.dtype)
+
+
+def model_inputs(images: torch.Tensor, image_size: int, mean, std, device: torch.device | str = "cpu") -> torch.Tensor:
+    """The model input for uint8 images [B, 3, H, W] outside training: resized to ``image_size``
+    squared (bilinear, as evaluation does) and normalised. The evaluation of every training run
+    and ``aal_k8s.modelset.predict`` both go through ``BatchTransform``, so a model sees the same
+    numbers when it is evaluated and when it is used."""
+    device = torch.device(device)
+    return BatchTransform(mean, std, device, image_size)(images, train=False)
 
 
 class _Resident:

@@ -53,11 +53,31 @@ class Store(abc.ABC):
         return f"{self.uri.rstrip('/')}/{key}"
 
 
+def _umask() -> int:
+    """The process umask, read without setting it (``os.umask`` sets it process-wide, which would
+    race with files other threads create); the import-time value where /proc is unavailable."""
+    try:
+        with open("/proc/self/status") as f:
+            for line in f:
+                if line.startswith("Umask:"):
+                    return int(line.split()[1], 8)
+    except (OSError, ValueError):
+        pass
+    return _IMPORT_UMASK
+
+
+_IMPORT_UMASK = os.umask(0o022)
+os.umask(_IMPORT_UMASK)
+
+
 def write_temp(folder: str, data: bytes) -> str:
-    """A complete, fsynced temp file holding ``data`` in ``folder`` (created if needed); its path."""
+    """A complete, fsynced temp file holding ``data`` in ``folder`` (created if needed); its path.
+    Its mode is what ``open`` would give (0666 less the umask), not mkstemp's 0600: a team sharing
+    a store folder can read the report, manifests and models."""
     os.makedirs(folder, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=folder, prefix=".part-")
     try:
+        os.fchmod(fd, 0o666 & ~_umask())
         with os.fdopen(fd, "wb") as f:
             f.write(data)
             f.flush()

@@ -2,12 +2,15 @@
 
 Layout under ``<store>/<experiment>/``::
 
+    experiment.yaml                          the pinned config (create-only; aal_k8s.experiment)
     runs/<run_id>/spec.json                  the RunSpec (written at submit time)
     runs/<run_id>/attempts/<attempt>/best.safetensors
                                              weights of the best epoch, written by one attempt
     runs/<run_id>/attempts/<attempt>/checkpoints/epoch-0003.pt     a checkpoint (torch.save of
     runs/<run_id>/attempts/<attempt>/checkpoints/epoch-0003.json   tensors/primitives) and its
                                              record (size, sha256), written after it
+    runs/<run_id>/attempts/<attempt>/worker.log
+                                             that attempt's log, copied when it ends (aal_k8s.worker)
     runs/<run_id>/failure.json               the last failed attempt (ignored once committed)
     runs/<run_id>/local.log                  worker output (local backend)
     runs/<run_id>/metrics.json               the commit record, written LAST, create-only
@@ -115,6 +118,12 @@ class ExperimentStore:
 
     def is_committed(self, run_id: str) -> bool:
         return self.store.exists(self.run_key(run_id, COMMIT_FILE))
+
+    def committed_ids(self) -> set[str]:
+        """Ids of every committed run of the experiment: one listing, not one request per run."""
+        root = self.key("runs") + "/"
+        keys = self.store.list(self.key("runs"))
+        return {k[len(root) :].split("/")[0] for k in keys if k.startswith(root) and k.endswith("/" + COMMIT_FILE)}
 
     def commit_run(self, spec: RunSpec, artifacts: dict[str, bytes], metrics: dict) -> dict:
         """Upload ``artifacts`` under this attempt, then create the commit record (create-only).

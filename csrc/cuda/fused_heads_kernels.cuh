@@ -142,8 +142,9 @@ fused_heads_forward_kernel(const scalar_t* __restrict__ h, int64_t ldh,
         acc_t l, sig_minus_y;
         bce_with_logits(z, y[i], l, sig_minus_y);
         logits[i] = static_cast<scalar_t>(z);
-        resid[i] = sig_minus_y * mi;
-        loss_acc += l * mi;
+        // select, not multiply: 0 * NaN would let a NaN in a masked-out label or row through
+        resid[i] = mi != acc_t(0) ? sig_minus_y * mi : acc_t(0);
+        if (mi != acc_t(0)) loss_acc += l * mi;
         count_acc += mi;
       }
     }

@@ -22,7 +22,8 @@ def cluster():
 
 @pytest.fixture
 def k8s_overrides(tmp_path) -> list[str]:
-    return [f"store.uri={tmp_path / 'store'}", "executor.backend=k8s", "k8s.image=registry.example/aal-k8s:test"]
+    return [f"store.uri={tmp_path / 'store'}", "executor.backend=k8s", "k8s.image=registry.example/aal-k8s:test",
+            "k8s.store_volume_claim=aal-store"]  # the folder store, as pods would see it through a PVC
 
 
 @pytest.fixture

@@ -5,11 +5,11 @@ from __future__ import annotations
 
 import re
 
+# a test dependency (pyproject's test extra): without it these tests fail rather than skip
+import kubernetes_validate as kv
 import pytest
 
-kv = pytest.importorskip("kubernetes_validate")
-
-from aal_k8s.config import parse_quantity  # noqa: E402
+from aal_k8s.config import parse_quantity
 
 #: The oldest Kubernetes the backend supports (podFailurePolicy GA, podReplacementPolicy) and the
 #: newest the installed kubernetes-validate knows.

@@ -46,7 +46,6 @@ def test_dry_run_prints_valid_jobs_for_every_pair_and_writes_nothing(tmp_path, c
 
 
 def test_dry_run_for_all_780_celeba_pairs_prints_780_valid_jobs(tmp_path, capsys):
-    pytest.importorskip("aal_k8s.data.celeba")
     argv = ["submit", "--stage", "pairwise", "--dataset", "celeba", "--backend", "k8s", "--dry-run"]
     assert main([*argv, "--store", str(tmp_path / "store")]) == 0
     jobs = _jobs(capsys.readouterr().out)
@@ -219,7 +218,8 @@ def test_the_pipeline_runs_every_stage_as_jobs_and_ends_with_the_final_models(
 ):
     kubelet = Kubelet(cli_cluster)
     cli_cluster.on_watch = kubelet
-    sets = _sets([*tiny_overrides, "train.epochs=1", "adversarial.lambdas=[0.5]", "executor.backend=k8s"])
+    sets = _sets([*tiny_overrides, "train.epochs=1", "adversarial.lambdas=[0.5]", "executor.backend=k8s",
+                  "k8s.image=registry.example/aal-k8s:test", "k8s.store_volume_claim=aal-store"])
     report = tmp_path / "report.md"
     assert main(["pipeline", "--dataset", "synthetic", *sets, "--output", str(report)]) == 0
     out = capsys.readouterr().out
@@ -242,7 +242,7 @@ def test_the_pipeline_stops_on_a_run_that_fails_in_the_cluster(cli_cluster, k8s_
                 cli_cluster.fail(name, "DeadlineExceeded", "Job was active longer than specified deadline")
 
     cli_cluster.on_watch = fail_all
-    assert main(["pipeline", "--dataset", "synthetic", *_sets(k8s_overrides)]) == 1
+    assert main(["pipeline", "--yes", "--dataset", "synthetic", *_sets(k8s_overrides)]) == 1
     err = capsys.readouterr().err
     assert "failed: DeadlineExceeded: Job was active longer than specified deadline" in err
     assert "pipeline stopped: stage single has failed runs" in err

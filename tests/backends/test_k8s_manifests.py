@@ -16,6 +16,7 @@ from k8s_schema import kv, validate_strict
 
 from aal_k8s.backends.k8s_manifests import WORKER_UID, job_manifest, job_name, label_value, run_labels, selector
 from aal_k8s.config import load_config
+from aal_k8s.backends.k8s import KubernetesError
 from aal_k8s.planner import plan_stage
 from aal_k8s.runspec import RunSpec
 
@@ -173,7 +174,7 @@ def test_resources_scheduling_and_security_come_from_the_config():
     pod = job["spec"]["template"]["spec"]
     [c] = pod["containers"]
     assert c["resources"] == {
-        "requests": {"cpu": "8", "memory": "48Gi", "nvidia.com/gpu": "1"},
+        "requests": {"cpu": "8", "memory": "48Gi", "nvidia.com/gpu": "1", "ephemeral-storage": "2Gi"},  # synthetic: no pack
         "limits": {"cpu": "8", "memory": "48Gi", "nvidia.com/gpu": "1"},
     }
     assert c["image"] == "registry.example/aal-k8s:1" and c["imagePullPolicy"] == "IfNotPresent"
@@ -330,7 +331,8 @@ def test_kustomizations_list_existing_files_and_cover_all_but_the_pipeline_job()
             listed.add(os.path.normpath(os.path.join(base, res)))
     files = {p for p, d in _k8s_docs() if d["kind"] != "Kustomization"}
     # on purpose: the pipeline Job starts training; the dataset PVC is for folders instead of packs
-    assert files - listed == {"pipeline-job.yaml", "dataset-pvc.yaml"}
+    # never the example Secret: applying the kustomization would overwrite a real one with placeholders
+    assert files - listed == {"pipeline-job.yaml", "dataset-pvc.yaml", "store-secret.example.yaml"}
 
 
 def _role_rules() -> set[tuple[str, str, str]]:
@@ -374,7 +376,7 @@ def test_everything_the_controller_calls_is_allowed_by_the_role(make_backend, cf
     backend.states([a, b], exp)
     cluster.logs[next(iter(cluster.pods))] = "log\n"
     backend.logs(a.run_id, exp)
-    with pytest.raises(Exception):
+    with pytest.raises(KubernetesError, match="no pod yet"):  # b's Job exists, its pod does not
         backend.logs(b.run_id, exp)
     cluster.on_watch = lambda n: [cluster.fail(job_name(s.experiment, s.run_id)) for s in (a, b)]
     backend.wait([a, b], exp)
@@ -437,7 +439,7 @@ def test_the_dockerfile_builds_the_extension_for_sm80_and_sm90_and_runs_as_the_p
     text = open(os.path.join(ROOT, "Dockerfile")).read()
     assert re.search(r'TORCH_CUDA_ARCH_LIST="8\.0;9\.0\+PTX"', text)
     assert "--no-build-isolation" in text and re.search(
-        r"FROM pytorch/pytorch:\$\{PYTORCH_VERSION\}-\$\{CUDA_TAG\}-devel AS build", text
+        r"FROM nvidia/cuda:\$\{CUDA_VERSION\}-devel-ubuntu\$\{UBUNTU_VERSION\} AS build", text
     )
     assert re.search(r"^USER (\d+):(\d+)$", text, re.M).group(1) == str(WORKER_UID)
     assert re.search(r'^ENTRYPOINT \["aal-k8s"\]$', text, re.M)

@@ -11,11 +11,9 @@ from urllib.parse import parse_qs, urlsplit
 
 import pytest
 
-kubernetes = pytest.importorskip("kubernetes")
-
-from aal_k8s.backends.k8s import Apis, KubernetesBackend  # noqa: E402
-from aal_k8s.backends.k8s_manifests import job_name  # noqa: E402
-from aal_k8s.planner import plan_stage  # noqa: E402
+from aal_k8s.backends.k8s import Apis, KubernetesBackend
+from aal_k8s.backends.k8s_manifests import job_name
+from aal_k8s.planner import plan_stage
 
 
 class FakeApiServer:

@@ -78,11 +78,28 @@ def test_dry_run_lists_runs_and_writes_nothing(tmp_path, capsys):
     assert not store.exists()
 
 
-def test_status_counts_runs_per_stage(tiny_overrides, capsys):
+def test_status_counts_runs_per_stage(tiny_cfg, tiny_overrides, capsys):
+    from aal_k8s.cli.common import experiment_store
+    from aal_k8s.planner import plan_stage
+
+    exp = experiment_store(tiny_cfg)
+    single = plan_stage("single", tiny_cfg)
+    for spec in single[:2]:  # two complete
+        exp.write_spec(spec)
+        exp.commit_run(spec, {"best.safetensors": b"w"}, {"heads": spec.heads})
+    exp.record_failure(single[2].run_id, "out of memory", 1)  # one failed
+    exp.record_failure(plan_stage("pairwise", tiny_cfg)[0].run_id, "evicted", 1)
     argv = ["status", "--dataset", "synthetic"] + [x for o in tiny_overrides for x in ("--set", o)]
     assert main(argv) == 0
     out = capsys.readouterr().out
-    assert "single" in out and "(waits for reduce)" in out
+    table, failed = out.split("\n\n")
+    rows = {ln.split()[0]: ln.split()[1:] for ln in table.splitlines()[2:]}
+    # complete, running, pending, failed, not submitted
+    assert rows["single"] == ["2", "0", "0", "1", "3"]
+    assert rows["pairwise"] == ["0", "0", "0", "1", "14"]
+    assert rows["multi"] == ["0", "0", "0", "0", "1"]
+    assert rows["adversarial"] == ["(waits", "for", "reduce)"]
+    assert f"single {single[2].run_id}: out of memory" in failed
 
 
 def test_doctor_says_which_head_implementation_is_active(capsys):

@@ -235,7 +235,7 @@ def _bad_cases(dest, images, tmp_path):
     return {
         "missing folder": (["--models", str(tmp_path / "nope"), images[0]], f"{tmp_path / 'nope'}: no such folder"),
         "no manifest": (["--models", str(empty), images[0]], f"{empty / 'manifest.json'}: not found"),
-        "unreadable image": (["--models", str(dest), str(text)], f"{text}: cannot read image"),
+        "unreadable image": (["--models", str(dest), str(text)], f"{text}: unreadable image"),
         "missing image": (["--models", str(dest), str(tmp_path / "x.jpg")], f"{tmp_path / 'x.jpg'}: no such file"),
         "folder without images": (["--models", str(dest), str(empty)], f"{empty}: no images in this folder"),
         "unknown attribute": (["--models", str(dest), "--attrs", "Smiling", images[0]], "no classifier for attribute"),
@@ -286,3 +286,41 @@ def test_the_final_model_files_are_byte_reproducible(tiny_overrides, tmp_path):
         exp, _ = build_model_set(load_config(overrides=over, dataset="synthetic"))
         sums.append([m["sha256"] for m in exp.get_json("final", "manifest.json")["models"]])
     assert sums[0] == sums[1]
+
+
+@pytest.mark.parametrize("key", ["mean", "std"])
+def test_predict_and_download_refuse_a_manifest_without_the_training_normalisation(
+    key, model_set, tiny_overrides, images, tmp_path, capsys
+):
+    exp, _ = model_set
+    dest = tmp_path / "models"
+    assert _download(tiny_overrides, dest) == 0
+    manifest = json.loads((dest / "manifest.json").read_text())
+    del manifest["input"][key]  # used to mean 0 (mean) or 1 (std): silently wrong inputs
+    (dest / "manifest.json").write_text(json.dumps(manifest))
+    capsys.readouterr()
+    assert _predict("--models", str(dest), images[0]) == 2
+    err = capsys.readouterr().err
+    assert f"{dest / 'manifest.json'}: input.{key} must list 3 numbers" in err and len(err.strip().splitlines()) == 1
+    assert capsys.readouterr().out == ""
+    # the store's manifest is checked the same way before anything is downloaded
+    exp.put_json("final", "manifest.json", obj=manifest)
+    fresh = tmp_path / "fresh"
+    assert _download(tiny_overrides, fresh) == 2
+    err = capsys.readouterr().err
+    assert f"final/manifest.json: input.{key} must list 3 numbers" in err and len(err.strip().splitlines()) == 1
+    assert not fresh.exists()
+
+
+def test_predict_reads_a_bmp_and_the_first_frame_of_an_animated_gif(model_set, tiny_overrides, images, tmp_path, capsys):
+    dest = tmp_path / "models"
+    assert _download(tiny_overrides, dest, "--attrs", "square") == 0
+    src = Image.open(images[0]).convert("RGB")
+    bmp, gif, first = tmp_path / "same.bmp", tmp_path / "moving.gif", tmp_path / "first.png"
+    src.save(bmp)  # a format torchvision does not decode: read with PIL, same pixels
+    src.save(gif, save_all=True, append_images=[Image.new("RGB", src.size, (255, 0, 0))])
+    Image.open(gif).convert("RGB").save(first)  # the GIF's (palette) first frame, losslessly
+    capsys.readouterr()
+    assert _predict("--models", str(dest), "--format", "json", images[0], str(bmp), str(gif), str(first)) == 0
+    p = [r["attributes"]["square"]["probability"] for r in json.loads(capsys.readouterr().out)["predictions"]]
+    assert p[0] == p[1] and p[2] == p[3]

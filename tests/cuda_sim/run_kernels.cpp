@@ -22,6 +22,7 @@ using namespace aal_k8s::cuda;
 struct Case {
   int64_t B, K, D;
   bool mask, grad_logits, grad_loss, g_stride0;
+  bool nan_masked_labels = false;  // NaN labels wherever the mask is 0: they must not get through
 };
 
 struct Ref {
@@ -48,8 +49,9 @@ static Ref reference(const Case& c, const Inputs<double>& in) {
       const double l = std::max(z, 0.0) - z * y + std::log1p(std::exp(-std::fabs(z)));
       const double sig = 1.0 / (1.0 + std::exp(-z));
       r.z[b * K + k] = z;
-      r.resid[b * K + k] = (sig - y) * m;
-      r.loss[k] += l * m;
+      // masked-out elements are selected away (0 * NaN would be NaN), as the kernels do
+      r.resid[b * K + k] = m != 0.0 ? (sig - y) * m : 0.0;
+      if (m != 0.0) r.loss[k] += l * m;
       r.count[k] += m;
     }
   for (int64_t k = 0; k < K; ++k) r.loss[k] /= std::max(r.count[k], 1.0);
@@ -174,6 +176,11 @@ static bool check(const Case& c, uint32_t seed, double tol, const char* tname) {
   for (auto& x : in64.y) x = coin(rng);
   in64.m.resize(B * K);
   for (auto& x : in64.m) x = keep(rng);
+  if (c.nan_masked_labels) {
+    for (int64_t i = 0; i < B * K; ++i) {
+      if (in64.m[i] == 0.0) in64.y[i] = std::nan("");
+    }
+  }
   fill(in64.gl, B * K, 0.1);
   fill(in64.g, K, 1.0);
   fill(in64.loss_w, K, 1.0);
@@ -224,6 +231,7 @@ int main() {
       {300, 33, 129, true, true, true, false}, // several splits, ragged head/column tiles
       {0, 2, 5, false, false, true, false},    // empty batch: backward still writes zeros
       {5, 2, 0, true, true, true, false},      // D = 0
+      {70, 3, 37, true, true, true, false, true},  // NaN labels where the mask is 0
   };
   bool ok = true;
   uint32_t seed = 1234;

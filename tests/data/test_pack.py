@@ -7,6 +7,9 @@ import numpy as np
 import pytest
 import torch
 from realdata_fixtures import make_celeba, make_duke
+from s3_testing import (  # noqa: F401
+    bucket, free_port, moto_endpoint, raw_s3, s3_env, s3_server, s3_uri, seaweed_endpoint,
+)
 
 from aal_k8s.cli import main
 from aal_k8s.config import load_config
@@ -134,6 +137,46 @@ def test_explicit_pack_location_and_bad_manifests(celeba_tree, tmp_path):
         load_dataset(_cfg("celeba", celeba_tree, tmp_path), store=store)
 
 
+def _spoil(manifest: dict, how: str) -> dict:
+    m = json.loads(json.dumps(manifest))
+    if how == "channels":
+        m["image"]["channels"] = 4
+    elif how == "height":
+        m["image"]["height"] = 0
+    elif how == "counts":
+        m["splits"]["train"]["count"] += 1
+    elif how == "sha256":
+        del m["splits"]["val"]["labels"]["sha256"]
+    return m
+
+
+SPOILED = {"channels": "image.channels: expected 3, got 4", "height": "image.height: expected a positive integer",
+           "counts": "splits.train: shard counts do not add up", "sha256": "splits.val: val/labels.u8 has no sha256"}
+
+
+@pytest.mark.parametrize("how", SPOILED)
+def test_a_malformed_pack_manifest_is_refused_naming_the_field(celeba_tree, tmp_path, how):
+    from aal_k8s.data.pack import parse_manifest
+
+    good = _build(celeba, celeba_tree, LocalStore(str(tmp_path / "store")))
+    with pytest.raises(DatasetError, match=f"m.json: pack manifest is incomplete or inconsistent \\({SPOILED[how]}"):
+        parse_manifest(json.dumps(_spoil(good, how)).encode(), "m.json")
+
+
+def test_a_malformed_pack_manifest_is_refused_under_python_optimise(celeba_tree, tmp_path):
+    import subprocess
+    import sys
+
+    good = _build(celeba, celeba_tree, LocalStore(str(tmp_path / "store")))
+    path = tmp_path / "m.json"
+    path.write_text(json.dumps(_spoil(good, "channels")))
+    code = ("import sys; from aal_k8s.data.pack import parse_manifest; from aal_k8s.errors import DatasetError\n"
+            "try: parse_manifest(open(sys.argv[1], 'rb').read(), 'm.json')\n"
+            "except DatasetError as e: print(e.message); sys.exit(3)")  # fmt: skip
+    res = subprocess.run([sys.executable, "-O", "-c", code, str(path)], capture_output=True, text=True, timeout=120)
+    assert res.returncode == 3 and SPOILED["channels"] in res.stdout, res.stdout + res.stderr
+
+
 def test_prepare_cli_builds_uploads_and_workers_find_it(celeba_tree, tmp_path, capsys):
     store = tmp_path / "store"
     argv = ["prepare", "--dataset", "celeba", "--source", str(celeba_tree), "--store", str(store), "--workers", "0",
@@ -148,6 +191,19 @@ def test_prepare_cli_builds_uploads_and_workers_find_it(celeba_tree, tmp_path, c
     assert (out / "packs" / "celeba" / "manifest.json").read_bytes() == (
         tmp_path / "store2" / "packs" / "celeba" / "manifest.json"
     ).read_bytes()
+
+
+def test_prepare_uploads_through_the_configured_store_endpoint(celeba_tree, s3_uri, s3_env, bucket, raw_s3,
+                                                              monkeypatch, tmp_path, capsys):
+    # the environment's endpoint is dead: only --set store.endpoint_url reaches the S3 server
+    monkeypatch.setenv("AWS_ENDPOINT_URL", f"http://127.0.0.1:{free_port()}")
+    argv = ["prepare", "--dataset", "celeba", "--source", str(celeba_tree), "--store", s3_uri, "--workers", "0",
+            "--output", str(tmp_path / "build"), "--set", "dataset.strict_counts=false",
+            "--set", f"store.endpoint_url={s3_env['AWS_ENDPOINT_URL']}", "--set", "store.max_attempts=1"]  # fmt: skip
+    assert main(argv) == 0, capsys.readouterr().err
+    assert capsys.readouterr().out.strip() == f"{s3_uri}/packs/celeba/manifest.json"
+    manifest = raw_s3.get_object(Bucket=bucket, Key="aal/packs/celeba/manifest.json")["Body"].read()
+    assert manifest == (tmp_path / "build" / "packs" / "celeba" / "manifest.json").read_bytes()
 
 
 def test_prepare_reports_bad_input_on_one_line(celeba_tree, tmp_path, capsys):

@@ -5,7 +5,7 @@ import math
 
 import pytest
 import torch
-from realdata_fixtures import make_celeba
+from realdata_fixtures import make_celeba, make_duke
 
 from aal_k8s.config import load_config
 from aal_k8s.data import LoadedDataset, Split, celeba, load_dataset
@@ -161,3 +161,22 @@ def test_packed_splits_live_in_gpu_memory_and_batches_are_bf16(celeba_both):
     xc, _ = next(cpu.eval_batches("val", 4))
     xg, _ = next(InputPipeline(data, [0, 1], dev, out_size=64).eval_batches("val", 4))
     assert torch.allclose(xg.cpu(), xc, atol=1e-4)
+
+
+@pytest.mark.parametrize("dataset", ["celeba", "duke"])
+def test_predict_preprocesses_real_format_images_exactly_as_evaluation_does(dataset, tmp_path):
+    """JPEGs in the datasets' own formats (CelebA 178x218; Duke in varied sizes, resized to 128x256
+    when decoded) through the evaluation pipeline and through predict's preprocessing."""
+    from aal_k8s.final import input_spec
+    from aal_k8s.modelset import preprocess
+
+    root = tmp_path / dataset
+    (make_celeba if dataset == "celeba" else make_duke)(root)
+    cfg = load_config(dataset=dataset, overrides=[f"dataset.root={root}", "dataset.strict_counts=false",
+                                                  "dataset.pack=none"])  # fmt: skip
+    data = load_dataset(cfg.dataset)
+    assert cfg.model.image_size == 224 and data.splits["test"].size != (224, 224)
+    pipe = InputPipeline(data, [0], torch.device("cpu"), out_size=cfg.model.image_size, crop=0.8, flip=True)
+    evaluated = torch.cat([x for x, _ in pipe.eval_batches("test", 4)])
+    served = preprocess(data.splits["test"].files, {"dataset": dataset, "input": input_spec(cfg)})
+    assert served.shape == evaluated.shape and torch.equal(served, evaluated)

@@ -33,14 +33,40 @@ def test_open_store_picks_by_scheme(tmp_path):
         open_store("gopher://x")
 
 
+class _WriteLog(LocalStore):
+    """A local store that notes every write, and whether the run was committed at that moment."""
+
+    def __init__(self, root, run_id):
+        super().__init__(root)
+        self.run_id, self.writes = run_id, []
+
+    def _note(self, key):
+        self.writes.append((key, ExperimentStore(LocalStore(self.root), "e").is_committed(self.run_id)))
+
+    def put_bytes(self, key, data):
+        self._note(key)
+        return super().put_bytes(key, data)
+
+    def put_if_absent(self, key, data):
+        self._note(key)
+        return super().put_if_absent(key, data)
+
+
 def test_commit_record_lists_artifacts_and_is_written_last(tmp_path):
-    exp = ExperimentStore(LocalStore(str(tmp_path)), "e")
     spec = _spec()
+    store = _WriteLog(str(tmp_path), spec.run_id)
+    exp = ExperimentStore(store, "e")
     assert not exp.is_committed(spec.run_id)
-    rec = exp.commit_run(spec, {"best.safetensors": b"weights"}, {"val_acc": {"square": 0.9}})
+    artifacts = {"best.safetensors": b"weights", "history.json": b"[]"}
+    rec = exp.commit_run(spec, artifacts, {"val_acc": {"square": 0.9}})
     assert exp.is_committed(spec.run_id)
     assert rec["artifacts"]["best.safetensors"]["size"] == 7
     assert exp.read_artifact(spec.run_id, "best.safetensors") == b"weights"
+    # every artifact is in place before the record that makes the run count as complete
+    keys = [k for k, _ in store.writes]
+    assert keys[-1] == exp.run_key(spec.run_id, "metrics.json")
+    assert sorted(keys[:-1]) == sorted(exp.attempt_key(spec.run_id, name) for name in artifacts)
+    assert not any(committed for _, committed in store.writes)
 
 
 def test_a_corrupted_artifact_fails_its_checksum_naming_the_key(tmp_path):

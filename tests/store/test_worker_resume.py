@@ -172,6 +172,9 @@ def test_two_concurrent_workers_of_one_run_commit_exactly_one_result(s3_uri, tin
     assert sum(f"committed by attempt {winner}" in e for e in errs) == 1
     assert sum(f"attempt {winner} committed it first" in e for e in errs) == 1
     keys = exp.store.list(exp.key("runs", spec.run_id))
+    logs = [k for k in keys if k.endswith("/worker.log")]  # each attempt's log (aal_k8s.worker.ATTEMPT_LOG)
+    assert len(logs) == 2 and any(f"/{winner}/" in k for k in logs)
+    keys = [k for k in keys if k not in logs]
     assert keys == sorted([
         exp.run_key(spec.run_id, "spec.json"),
         exp.run_key(spec.run_id, "metrics.json"),

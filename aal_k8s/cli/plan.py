@@ -1,0 +1,57 @@
+"""Show what a protocol (or one stage) will cost before anything is created: runs per stage, how
+many are already committed, projected device-hours from measured rates (a calibration from this
+experiment's committed runs, or the figures recorded for ``plan.device_class``; the plan says
+which), store bytes, dataset egress and the cost at ``plan.gpu_hour_price``. Writes nothing.
+"""
+
+from __future__ import annotations
+
+from aal_k8s.cli.common import add_config_args, examples, open_experiment
+
+HELP = "show runs, GPU-hours, store bytes, egress and cost before launching"
+EXAMPLES = examples(
+    "aal-k8s plan --dataset celeba --backend k8s --store s3://bucket/aal",
+    "aal-k8s plan --dataset celeba --stages all --set plan.gpu_hour_price=2.4",
+    "aal-k8s plan --experiment synthetic --stages adversarial",
+)
+
+
+def add_arguments(p) -> None:
+    p.add_argument(
+        "--stages", default="paper", metavar="LIST",
+        help="paper (default: single,pairwise,multi,adversarial), all, or a comma list of stages",
+    )  # fmt: skip
+    add_config_args(p)
+
+
+def run(args) -> int:
+    from aal_k8s.cli.pipeline import parse_stages
+
+    stages = parse_stages(args.stages)
+    cfg, exp = open_for_plan(args)
+    print(protocol_plan(cfg, exp, stages).render(), end="")
+    return 0
+
+
+def open_for_plan(args):
+    """``open_experiment``, except that a store this machine cannot read (no credentials yet) is a
+    warning: a plan is made before anything exists, from the flags alone."""
+    import sys
+
+    from aal_k8s.cli.common import config_from_args, experiment_store
+    from aal_k8s.errors import StoreError
+
+    try:
+        return open_experiment(args)
+    except StoreError as e:
+        print(f"warning: cannot read the store ({e.message}); planning from the flags alone", file=sys.stderr)
+        cfg = config_from_args(args)
+        return cfg, experiment_store(cfg)
+
+
+def protocol_plan(cfg, exp, stages: list[str]):
+    """The cost plan of ``stages`` (used by plan, pipeline --dry-run and the k8s confirmation)."""
+    from aal_k8s.cli.stages import plan
+    from aal_k8s.cost import build_plan
+
+    return build_plan(cfg, exp, stages, lambda stage: plan(cfg, exp, stage))

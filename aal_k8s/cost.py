@@ -1,0 +1,278 @@
+"""What a protocol will cost before anything is created: runs per stage, how many are committed,
+projected device-hours, store bytes, dataset egress and a price (``aal-k8s plan``).
+
+Device-hours come from measured rates, and the plan says which:
+
+* a **calibration**: the wall-clock seconds (``timings.total``) of this experiment's committed
+  runs; a stage with committed runs is projected from its own mean, the others from the mean of
+  every committed run (affinity runs scaled by ``AFFINITY_COST``);
+* otherwise the figures recorded for a **device class** (``plan.device_class``, ``DEVICE_RATES``),
+  each naming where it comes from (BENCHMARKS.md), applied to the images one run reads:
+  ``epochs x train + epochs x val + test``.
+"""
+
+from __future__ import annotations
+
+import sys
+from dataclasses import dataclass, field
+
+from aal_k8s.config import Config
+from aal_k8s.errors import StageOrderError, StoreError
+from aal_k8s.runspec import RunSpec
+
+#: One affinity run costs this many ordinary runs (BENCHMARKS.md "Affinity stage cost": 1.43 and
+#: 1.73 over two measurements; the larger is used so the plan does not undershoot).
+AFFINITY_COST = 1.73
+#: Committed runs per stage whose seconds calibrate the plan.
+CALIBRATION_SAMPLE = 50
+
+
+@dataclass(frozen=True)
+class Rates:
+    train_images_per_s: float  # one training step's throughput, images per second
+    eval_images_per_s: float  # evaluation (forward only)
+    fixed_seconds_per_run: float  # pack download/cache, copying it to the device, autotuning
+    source: str  # where the figures come from
+    measured: bool  # False: a target, not a measurement (the plan says so)
+    backbone: str = "resnet18"  # what the figures were measured on
+    image_size: int = 224
+
+
+#: Rates per device class, each from BENCHMARKS.md. Add a class when a device has been measured
+#: (``benchmarks/bench_input_pipeline.py --size celeba``).
+DEVICE_RATES: dict[str, Rates] = {
+    "h100-target": Rates(
+        12_000, 36_000, 30,
+        "issue 6's target for one H100 (12,000 train / 36,000 eval images/s, 30 s fixed per run); "
+        "NOT measured: BENCHMARKS.md has no GPU figures yet", measured=False,
+    ),
+    "cpu-xeon-2-threads": Rates(
+        126.5, 547.7, 0,
+        "BENCHMARKS.md, input pipeline, packed bf16 on 2 Xeon threads at 64x64 (2026-11-24)", measured=True,
+        image_size=64,
+    ),
+}  # fmt: skip
+
+
+@dataclass
+class StagePlan:
+    stage: str
+    runs: int
+    committed: int
+    upper_bound: bool = False  # partners not known yet: at most this many runs
+    seconds_per_run: float = 0.0
+
+    @property
+    def to_run(self) -> int:
+        return self.runs - self.committed
+
+
+@dataclass
+class Plan:
+    experiment: str
+    store: str
+    backend: str
+    stages: list[StagePlan]
+    rates_source: str
+    unit: str  # GPU-h (k8s pods with GPUs), CPU-pod-h, device-h (local: one GPU or the CPU per run)
+    devices_per_run: int
+    price: float
+    run_bytes: int  # stored bytes one committed run keeps (its best weights)
+    pack_bytes: int  # one download of the dataset pack (0: generated in the worker)
+    downloads: str  # how often the pack is downloaded: "per run", "per node", "once"
+    warnings: list[str] = field(default_factory=list)
+
+    @property
+    def jobs(self) -> int:
+        return sum(s.to_run for s in self.stages)
+
+    def hours(self, s: StagePlan) -> float:
+        return s.to_run * s.seconds_per_run * self.devices_per_run / 3600
+
+    def render(self) -> str:
+        unit = self.unit
+        lines = [
+            f"experiment {self.experiment} in {self.store} ({self.backend} backend)",
+            f"rates: {self.rates_source}",
+            f"{'stage':<12}{'runs':>8}{'committed':>11}{'to run':>8}{'s/run':>9}{unit:>11}{'store GB':>10}",
+        ]
+        for s in self.stages:
+            runs = f"<={s.runs}" if s.upper_bound else str(s.runs)
+            lines.append(
+                f"{s.stage:<12}{runs:>8}{s.committed:>11}{s.to_run:>8}{s.seconds_per_run:>9.0f}"
+                f"{self.hours(s):>11.1f}{s.to_run * self.run_bytes / 1e9:>10.2f}"
+            )
+        total_h = sum(self.hours(s) for s in self.stages)
+        runs = sum(s.runs for s in self.stages)
+        done = sum(s.committed for s in self.stages)
+        lines.append(
+            f"{'total':<12}{runs:>8}{done:>11}{self.jobs:>8}{'':>9}{total_h:>11.1f}{self.jobs * self.run_bytes / 1e9:>10.2f}"
+        )
+        egress = self._downloads_count() * self.pack_bytes
+        pack_gb = self.pack_bytes / 1e9
+        if self.pack_bytes and self.downloads == "per node":
+            lines.append(f"dataset egress: {pack_gb:.1f} GB per node that runs a pod (the pack, downloaded per node)")
+        elif self.pack_bytes:
+            lines.append(f"dataset egress: {egress / 1e9:,.1f} GB ({pack_gb:.1f} GB pack, downloaded {self.downloads})")
+        else:
+            lines.append("dataset egress: none (the dataset is generated in each worker)")
+        lines.append(
+            f"cost: {total_h * self.price:,.2f} for {total_h:,.1f} {unit} at {self.price:g} per {unit[:-2]}-hour "
+            f"(plan.gpu_hour_price); store adds {self.jobs * self.run_bytes / 1e9:,.2f} GB"
+        )
+        if any(s.upper_bound for s in self.stages):
+            lines.append("<=: partners are not known yet; attributes without a negative partner get no run")
+        return "\n".join(lines + [f"note: {w}" for w in self.warnings]) + "\n"
+
+    def _downloads_count(self) -> int:
+        return self.jobs if self.downloads == "per run" else 1 if self.jobs else 0
+
+
+def split_sizes(cfg: Config) -> tuple[int, int, int]:
+    """(train, val, test) images of the configured dataset."""
+    d = cfg.dataset
+    if d.name == "synthetic":
+        return d.synthetic.n_train, d.synthetic.n_val, d.synthetic.n_test
+    if d.name == "celeba":
+        from aal_k8s.data.celeba import EXPECTED
+
+        return EXPECTED["train"], EXPECTED["val"], EXPECTED["test"]
+    from aal_k8s.data.duke import EXPECTED_IMAGES
+
+    val = round(EXPECTED_IMAGES["train"] * d.val_fraction)
+    return EXPECTED_IMAGES["train"] - val, val, EXPECTED_IMAGES["test"]
+
+
+def pack_bytes(cfg: Config, store) -> int:
+    """Bytes of one dataset pack download: the prepared pack's files if the store has one, else
+    uint8 images at the pack resolution. 0 for the synthetic dataset (generated in the worker)."""
+    name = cfg.dataset.name
+    if name == "synthetic":
+        return 0
+    from aal_k8s.data.pack import pack_files, pack_prefix, parse_manifest
+
+    key = f"{pack_prefix(name)}/manifest.json"
+    try:
+        if store.exists(key):
+            return sum(int(f["size"]) for f in pack_files(parse_manifest(store.get_bytes(key), store.url(key))))
+    except Exception as e:  # a plan must work without store credentials too
+        print(f"warning: cannot read {store.url(key)} ({type(e).__name__}); estimating the pack size", file=sys.stderr)
+    mod = __import__(f"aal_k8s.data.{name}", fromlist=["IMAGE_SIZE"])
+    h, w = mod.IMAGE_SIZE
+    return sum(split_sizes(cfg)) * h * w * 3
+
+
+def weights_bytes(cfg: Config) -> int:
+    """Bytes of one run's best weights (fp32 safetensors of the backbone; heads are negligible)."""
+    from aal_k8s.model import build_backbone
+
+    net = build_backbone(cfg.model.backbone, "none")
+    return 4 * sum(p.numel() for p in net.parameters())
+
+
+def seconds_per_run(cfg: Config, rates: Rates) -> float:
+    train, val, test = split_sizes(cfg)
+    epochs = cfg.train.epochs
+    training = epochs * train / rates.train_images_per_s
+    evaluation = (epochs * val + test) / rates.eval_images_per_s  # a validation pass per epoch, one test pass
+    return training + evaluation + rates.fixed_seconds_per_run
+
+
+def _committed(exp) -> set[str]:
+    """Ids of the experiment's committed runs, from one listing (none when the store is unreadable:
+    a plan must work without store credentials)."""
+    try:
+        return exp.committed_ids()
+    except Exception as e:
+        print(f"warning: cannot list {exp.store.url(exp.key('runs'))}/ ({type(e).__name__}); counting no run as committed",
+              file=sys.stderr)  # fmt: skip
+        return set()
+
+
+def _committed_seconds(exp, specs: list[RunSpec]) -> dict[str, float]:
+    out = {}
+    for s in specs:
+        rec = exp.get_json("runs", s.run_id, "metrics.json")
+        total = ((rec or {}).get("timings") or {}).get("total")
+        if isinstance(total, (int, float)) and total > 0:
+            out[s.run_id] = float(total)
+    return out
+
+
+def build_plan(cfg: Config, exp, stages: list[str], plan_fn) -> Plan:
+    """The plan of ``stages``; ``plan_fn(stage)`` gives a stage's RunSpecs (StageOrderError when
+    it waits for reduce: then the stage is bounded by every attribute having a partner)."""
+    from aal_k8s.data import attribute_names
+
+    m = len(attribute_names(cfg.dataset.name))
+    rows, seconds, warnings = [], {}, []
+    committed = _committed(exp)
+    for stage in stages:
+        try:
+            specs = plan_fn(stage)
+        except (StageOrderError, StoreError):  # partners not known yet, or not readable from here
+            bound = m * len(cfg.adversarial.lambdas) if stage == "adversarial" else m
+            rows.append(StagePlan(stage, bound, 0, upper_bound=True))
+            continue
+        done = {s.run_id for s in specs if s.run_id in committed}
+        # a sample: one store read per run, and 1,021 reads would make a plan slow on S3
+        secs = _committed_seconds(exp, [s for s in specs if s.run_id in done][:CALIBRATION_SAMPLE])
+        seconds[stage] = secs
+        rows.append(StagePlan(stage, len(specs), len(done)))
+    measured = [v for st, secs in seconds.items() if st != "affinity" for v in secs.values()]
+    if measured:
+        n = sum(len(v) for v in seconds.values())
+        source = f"calibration: {n} committed runs of this experiment (mean wall-clock seconds per run)"
+        base = sum(measured) / len(measured)
+    else:
+        rates = DEVICE_RATES[cfg.plan.device_class]
+        source = f"device class {cfg.plan.device_class}: {rates.source}"
+        base = seconds_per_run(cfg, rates)
+        m_cfg = cfg.model
+        if (m_cfg.backbone, m_cfg.image_size) != (rates.backbone, rates.image_size):
+            warnings.append(
+                f"the {cfg.plan.device_class} rates are for {rates.backbone} at {rates.image_size}px; this experiment "
+                f"trains {m_cfg.backbone} at {m_cfg.image_size}px, so its hours are only a rough bound"
+            )
+    for row in rows:
+        own = seconds.get(row.stage) or {}
+        factor = AFFINITY_COST if row.stage == "affinity" else 1.0
+        row.seconds_per_run = sum(own.values()) / len(own) if own else base * factor
+    local = cfg.executor.backend == "local"
+    k = cfg.k8s
+    downloads = "once" if local or k.cache_volume_claim else "per node" if k.cache_host_path else "per run"
+    if not local and downloads == "per run" and cfg.dataset.name != "synthetic":
+        warnings.append("every pod downloads the whole pack: set k8s.cache_host_path (one download per node)")
+    # local runs use one device each (a GPU, or the CPU); a k8s pod k8s.gpus GPUs (0: a CPU pod)
+    unit = "device-h" if local else "GPU-h" if k.gpus else "CPU-pod-h"
+    gpus = 1 if local else max(k.gpus, 1)
+    return Plan(
+        experiment=exp.experiment, store=exp.store.uri, backend=cfg.executor.backend, stages=rows,
+        rates_source=source, unit=unit, devices_per_run=gpus, price=cfg.plan.gpu_hour_price,
+        run_bytes=weights_bytes(cfg), pack_bytes=pack_bytes(cfg, exp.store), downloads=downloads,
+        warnings=warnings,
+    )  # fmt: skip
+
+
+def confirm(plan: Plan, cfg: Config, yes: bool, stdin=None, stderr=None) -> None:
+    """On Kubernetes: show the plan; above ``plan.confirm_above_jobs`` Jobs also ask (``--yes``
+    skips), and without a terminal to ask on refuse with one line that says to pass --yes."""
+    from aal_k8s.errors import AALError
+
+    stdin, stderr = stdin or sys.stdin, stderr or sys.stderr
+    if cfg.executor.backend != "k8s" or not plan.jobs:
+        return
+    ask = not yes and plan.jobs > cfg.plan.confirm_above_jobs
+    if ask and not stdin.isatty():
+        raise AALError(
+            f"{plan.jobs} Jobs to create, more than plan.confirm_above_jobs={cfg.plan.confirm_above_jobs}: "
+            "pass --yes to create them without asking (`aal-k8s plan` shows what they cost)"
+        )
+    stderr.write(plan.render())
+    if not ask:
+        return
+    stderr.write(f"create {plan.jobs} Jobs? [y/N] ")
+    stderr.flush()
+    if stdin.readline().strip().lower() not in ("y", "yes"):
+        raise AALError("cancelled: no Jobs created")
+
