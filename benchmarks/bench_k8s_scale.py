@@ -62,7 +62,8 @@ def run(namespace: str, store: str, log=None) -> dict:
 
     cfg = load_config(
         overrides=[f"store.uri={store}", "executor.backend=k8s", f"k8s.namespace={namespace}",
-                   "k8s.image=registry.example/aal-k8s:bench", "k8s.queue_name=bench"],  # fmt: skip
+                   "k8s.image=registry.example/aal-k8s:bench", "k8s.queue_name=bench",
+                   "k8s.store_volume_claim=bench-store"],  # a folder store pods see through a PVC  # fmt: skip
         dataset="celeba",
     )
     specs = plan_stage("pairwise", cfg)
