@@ -132,6 +132,9 @@ class StoreConfig:
     multipart_threshold_mb: int = 64  # objects from this size on go up/down in parts (S3 min: 5)
     multipart_chunksize_mb: int = 16  # part size of multipart transfers (S3 min: 5)
     transfer_concurrency: int = 4  # parallel part transfers of one large object
+    # required: refuse a server that ignores create-only writes (If-None-Match: *), found by a probe
+    # before the first commit | best_effort: accept it, commits are then check-then-put + read-back
+    conditional_writes: str = "required"
     # -- checkpoints (any store)
     checkpoint_keep: int = 2  # newest checkpoints kept per run attempt (>= 1; older ones deleted)
 
@@ -302,6 +305,7 @@ CHOICES = {
     "executor.backend": ("local", "k8s"),
     "store.addressing_style": ("auto", "path", "virtual"),
     "store.retry_mode": ("standard", "adaptive"),
+    "store.conditional_writes": ("required", "best_effort"),
 }
 
 

@@ -27,11 +27,13 @@ TESTBED_ENV = "AAL_K8S_TESTBED_DIR"
 
 
 def testbed_dir() -> str | None:
-    candidates = [os.environ.get(TESTBED_ENV, "")]
-    parent = os.path.dirname(REPO)
-    candidates += [os.path.join(parent, "shared", "k8s-testbed"),
-                   os.path.join(os.path.dirname(parent), "shared", "k8s-testbed")]  # fmt: skip
-    return next((c for c in candidates if c and os.path.isfile(os.path.join(c, "up.sh"))), None)
+    if os.environ.get(TESTBED_ENV):  # given: that one or none
+        candidates = [os.environ[TESTBED_ENV]]
+    else:
+        parent = os.path.dirname(REPO)
+        candidates = [os.path.join(parent, "shared", "k8s-testbed"),
+                      os.path.join(os.path.dirname(parent), "shared", "k8s-testbed")]  # fmt: skip
+    return next((c for c in candidates if os.path.isfile(os.path.join(c, "up.sh"))), None)
 
 
 @dataclass

@@ -252,7 +252,8 @@ class FaultProxy:
     matching requests: ``500``/``503``/``501`` (an S3 error answer, the server never sees the
     request), ``reset`` (the connection is reset before forwarding), ``reset_after`` (forwarded
     and executed, then the connection is reset: the response is lost) or ``truncate`` (the
-    response body breaks off half-way). ``log`` lists ``(method, path, outcome)`` per request.
+    response body breaks off half-way) or ``strip`` (forwarded without the ``header`` given: a proxy
+    that drops it). ``log`` lists ``(method, path, outcome)`` per request.
     """
 
     def __init__(self, upstream: str):
@@ -300,7 +301,7 @@ class FaultProxy:
                 if f["header"] and f["header"].lower() not in headers:
                     continue
                 f["left"] -= 1
-                return f["kind"]
+                return f["kind"] if f["kind"] != "strip" else f"strip:{f['header'].lower()}"
         return None
 
     @staticmethod
@@ -360,7 +361,10 @@ class FaultProxy:
         if kind == "reset":
             self._reset(client)
             return
-        kept = [ln for ln in lines[1:] if not ln.lower().startswith(("connection:", "keep-alive:", "expect:"))]
+        drop = ("connection:", "keep-alive:", "expect:")
+        if kind and kind.startswith("strip:"):
+            drop += (kind.removeprefix("strip:") + ":",)
+        kept = [ln for ln in lines[1:] if not ln.lower().startswith(drop)]
         request = "\r\n".join([lines[0], *kept, "Connection: close"]).encode() + b"\r\n\r\n" + body
         with socket.create_connection(self.upstream) as up:
             up.sendall(request)

@@ -218,7 +218,11 @@ class ExperimentStore:
                 raise
             created = True
         if created:
-            won = record
+            # The read-back decides: a server that let a second create succeed (or a proxy that
+            # dropped the condition) keeps one record, and the checksum below says whose it is.
+            won = self.read_metrics(run_id)
+            if won is None:
+                raise StoreError(f"{self.store.url(self.run_key(run_id, COMMIT_FILE))}: commit record gone after its write")
         else:
             # Lost, or our own write landed and its response was lost (the retry then sees 412);
             # and on stores without conditional writes this read-back is the arbiter.

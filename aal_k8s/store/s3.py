@@ -22,8 +22,10 @@ from __future__ import annotations
 
 import io
 import os
+import sys
 import tempfile
 import time
+import uuid
 
 import boto3
 import botocore.exceptions as bx
@@ -37,6 +39,8 @@ from aal_k8s.errors import StoreError, StoreUnavailableError, one_line, scrub
 from aal_k8s.store.base import Store
 
 MB = 1024 * 1024
+_PROBED: dict[tuple[str, str], bool] = {}  # (endpoint, bucket) -> honours If-None-Match: once per process
+_WARNED: set[str] = set()
 
 #: Errors that mean "the network or the server hiccuped": retried, and reported as retryable.
 _TRANSIENT = (
@@ -176,12 +180,75 @@ class S3Store(Store):
         except (bx.BotoCoreError, bx.ClientError, S3UploadFailedError) as e:
             raise self._error(key, "upload", e) from None
 
+    def _warn(self, message: str) -> None:
+        if message not in _WARNED:  # once per process
+            _WARNED.add(message)
+            print(f"store: warning: {message}", file=sys.stderr, flush=True)
+
+    def _best_effort(self, why: str) -> None:
+        self._conditional_put = False
+        self._warn(f"{self.uri} at {self._where()}: {why}; commits fall back to check-then-put with a "
+                   "read-back of the commit record, which two simultaneous attempts of one run can both pass "
+                   "(docs/store.md)")  # fmt: skip
+
+    def probe_conditional_writes(self) -> None:
+        """Once per process and server: create a fresh key twice with ``If-None-Match: *``. A
+        second success means the server (or a proxy before it) ignores the condition, so
+        exactly-once commits would be silently lost: refused unless ``store.conditional_writes`` is
+        ``best_effort``. A 501 to the condition is a server without conditional writes: warned
+        about once. Called by ``put_if_absent`` before its first write."""
+        where = (self.endpoint_url or "", self.bucket)
+        if where in _PROBED:
+            self._conditional_put = _PROBED[where]
+            return
+        rel = f".aal-k8s/probe-{uuid.uuid4().hex}"
+        probe = self._key(rel)
+        wins = 0
+        try:
+            for _ in range(2):
+                try:
+                    self.client.put_object(Bucket=self.bucket, Key=probe, Body=b"probe", IfNoneMatch="*")
+                    wins += 1
+                except bx.ClientError as e:
+                    code = str(e.response.get("Error", {}).get("Code", ""))
+                    status = e.response.get("ResponseMetadata", {}).get("HTTPStatusCode", 0)
+                    if code in ("NotImplemented", "NotImplementedError") or status == 501:
+                        self._best_effort("the server does not implement conditional writes (501 to If-None-Match)")
+                        _PROBED[where] = False
+                        return
+                    if code != "PreconditionFailed" and status != 412:
+                        raise self._error(rel, "conditional-write probe", e) from None
+        except bx.BotoCoreError as e:
+            raise self._error(rel, "conditional-write probe", e) from None
+        finally:
+            try:
+                self.client.delete_object(Bucket=self.bucket, Key=probe)
+            except (bx.BotoCoreError, bx.ClientError):
+                pass  # a leftover probe object is harmless
+        if wins < 2:
+            _PROBED[where] = True
+            self._conditional_put = True
+            return
+        why = ("the server ignores If-None-Match: * (a second create-only write of one key succeeded), so two "
+               "attempts of a run could both commit")  # fmt: skip
+        if self.options.conditional_writes != "best_effort":
+            raise StoreError(
+                f"{self.uri} at {self._where()}: {why}; use a server that honours conditional writes, or set "
+                "store.conditional_writes=best_effort to accept check-then-put (docs/store.md)"
+            )
+        _PROBED[where] = False
+        self._best_effort(why)
+
     def put_if_absent(self, key: str, data: bytes) -> bool:
         """Conditional PUT (``If-None-Match: *``): the server creates the object only if it does
-        not exist, so of concurrent writers exactly one gets True. On a server without conditional
-        writes (it answers 501/NotImplemented) this falls back to check-then-put: best effort,
-        which the commit protocol backs with a read-back of the record (see layout.py)."""
+        not exist, so of concurrent writers exactly one gets True. Before the first one the server
+        is probed (``probe_conditional_writes``). On a server without conditional writes (501, or
+        ignoring them with ``store.conditional_writes=best_effort``) this falls back to
+        check-then-put: best effort, which the commit protocol backs with a read-back of the record
+        (see layout.py)."""
         k = self._key(key)
+        if self._conditional_put is None:
+            self.probe_conditional_writes()
         if self._conditional_put is False:
             return super().put_if_absent(key, data)
         for attempt in range(1, self.max_attempts + 1):
@@ -200,7 +267,7 @@ class S3Store(Store):
                     self._backoff(attempt)
                     continue
                 if code in ("NotImplemented", "NotImplementedError") or status == 501:
-                    self._conditional_put = False
+                    self._best_effort("the server does not implement conditional writes (501 to If-None-Match)")
                     return super().put_if_absent(key, data)
                 raise self._error(key, "conditional upload", e) from None
             except bx.BotoCoreError as e:

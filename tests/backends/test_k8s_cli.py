@@ -67,16 +67,6 @@ def test_dry_run_leaves_out_runs_complete_in_the_store(tmp_path, capsys):
 
 
 # -- submit / status / logs / cancel -------------------------------------------------------------
-def test_submit_twice_through_the_cli_creates_the_jobs_once(cli_cluster, k8s_overrides, capsys):
-    argv = ["submit", "--stage", "pairwise", "--dataset", "synthetic", *_sets(k8s_overrides)]
-    assert main(argv) == 0
-    assert "stage pairwise: 15 submitted, 0 already complete, 0 failed" in capsys.readouterr().out
-    assert main(argv) == 0
-    out, err = capsys.readouterr()
-    assert "15 submitted" in out and "0 Jobs created in namespace aal-k8s, 15 already there" in err
-    assert len(cli_cluster.jobs) == len(cli_cluster.calls_to("create_namespaced_job")) == 15
-
-
 def test_a_forbidden_create_is_one_line_naming_the_job_and_exit_2(cli_cluster, k8s_overrides, cfg, capsys):
     cli_cluster.faults["create_namespaced_job"] = [
         Fault(api_error(403, "Forbidden", 'jobs.batch is forbidden: User "alice" cannot create resource "jobs"'))

@@ -2,9 +2,6 @@
 
 from __future__ import annotations
 
-import hashlib
-import os
-
 import pytest
 import urllib3
 from fake_k8s import NS, Fault, api_error
@@ -26,29 +23,7 @@ def _commit(exp, spec) -> None:
     exp.commit_run(spec, {"best.safetensors": b"weights"}, {"val_acc": {}, "test_acc": {}, "heads": spec.heads})
 
 
-def _store_files(root) -> dict[str, str]:
-    out = {}
-    for folder, _, files in os.walk(root):
-        for f in files:
-            path = os.path.join(folder, f)
-            out[os.path.relpath(path, root)] = hashlib.sha256(open(path, "rb").read()).hexdigest()
-    return out
-
-
 # -- submit ------------------------------------------------------------------------------------
-def test_submitting_twice_creates_one_job_per_run(backend, cluster, cfg, exp, rec):
-    specs = _single(cfg)
-    first = backend.submit(specs, exp)
-    second = backend.submit(specs, exp)
-    assert sorted(first.submitted) == sorted(second.submitted) == sorted(s.run_id for s in specs)
-    assert len(cluster.calls_to("create_namespaced_job")) == len(specs) == len(cluster.jobs) == 6
-    assert sorted(cluster.jobs) == sorted(_name(s) for s in specs)
-    assert (
-        rec.log.getvalue().count("6 Jobs created") == 1
-        and "0 Jobs created in namespace aal-k8s, 6 already there" in rec.log.getvalue()
-    )
-
-
 def test_each_spec_is_in_the_store_before_its_job_exists(backend, cluster, cfg, exp):
     specs = {_name(s): s for s in _single(cfg)}
 
@@ -248,31 +223,6 @@ def test_an_error_event_in_a_watch_reconnects_on_5xx_and_fails_on_other_codes(
             backend.wait([a], exp)
 
 
-def test_wait_returns_failed_runs_with_the_reason(backend, cluster, cfg, exp):
-    a, b = _single(cfg, "square", "ring")
-    backend.submit([a, b], exp)
-
-    def on_watch(n):
-        _commit(exp, a)
-        cluster.complete(_name(a))
-        cluster.add_pod(_name(b), "Failed", containerStatuses=[
-            {"name": "worker", "state": {"terminated": {"exitCode": 2, "reason": "Error"}}}])  # fmt: skip
-        exp.record_failure(b.run_id, "dataset 'synthetic' has no attribute(s) ['ring']", 2)
-        cluster.fail(
-            _name(b),
-            "PodFailurePolicy",
-            "Container worker for pod aal-k8s/x failed with exit code 2 matching FailJob rule at index 1",
-        )
-
-    cluster.on_watch = on_watch
-    final = backend.wait([a, b], exp)
-    assert final[a.run_id].state == "complete"
-    assert final[b.run_id].state == "failed"
-    reason = final[b.run_id].reason
-    assert reason.startswith("PodFailurePolicy: Container worker") and "last pod exit 2 (Error)" in reason
-    assert "worker: dataset 'synthetic' has no attribute(s) ['ring']" in reason
-
-
 def test_a_job_deleted_during_wait_fails_the_run_unless_it_committed(backend, cluster, cfg, exp):
     a, b = _single(cfg, "square", "ring")
     backend.submit([a, b], exp)
@@ -408,26 +358,6 @@ def test_states_report_what_the_store_jobs_pods_and_events_say(backend, cluster,
 
 
 # -- cancel ------------------------------------------------------------------------------------
-def test_cancel_deletes_unfinished_jobs_in_the_background_and_never_touches_the_store(backend, cluster, cfg, exp):
-    done, running, failed = _single(cfg, "square", "ring", "cross")
-    backend.submit([done, running, failed], exp)
-    _commit(exp, done)
-    cluster.complete(_name(done))
-    cluster.add_pod(_name(running), "Running")
-    cluster.fail(_name(failed))
-    exp.record_failure(failed.run_id, "boom", 1)
-    before = _store_files(exp.store.root)
-    cancelled = backend.cancel([done, running, failed], exp)
-    assert sorted(cancelled) == sorted([running.run_id, failed.run_id])
-    deletes = cluster.calls_to("delete_namespaced_job")
-    assert sorted(d["name"] for d in deletes) == sorted([_name(running), _name(failed)])
-    assert all(d["propagation_policy"] == "Background" and d["namespace"] == NS for d in deletes)
-    assert list(cluster.jobs) == [_name(done)] and not cluster.pods
-    assert _store_files(exp.store.root) == before
-    backend.submit([done, running, failed], exp)  # a new submit retries exactly the cancelled runs
-    assert sorted(cluster.jobs) == sorted(_name(s) for s in (done, running, failed))
-
-
 # -- logs --------------------------------------------------------------------------------------
 def test_logs_print_the_newest_pod_of_the_run(backend, cluster, cfg, exp, capsys):
     [spec] = _single(cfg, "square")

@@ -52,7 +52,7 @@ def local_run(tmp_path_factory):
     """The pipeline once on a local folder (the reference every S3 server is compared with)."""
     work = tmp_path_factory.mktemp("local-pipeline")
     local = str(work / "local-store")
-    return {"local": local, "local_run": _pipeline("local", local, subprocess_env(), work)}
+    return {"local": local, "local_work": work, "local_run": _pipeline("local", local, subprocess_env(), work)}
 
 
 @pytest.fixture(scope="module")
@@ -195,7 +195,7 @@ def test_credentials_never_appear_in_output_logs_reports_or_the_store(runs, monk
     keys = s3.store.list("")
     assert any(k.endswith("/local.log") for k in keys)  # the workers' own output is stored too
     stored = {k: s3.store.get_bytes(k) for k in keys}
-    files = [p for p in work.rglob("*") if p.is_file()]
+    files = [p for folder in (work, runs["local_work"]) for p in folder.rglob("*") if p.is_file()]
     assert len(files) > 20
     for secret in SECRETS:
         for t in texts:

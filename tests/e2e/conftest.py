@@ -30,6 +30,7 @@ K8S = [
     "k8s.memory_request=256Mi",
     "k8s.memory_limit=",
     "k8s.shm_size=64Mi",
+    "k8s.ephemeral_storage=",  # the stand-in node reports no ephemeral-storage: a request is unschedulable
     "k8s.api_backoff_seconds=0.2",
     "k8s.api_backoff_max_seconds=2",
 ]

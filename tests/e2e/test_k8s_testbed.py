@@ -363,6 +363,9 @@ def test_the_controller_role_of_rbac_yaml_is_enough_to_submit_watch_explain_and_
     backend = KubernetesBackend(cfg)
     final = backend.wait([specs[0], specs[2]], exp)  # list + watch
     assert final[specs[0].run_id].state == "complete" and final[specs[2].run_id].state == "failed"
+    reason = final[specs[2].run_id].reason
+    assert reason.startswith("PodFailurePolicy: Container worker") and "last pod exit 2" in reason, reason
+    assert f"worker: run {specs[2].run_id}: no spec at {e2e.store}/" in reason
     code, out, err = e2e.cli("status", "--stage", "single", *e2e.sets())  # jobs, pods, events, the store
     outputs += [out, err]
     row = next(ln for ln in out.splitlines() if ln.startswith("single "))
@@ -375,3 +378,97 @@ def test_the_controller_role_of_rbac_yaml_is_enough_to_submit_watch_explain_and_
     until("the cancelled Jobs to be gone", lambda: list(jobs_of(e2e.ns)) == [job_name(exp.experiment, specs[0].run_id)])
     for text in outputs:
         assert "403" not in text and "forbidden" not in text.lower(), text
+
+
+# -- 9: scale --------------------------------------------------------------------------------------
+def test_the_780_jobs_of_a_celeba_pairwise_stage_are_created_with_one_call_each_and_all_cancelled(e2e, tmp_path):
+    import importlib.util
+
+    path = os.path.join(REPO, "benchmarks", "bench_k8s_scale.py")
+    spec = importlib.util.spec_from_file_location("bench_k8s_scale", path)
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    figures = bench.run(e2e.ns.name, str(tmp_path / "store"))  # suspended Jobs: no pod starts
+    assert figures["jobs"] == 780
+    assert figures["submit"]["calls"] == {"list_namespaced_job": 1, "create_namespaced_job": 780}
+    assert figures["submit again"]["calls"] == {"list_namespaced_job": 1}
+    assert figures["reasons"] == {("pending", "Suspended: waiting for Kueue admission in queue bench"): 780}
+    assert figures["cancel"]["calls"] == {"list_namespaced_job": 1, "delete_namespaced_job": 780}
+    assert not jobs_of(e2e.ns) and not pods_of(e2e.ns)
+
+
+# -- 4, 8: the whole protocol on Kubernetes, an API server restart in the middle -------------------
+def exited(pid: int) -> bool:
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().rsplit(")", 1)[1].split()[0] == "Z"  # a zombie nobody reaped
+    except OSError:
+        return True
+
+
+def restart_apiserver(testbed) -> None:
+    """Stop the testbed's kube-apiserver (its pid file, checked to be that process) and start it
+    again with up.sh, which restarts only what is not running."""
+    with open(os.path.join(testbed.state, "run", "kube-apiserver.pid")) as f:
+        pid = int(f.read())
+    with open(f"/proc/{pid}/cmdline", "rb") as f:
+        assert b"kube-apiserver" in f.read()
+    os.kill(pid, signal.SIGTERM)
+    try:  # it drains its requests first; on a loaded machine that can take a minute
+        until("kube-apiserver to exit", lambda: exited(pid), timeout=15, every=0.2)
+    except AssertionError:
+        os.kill(pid, signal.SIGKILL)
+        until("kube-apiserver to die", lambda: exited(pid), timeout=30, every=0.2)
+    time.sleep(3)  # a few seconds without an API server: watches drop, calls fail and are retried
+    r = subprocess.run(["bash", os.path.join(testbed.folder, "up.sh")], env=testbed.env, capture_output=True,
+                       text=True, timeout=300)  # fmt: skip
+    assert r.returncode == 0, r.stderr[-2000:]
+
+
+def test_the_pipeline_on_kubernetes_survives_an_api_server_restart_and_its_model_set_downloads_and_predicts(
+    e2e, tmp_path
+):
+    from PIL import Image
+
+    from aal_k8s.data import load_dataset
+
+    # the default retry policy (1 s doubling to 60 s, 6 tries) must outlast the restart
+    sets = e2e.sets("adversarial.lambdas=[0.5]", "k8s.api_backoff_seconds=1", "k8s.api_backoff_max_seconds=60")
+    proc = subprocess.Popen([sys.executable, "-m", "aal_k8s", "pipeline", "--output", str(tmp_path / "report.md"),
+                             *sets], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)  # fmt: skip
+    try:
+        until("the pairwise stage to be under way",
+              lambda: sum(j.startswith("aal-synthetic-pair-") for j in jobs_of(e2e.ns)) >= 3, timeout=600)  # fmt: skip
+        restart_apiserver(e2e.testbed)
+        out, err = proc.communicate(timeout=1500)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.communicate()
+    assert proc.returncode == 0, err[-3000:]
+    assert "watch dropped" in err or "retry" in err, err[-3000:]  # the outage was seen, and outlasted
+    cfg = e2e.config("adversarial.lambdas=[0.5]")
+    exp = e2e.experiment(cfg)
+    jobs = jobs_of(e2e.ns)
+    runs = sorted(k.split("/")[2] for k in exp.store.list(exp.key("runs")) if k.endswith("/metrics.json"))
+    planned = [s.run_id for stage in ("single", "pairwise", "multi", "adversarial") for s in plan(cfg, exp, stage)]
+    assert runs == sorted(planned) and len(runs) > 6 + 15 + 1  # every run of every stage, once
+    assert sorted(jobs) == sorted(job_name(exp.experiment, r) for r in runs)  # one Job per run, no more
+    for run_id in runs:
+        record = exp.read_metrics(run_id)
+        attempts = {k.split("/")[4] for k in exp.store.list(exp.key("runs", run_id, "attempts"))}
+        assert attempts == {record["attempt"]}, (run_id, attempts)  # one pod trained it: nothing ran twice
+        assert jobs[job_name(exp.experiment, run_id)]["status"].get("succeeded") == 1
+    assert f"final model set: {e2e.store}/synthetic/final/manifest.json" in out
+    assert "## " in (tmp_path / "report.md").read_text()
+    dest = tmp_path / "models"
+    code, out, err = e2e.cli("download", "--to", str(dest), *sets)
+    assert code == 0 and "6 classifiers in" in out, err
+    split = load_dataset(cfg.dataset).splits["test"]
+    folder = tmp_path / "photos"
+    folder.mkdir()
+    for i in range(3):
+        Image.fromarray(split.images[i].permute(1, 2, 0).numpy()).save(folder / f"p{i}.png")
+    code, out, err = e2e.cli("predict", "--models", str(dest), "--format", "json", str(folder))
+    assert code == 0, err
+    assert len(json.loads(out)["predictions"]) == 3

@@ -3,14 +3,16 @@ uninterrupted run; two workers of one run commit exactly one result; no credenti
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import subprocess
 import sys
 import time
 
+import pytest
 import torch
-from s3_testing import SECRETS, subprocess_env
+from s3_testing import SECRETS, FaultProxy, make_bucket, subprocess_env
 
 from aal_k8s.config import load_config
 from aal_k8s.planner import plan_stage
@@ -184,3 +186,72 @@ def test_two_concurrent_workers_of_one_run_commit_exactly_one_result(s3_uri, tin
     assert exp.read_artifact(spec.run_id, "best.safetensors")
     for o, e in outs:
         _no_secrets(o + e)
+
+
+# -- create-only writes: the probe, the best-effort opt-in, a server without them ------------------
+# A proxy that drops If-None-Match stands in for a server that ignores it. Only before moto: the
+# header is signed, and SeaweedFS, which checks signatures, rightly refuses the altered request.
+@pytest.fixture
+def moto_proxy(aws_env, moto_endpoint):
+    proxy = FaultProxy(moto_endpoint)
+    yield proxy
+    proxy.close()
+
+
+@pytest.fixture
+def moto_uri(aws_env, moto_endpoint) -> str:
+    return f"s3://{make_bucket(moto_endpoint)}/aal"
+
+
+def _two_workers_at_the_commit(exp, spec, tmp_path, extra_env: dict):
+    barrier = tmp_path / "barrier"
+    barrier.mkdir()
+    procs = [
+        subprocess.Popen(
+            [sys.executable, HOOKS, "barrier-before-commit", str(barrier), "2", "--", *_worker_argv(exp, spec)],
+            env=subprocess_env({"POD_NAME": f"job-pod-{i}", **extra_env}),
+            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        )
+        for i in range(2)
+    ]  # fmt: skip
+    outs = [p.communicate(timeout=300) for p in procs]
+    return [p.returncode for p in procs], [e for _, e in outs]
+
+
+def test_behind_a_proxy_that_drops_if_none_match_two_workers_refuse_to_commit_in_one_line(
+    moto_uri, tiny_overrides, tmp_path, moto_proxy
+):
+    fault_proxy = moto_proxy
+    exp, spec = _setup(moto_uri, tiny_overrides, "stripped", epochs=1)
+    fault_proxy.inject("strip", times=999, header="If-None-Match")
+    codes, errs = _two_workers_at_the_commit(exp, spec, tmp_path, {"AWS_ENDPOINT_URL": fault_proxy.url})
+    assert codes == [2, 2], errs
+    for err in errs:
+        last = err.strip().splitlines()[-1]
+        assert "the server ignores If-None-Match: *" in last and "store.conditional_writes=best_effort" in last
+        assert "committed" not in err and "Traceback" not in err
+    assert not exp.is_committed(spec.run_id)
+
+
+@pytest.mark.parametrize("server", ["drops If-None-Match, best effort accepted", "answers 501 to If-None-Match"])
+def test_without_working_conditional_writes_two_workers_warn_once_and_leave_one_verified_record(
+    server, moto_uri, tiny_overrides, tmp_path, moto_proxy
+):
+    fault_proxy = moto_proxy
+    exp, spec = _setup(moto_uri, tiny_overrides, "best-effort", epochs=1)
+    env = {"AWS_ENDPOINT_URL": fault_proxy.url}
+    if server.startswith("drops"):
+        fault_proxy.inject("strip", times=999, header="If-None-Match")
+        env["AAL_K8S_STORE_OPTIONS"] = json.dumps({"conditional_writes": "best_effort"})
+        said = "the server ignores If-None-Match: *"
+    else:
+        fault_proxy.inject("501", times=999, header="If-None-Match")
+        said = "the server does not implement conditional writes (501 to If-None-Match)"
+    codes, errs = _two_workers_at_the_commit(exp, spec, tmp_path, env)
+    assert codes == [0, 0], errs
+    for err in errs:
+        assert err.count("store: warning:") == 1 and said in err and "check-then-put" in err
+    record = exp.read_metrics(spec.run_id)  # one record, its own checksum verified ...
+    assert record["attempt"].startswith("job-pod-")
+    assert exp.read_artifact(spec.run_id, "best.safetensors")  # ... and the weights it names
+    assert any(f"committed by attempt {record['attempt']}" in e for e in errs)
