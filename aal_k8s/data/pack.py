@@ -12,6 +12,9 @@ experiments)::
 The manifest lists every file with its size and sha256, the image resolution (CelebA: native
 218x178; Duke: resized to 256x128, see the dataset modules), the attribute names and the counts.
 Splits are the official ones (Duke's validation split is carved from ``train`` at load time).
+The manifest is sealed (``manifest_sha256``, see ``aal_k8s.checksums``): the file checksums it
+lists are only worth what the manifest itself is, so a reader refuses one that is unsealed or
+altered, and ``prepare`` writing it again is the only remedy.
 
 Workers fetch a pack once per machine into ``<cache>/packs/<dataset>/<manifest sha256[:16]>/``
 (cache = ``dataset.cache_dir``, else ``$AAL_K8S_CACHE``, else ``~/.cache/aal-k8s``): every file is
@@ -34,12 +37,14 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from aal_k8s.checksums import check_bytes, sha256_hex
+from aal_k8s.checksums import check_bytes, seal, sha256_hex, unseal
+from aal_k8s.data import DATASETS
 from aal_k8s.errors import DatasetError
 
 FORMAT = "aal-k8s-pack/1"
 PACKS_PREFIX = "packs"
 MANIFEST = "manifest.json"
+MANIFEST_SHA = "manifest_sha256"  # the manifest's checksum of itself (aal_k8s.checksums.seal)
 COMPLETE = "complete.json"
 DEFAULT_SHARD_SIZE = 1024  # images per shard: about 119 MB for CelebA, 101 MB for Duke
 DOWNLOAD_THREADS = 8
@@ -99,7 +104,7 @@ def build_pack(
         raise
     from aal_k8s.data.common import decoder_name
 
-    manifest = {
+    manifest = seal({
         "format": FORMAT,
         "dataset": mod.NAME,
         "attributes": list(mod.ATTRIBUTES),
@@ -111,7 +116,7 @@ def build_pack(
         "source": {"root": os.path.abspath(source), "strict_counts": bool(strict)},
         "decoder": decoder_name(),
         "created_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-    }
+    }, MANIFEST_SHA)  # fmt: skip
     store.put_bytes(_join(prefix, MANIFEST), json.dumps(manifest, indent=1).encode())
     return manifest
 
@@ -202,10 +207,21 @@ def parse_manifest(raw: bytes, where: str) -> dict:
     if not isinstance(m, dict) or m.get("format") != FORMAT:
         got = m.get("format") if isinstance(m, dict) else None
         raise DatasetError(f"{where}: not a pack manifest of format {FORMAT} (format: {got!r})")
+    try:  # after the format check, so that a file that is no pack manifest at all says so
+        unseal(raw, MANIFEST_SHA, where, "pack manifest", DatasetError)
+    except DatasetError as e:  # no fallback for an unsealed pack: its shard checksums are unverified
+        raise DatasetError(f"{e.message}; run `aal-k8s prepare --dataset {_dataset_arg(m.get('dataset'))}` "
+                           "again to rebuild the pack") from None  # fmt: skip
     problem = _manifest_problem(m)
     if problem:
         raise DatasetError(f"{where}: pack manifest is incomplete or inconsistent ({problem})")
     return m
+
+
+def _dataset_arg(name) -> str:
+    """The manifest's dataset name for the remedy, if it is one we know (the manifest is not
+    trusted yet: never echo its text into a suggested command line)."""
+    return name if isinstance(name, str) and name in DATASETS else "<dataset>"
 
 
 def _manifest_problem(m: dict) -> str | None:

@@ -15,7 +15,8 @@ from aal_k8s.cli import main
 from aal_k8s.config import load_config
 from aal_k8s.data import celeba, duke, load_dataset
 from aal_k8s.data.common import decode_image
-from aal_k8s.data.pack import FORMAT, build_pack, fetch, pack_prefix
+from aal_k8s.checksums import seal
+from aal_k8s.data.pack import FORMAT, MANIFEST_SHA, build_pack, fetch, pack_prefix
 from aal_k8s.errors import DatasetError
 from aal_k8s.store import LocalStore
 
@@ -147,7 +148,7 @@ def _spoil(manifest: dict, how: str) -> dict:
         m["splits"]["train"]["count"] += 1
     elif how == "sha256":
         del m["splits"]["val"]["labels"]["sha256"]
-    return m
+    return seal(m, MANIFEST_SHA)  # re-sealed: the check under test is the structure, not the checksum
 
 
 SPOILED = {"channels": "image.channels: expected 3, got 4", "height": "image.height: expected a positive integer",
@@ -175,6 +176,48 @@ def test_a_malformed_pack_manifest_is_refused_under_python_optimise(celeba_tree,
             "except DatasetError as e: print(e.message); sys.exit(3)")  # fmt: skip
     res = subprocess.run([sys.executable, "-O", "-c", code, str(path)], capture_output=True, text=True, timeout=120)
     assert res.returncode == 3 and SPOILED["channels"] in res.stdout, res.stdout + res.stderr
+
+
+def _manifest_file(tmp_path):
+    return tmp_path / "store" / "packs" / "celeba" / "manifest.json"
+
+
+def test_a_freshly_prepared_pack_manifest_is_sealed_and_loads(celeba_tree, tmp_path):
+    store = LocalStore(str(tmp_path / "store"))
+    _build(celeba, celeba_tree, store)
+    written = json.loads(_manifest_file(tmp_path).read_text())
+    assert written == seal(written, MANIFEST_SHA)  # the seal on disk is the manifest's own sha256
+    assert len(load_dataset(_cfg("celeba", celeba_tree, tmp_path), store=store).splits["train"]) == 5
+
+
+def test_a_tampered_pack_manifest_is_refused_naming_the_file_and_the_remedy(celeba_tree, tmp_path):
+    store = LocalStore(str(tmp_path / "store"))
+    _build(celeba, celeba_tree, store)
+    m = json.loads(_manifest_file(tmp_path).read_text())
+    m["image"]["height"] = 217  # plausible and self-consistent: only the seal can tell
+    _manifest_file(tmp_path).write_text(json.dumps(m))
+    with pytest.raises(DatasetError) as e:
+        load_dataset(_cfg("celeba", celeba_tree, tmp_path), store=store)
+    assert e.value.message.startswith(f"{_manifest_file(tmp_path)}: checksum mismatch (the pack manifest was altered")
+    assert "run `aal-k8s prepare --dataset celeba` again" in e.value.message and "\n" not in e.value.message
+    assert not (tmp_path / "cache" / "packs").exists()  # refused before anything is fetched
+
+
+def test_an_unsealed_pack_manifest_is_refused_with_no_fallback(celeba_tree, tmp_path):
+    store = LocalStore(str(tmp_path / "store"))
+    _build(celeba, celeba_tree, store)
+    m = json.loads(_manifest_file(tmp_path).read_text())
+    del m[MANIFEST_SHA]  # as an older aal-k8s wrote it: otherwise intact
+    _manifest_file(tmp_path).write_text(json.dumps(m))
+    with pytest.raises(DatasetError) as e:
+        load_dataset(_cfg("celeba", celeba_tree, tmp_path), store=store)
+    assert e.value.message.startswith(f"{_manifest_file(tmp_path)}: pack manifest has no manifest_sha256")
+    assert "run `aal-k8s prepare --dataset celeba` again to rebuild the pack" in e.value.message
+    # prepare is the remedy: it replaces the unsealed pack, and the new one loads
+    argv = ["prepare", "--dataset", "celeba", "--source", str(celeba_tree), "--store", str(tmp_path / "store"),
+            "--workers", "0", "--shard-size", "2", "--set", "dataset.strict_counts=false"]  # fmt: skip
+    assert main(argv) == 0
+    assert len(load_dataset(_cfg("celeba", celeba_tree, tmp_path), store=store).splits["train"]) == 5
 
 
 def test_prepare_cli_builds_uploads_and_workers_find_it(celeba_tree, tmp_path, capsys):
