@@ -108,6 +108,8 @@ def download_final(exp: ExperimentStore, dest: str, attrs: list[str] | None = No
             "run `aal-k8s final` (or the pipeline) first"
         )
     sealed = exp.get_sealed("final", MANIFEST, field=MANIFEST_SHA, what="final model set manifest")
+    # the same checks as loading, before anything is written: a model file such as "../x" would
+    # otherwise be fetched from outside final/models/ of the store
     manifest = _check_manifest(sealed, where)
     chosen = select_models(manifest, attrs, where)
     dest = os.path.abspath(dest)

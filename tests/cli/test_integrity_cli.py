@@ -290,6 +290,27 @@ def test_a_manifest_whose_model_file_is_not_a_model_path_is_one_line_exit_2(bad,
     assert f"model file {bad!r}" in line
 
 
+BAD_MODEL_FILES = ["", ".", "models", "models/a\0.safetensors", 7, "../x.safetensors",
+                   "models/../../x.safetensors", "/tmp/x.safetensors"]  # fmt: skip
+
+
+@pytest.mark.parametrize("bad", BAD_MODEL_FILES)
+def test_download_refuses_a_stored_manifest_whose_model_file_is_not_a_model_path_before_writing_anything(
+    bad, tiny_cfg, tiny_overrides, tmp_path, capsys
+):
+    exp, _ = build_model_set(tiny_cfg)
+    manifest = exp.get_sealed("final", "manifest.json", field="manifest_sha256", what="x")
+    manifest["models"][0]["file"] = bad
+    exp.put_sealed("final", "manifest.json", obj=manifest, field="manifest_sha256")  # re-sealed: only the path is wrong
+    dest = tmp_path / "dl"
+    before = sorted(p for p in (tmp_path / "store").rglob("*"))
+    assert main(["download", "--to", str(dest), *_flags(tiny_overrides)]) == 2
+    line = _one_line(capsys.readouterr().err)
+    assert f"{tmp_path / 'store' / 'synthetic' / 'final' / 'manifest.json'}: model file {bad!r}" in line
+    assert not dest.exists()  # nothing written: not even the folder
+    assert sorted(p for p in (tmp_path / "store").rglob("*")) == before
+
+
 def test_a_re_signed_best_file_that_is_not_safetensors_is_one_line_at_final(tiny_cfg, tiny_overrides, tmp_path, capsys):
     from aal_k8s.checksums import sha256_hex
     from aal_k8s.store.layout import RECORD_SHA
