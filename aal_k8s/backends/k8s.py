@@ -3,7 +3,10 @@
 * ``submit`` writes each run's spec to the store, then creates its Job (``k8s_manifests``). Runs
   committed in the store get no Job. The Job name is a function of (experiment, run id), so a
   second submit creates nothing: an existing Job, or 409 AlreadyExists (also when it answers a
-  create retried after a 5xx), counts as submitted.
+  create retried after a 5xx), counts as submitted. Except a stale one: a Job that succeeded
+  while its run is not committed (its commit record failed verification and was moved aside, or
+  was lost) is deleted (background propagation) and created anew, so the run is trained again
+  now rather than after the Job's TTL.
 * ``states`` reads the store first (committed = complete), then Jobs, pods and Warning events:
   running; pending with the scheduler's reason (Unschedulable / FailedScheduling, image pulls,
   Kueue admission); failed with the Job's reason, the container's exit and the worker's message.
@@ -431,10 +434,18 @@ class KubernetesBackend(Backend):
         if not todo:
             return report
         existing, _ = self._list_jobs(exp.experiment, self._stages(todo))
-        created, already = 0, 0
+        created, already, replaced = 0, 0, 0
         for spec in todo:
             name = self._job_name(spec.experiment, spec.run_id)
             job = existing.get(name)
+            stale = job is not None and job_outcome(job) == "complete"
+            if stale:
+                if self._is_done(exp, spec.run_id):  # committed since the store was read: not stale
+                    report.skipped.append(spec.run_id)
+                    continue
+                self._delete_stale(name, spec.run_id)
+                replaced += 1
+                job = None
             if job is None:
                 exp.write_spec(spec)  # the worker reads it: always before the Job exists
                 try:
@@ -453,6 +464,11 @@ class KubernetesBackend(Backend):
                             e.message += f" ({created} Jobs were created before this error; submit again to go on)"
                         raise
                     already += 1  # AlreadyExists: another submit (or our retried create) got there first
+                    if stale and self._still_stale(name):
+                        report.failed[spec.run_id] = (
+                            f"its stale Job {self.ns}/{name} (succeeded, run not committed) is still being "
+                            "deleted; submit again in a moment to train the run again"
+                        )
             else:
                 already += 1
                 if job_outcome(job) == "failed":
@@ -461,8 +477,37 @@ class KubernetesBackend(Backend):
                         f"`aal-k8s cancel --stage {spec.stage}` deletes it so that a new submit retries the run"
                     )
             report.submitted.append(spec.run_id)
-        self.log(f"{created} Jobs created in namespace {self.ns}, {already} already there")
+        stale_note = f" ({replaced} of them replacing a stale Job)" if replaced else ""
+        self.log(f"{created} Jobs created in namespace {self.ns}{stale_note}, {already} already there")
         return report
+
+    def _delete_stale(self, name: str, run_id: str) -> None:
+        """Delete a Job that succeeded although its run is not committed. Background propagation:
+        the Job object goes at once (its pods after), so the new Job can take its name now."""
+        self.log(f"{self.ns}/{name}: succeeded but run {run_id} is not committed (its commit record "
+                 "was moved aside or lost): deleting the Job to create it anew")  # fmt: skip
+        try:
+            self.call(
+                f"{self.ns}/{name}: delete stale Job",
+                self.apis.batch.delete_namespaced_job,
+                name,
+                self.ns,
+                propagation_policy="Background",
+            )
+        except KubernetesError as e:
+            if e.status != 404:  # already gone (its TTL, or another submit): create it all the same
+                raise
+
+    def _still_stale(self, name: str) -> bool:
+        """After a delete, is the Job that answered 409 the old one (still terminating, e.g. held
+        by a finalizer) rather than one another submit just created?"""
+        try:
+            job = self._plain(self.call(f"{self.ns}/{name}: read Job", self.apis.batch.read_namespaced_job, name, self.ns))
+        except KubernetesError as e:
+            if e.status == 404:
+                return False
+            raise
+        return bool(_meta(job).get("deletionTimestamp")) or job_outcome(job) == "complete"
 
     # -- states ------------------------------------------------------------------------------
     def _failed_reason(self, job: dict, pods: list[dict], exp, run_id: str) -> str:
@@ -504,7 +549,8 @@ class KubernetesBackend(Backend):
             return RunState(run_id, "failed", self._failed_reason(job, pods, exp, run_id))
         if outcome == "complete":
             url = exp.store.url(exp.run_key(run_id, f"rungs/epoch-{self._until:04d}.json" if self._until else COMMIT_FILE))
-            return RunState(run_id, "failed", f"Job {self.ns}/{name} succeeded but {url} does not exist")
+            return RunState(run_id, "failed", f"Job {self.ns}/{name} succeeded but {url} does not exist "
+                                              "(a new submit replaces the Job and trains the run again)")  # fmt: skip
         if (job.get("spec") or {}).get("suspend"):
             queue = (_meta(job).get("labels") or {}).get(KUEUE_QUEUE_LABEL)
             why = f"waiting for Kueue admission in queue {queue}" if queue else "the Job is suspended"

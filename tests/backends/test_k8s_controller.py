@@ -150,6 +150,74 @@ def test_an_existing_failed_job_is_reported_with_the_way_to_retry_it(backend, cl
     assert len(cluster.calls_to("create_namespaced_job")) == 1
 
 
+def _quarantined_after_success(backend, cluster, exp, spec) -> None:
+    """The run's Job succeeded and committed, then its record was truncated and moved aside (what
+    ``submit``'s stage step does with a record that fails verification): the Job is still there."""
+    backend.submit([spec], exp)
+    _commit(exp, spec)
+    cluster.complete(_name(spec))
+    key = exp.run_key(spec.run_id, "metrics.json")
+    exp.store.put_bytes(key, exp.store.get_bytes(key)[:40])
+    assert exp.quarantine_record(spec.run_id) is not None and not exp.is_committed(spec.run_id)
+
+
+def test_a_succeeded_job_whose_run_is_not_committed_is_deleted_and_created_anew(backend, cluster, cfg, exp, rec):
+    [spec] = _single(cfg, "square")
+    _quarantined_after_success(backend, cluster, exp, spec)
+    report = backend.submit([spec], exp)
+    assert report.submitted == [spec.run_id] and not report.failed and not report.skipped
+    [delete] = cluster.calls_to("delete_namespaced_job")
+    assert delete["name"] == _name(spec) and delete["propagation_policy"] == "Background"
+    assert len(cluster.calls_to("create_namespaced_job")) == 2
+    assert cluster.job(_name(spec))["status"] == {}  # a new Job, not the succeeded one
+    log = rec.log.getvalue()
+    assert f"{NS}/{_name(spec)}: succeeded but run {spec.run_id} is not committed" in log
+    assert "1 Jobs created in namespace aal-k8s (1 of them replacing a stale Job), 0 already there" in log
+
+
+def test_a_succeeded_job_whose_run_committed_meanwhile_is_left_alone(backend, cluster, cfg, exp, monkeypatch):
+    [spec] = _single(cfg, "square")
+    backend.submit([spec], exp)
+    _commit(exp, spec)
+    cluster.complete(_name(spec))
+    monkeypatch.setattr(backend, "_committed", lambda exp, specs: set())  # read before the worker committed
+    report = backend.submit([spec], exp)
+    assert report.skipped == [spec.run_id] and not report.submitted
+    assert not cluster.calls_to("delete_namespaced_job") and len(cluster.calls_to("create_namespaced_job")) == 1
+
+
+def test_a_refused_delete_of_a_stale_job_is_one_line_naming_namespace_and_job(backend, cluster, cfg, exp):
+    [spec] = _single(cfg, "square")
+    _quarantined_after_success(backend, cluster, exp, spec)
+    cluster.faults["delete_namespaced_job"] = [Fault(api_error(403, "Forbidden", "cannot delete resource jobs"))]
+    with pytest.raises(KubernetesError) as e:
+        backend.submit([spec], exp)
+    assert str(e.value) == f"{NS}/{_name(spec)}: delete stale Job: 403 Forbidden: cannot delete resource jobs"
+    assert len(cluster.calls_to("create_namespaced_job")) == 1  # nothing created after the refusal
+
+
+def test_a_stale_job_already_gone_is_created_anew(backend, cluster, cfg, exp):
+    [spec] = _single(cfg, "square")
+    _quarantined_after_success(backend, cluster, exp, spec)
+    cluster.faults["delete_namespaced_job"] = [Fault(api_error(404, "NotFound", "gone"))]  # its TTL got there first
+    assert backend.submit([spec], exp).submitted == [spec.run_id]
+    assert len(cluster.calls_to("create_namespaced_job")) == 2
+
+
+def test_a_stale_job_still_terminating_is_reported_naming_namespace_and_job(backend, cluster, cfg, exp):
+    [spec] = _single(cfg, "square")
+    _quarantined_after_success(backend, cluster, exp, spec)
+
+    def held_by_a_finalizer(name, namespace, propagation_policy=None, **kwargs):
+        cluster.calls.append(("delete_namespaced_job", {"name": name}))
+        cluster.jobs[name]["metadata"]["deletionTimestamp"] = "2025-01-01T00:01:00Z"
+
+    cluster.batch.delete_namespaced_job = held_by_a_finalizer
+    report = backend.submit([spec], exp)
+    assert report.failed[spec.run_id].startswith(f"its stale Job {NS}/{_name(spec)} (succeeded, run not committed)")
+    assert "submit again in a moment" in report.failed[spec.run_id]
+
+
 # -- wait --------------------------------------------------------------------------------------
 @pytest.mark.parametrize("gone_as", ["raise", "event"])
 def test_a_watch_answering_410_re_lists_and_loses_no_completion(backend, cluster, cfg, exp, gone_as):
