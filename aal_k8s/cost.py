@@ -17,7 +17,7 @@ import sys
 from dataclasses import dataclass, field
 
 from aal_k8s.config import Config
-from aal_k8s.errors import StageOrderError, StoreError
+from aal_k8s.errors import CorruptRecordError, StageOrderError, StoreError
 from aal_k8s.runspec import RunSpec
 
 #: One affinity run costs this many ordinary runs (BENCHMARKS.md "Affinity stage cost": 1.43 and
@@ -192,7 +192,10 @@ def _committed(exp) -> set[str]:
 def _committed_seconds(exp, specs: list[RunSpec]) -> dict[str, float]:
     out = {}
     for s in specs:
-        rec = exp.get_json("runs", s.run_id, "metrics.json")
+        try:  # verified: a truncated or altered record is no run's time (submit then moves it aside)
+            rec = exp.read_metrics(s.run_id)
+        except CorruptRecordError:
+            continue
         total = ((rec or {}).get("timings") or {}).get("total")
         if isinstance(total, (int, float)) and total > 0:
             out[s.run_id] = float(total)
