@@ -502,11 +502,12 @@ class KubernetesBackend(Backend):
         """After a delete, is the Job that answered 409 the old one (still terminating, e.g. held
         by a finalizer) rather than one another submit just created?"""
         try:
-            job = self._plain(self.call(f"{self.ns}/{name}: read Job", self.apis.batch.read_namespaced_job, name, self.ns))
+            job = self.call(f"{self.ns}/{name}: read Job", self.apis.batch.read_namespaced_job, name, self.ns)
         except KubernetesError as e:
             if e.status == 404:
                 return False
             raise
+        job = self._plain(job)
         return bool(_meta(job).get("deletionTimestamp")) or job_outcome(job) == "complete"
 
     # -- states ------------------------------------------------------------------------------
