@@ -250,7 +250,8 @@ def check_source(cfg, store, local: bool) -> None:
     """Before submitting runs: fail now, with one line, if no run could find the data.
 
     ``cfg`` is a DatasetConfig and ``store`` the experiment's store. A pack (in the store, or at
-    ``dataset.pack``) is enough; otherwise ``dataset.root`` must be set and, when the runs execute
+    ``dataset.pack``) is enough once its manifest verifies (one small read: an unsealed or altered
+    manifest would otherwise fail every run's worker); otherwise ``dataset.root`` must be set and, when the runs execute
     on this machine (``local``), exist and hold the dataset's layout: its label files are parsed
     and its image files listed (not decoded), so an empty or malformed root is one line here, not
     one failure per run. On Kubernetes the root is a path inside the pods, unchecked.
@@ -269,8 +270,11 @@ def check_source(cfg, store, local: bool) -> None:
         src = open_store(cfg.pack)
         if not src.exists(packs.MANIFEST):
             raise DatasetError(f"dataset.pack {cfg.pack!r}: no pack there ({src.url(packs.MANIFEST)} does not exist)")
+        packs.parse_manifest(src.get_bytes(packs.MANIFEST), src.url(packs.MANIFEST))
         return
-    if cfg.pack == "auto" and store is not None and store.exists(f"{packs.pack_prefix(cfg.name)}/{packs.MANIFEST}"):
+    key = f"{packs.pack_prefix(cfg.name)}/{packs.MANIFEST}"
+    if cfg.pack == "auto" and store is not None and store.exists(key):
+        packs.parse_manifest(store.get_bytes(key), store.url(key))
         return
     if local or not cfg.root:
         root = source_root(cfg, mod)

@@ -57,6 +57,29 @@ def test_an_empty_or_malformed_root_is_one_line_before_any_run_is_submitted(
     assert not store.exists()
 
 
+@pytest.mark.parametrize("command", ["submit", "pipeline"])
+def test_an_unsealed_pack_manifest_is_one_line_before_any_run_is_submitted(command, tmp_path, capsys):
+    import json
+
+    root, store = tmp_path / "celeba", tmp_path / "store"
+    make_celeba(root)
+    prep = ["prepare", "--dataset", "celeba", "--source", str(root), "--store", str(store), "--workers", "0",
+            "--set", "dataset.strict_counts=false"]  # fmt: skip
+    assert main(prep) == 0
+    manifest = store / "packs" / "celeba" / "manifest.json"
+    doc = json.loads(manifest.read_text())
+    del doc["manifest_sha256"]
+    manifest.write_text(json.dumps(doc))
+    capsys.readouterr()
+    argv = [command, "--dataset", "celeba", "--store", str(store), "--set", "dataset.strict_counts=false"]
+    if command == "submit":
+        argv += ["--stage", "single"]
+    assert main(argv) == 2
+    line = _one_line(capsys.readouterr().err)
+    assert f"{manifest}: pack manifest has no manifest_sha256" in line and "aal-k8s prepare --dataset celeba" in line
+    assert not (store / "celeba").exists()  # no experiment, no run spec: nothing submitted
+
+
 def test_a_valid_small_root_passes_the_check(tmp_path):
     from aal_k8s.config import load_config
     from aal_k8s.data.common import check_source
