@@ -251,10 +251,10 @@ def check_source(cfg, store, local: bool) -> None:
 
     ``cfg`` is a DatasetConfig and ``store`` the experiment's store. A pack (in the store, or at
     ``dataset.pack``) is enough once its manifest verifies (one small read: an unsealed or altered
-    manifest would otherwise fail every run's worker); otherwise ``dataset.root`` must be set and, when the runs execute
-    on this machine (``local``), exist and hold the dataset's layout: its label files are parsed
-    and its image files listed (not decoded), so an empty or malformed root is one line here, not
-    one failure per run. On Kubernetes the root is a path inside the pods, unchecked.
+    manifest would otherwise fail every run's worker); otherwise ``dataset.root`` must be set and,
+    when the runs execute on this machine (``local``), exist and hold the dataset's layout: its
+    label files are parsed and its image files listed (not decoded), so an empty or malformed root
+    is one line here, not one failure per run. On Kubernetes the root is a path inside the pods, unchecked.
     """
     import importlib
 
