@@ -768,6 +768,16 @@ class KubernetesBackend(Backend):
         phase = (pod.get("status") or {}).get("phase", "?")
         self.log(f"{self.ns}/{pod_name} ({phase}; attempt {len(pods)} of Job {name})")
         what = f"{self.ns}/{pod_name}: read log"
+        try:
+            self._pod_log(what, pod_name, follow, out)
+        except KubernetesError as e:
+            # the kubelet cannot serve it (its node is gone, unreachable, or has no log server):
+            # the attempts' own copies in the store, when there are some, rather than nothing
+            if not self.stored_logs(run_id, exp, out):
+                raise
+            self.log(f"{e}: printed the attempts' copies from the store instead")
+
+    def _pod_log(self, what: str, pod_name: str, follow: bool, out) -> None:
         if follow:
             resp = self.call(
                 what,
