@@ -787,8 +787,8 @@ class KubernetesBackend(Backend):
                 container=WORKER_CONTAINER,
                 follow=True,
                 _preload_content=False,
-                # no read timeout would be (connect, None), which the pydantic-validated client (kubernetes 37) refuses: the
-                # longest a quiet worker can be silent is its Job's deadline (else a week)
+                # (connect, None) for "no read timeout" is refused by the pydantic-validated client
+                # (kubernetes 37): a quiet worker is silent at most its Job's deadline (else a week)
                 _request_timeout=(self.k.api_timeout_seconds, float(self.k.active_deadline_seconds or 7 * 86400)),
             )
             try:
