@@ -815,6 +815,16 @@ class KubernetesBackend(Backend):
         phase = (pod.get("status") or {}).get("phase", "?")
         self.log(f"{self.ns}/{pod_name} ({phase}; attempt {len(pods)} of Job {name})")
         what = f"{self.ns}/{pod_name}: read log"
+        try:
+            self._pod_log(what, pod_name, follow, out)
+        except KubernetesError as e:
+            # the kubelet cannot serve it (its node is gone, unreachable, or has no log server):
+            # the attempts' own copies in the store, when there are some, rather than nothing
+            if not self.stored_logs(run_id, exp, out):
+                raise
+            self.log(f"{e}: printed the attempts' copies from the store instead")
+
+    def _pod_log(self, what: str, pod_name: str, follow: bool, out) -> None:
         if follow:
             resp = self.call(
                 what,
@@ -824,7 +834,9 @@ class KubernetesBackend(Backend):
                 container=WORKER_CONTAINER,
                 follow=True,
                 _preload_content=False,
-                _request_timeout=(self.k.api_timeout_seconds, None),
+                # (connect, None) for "no read timeout" is refused by the pydantic-validated client
+                # (kubernetes 37): a quiet worker is silent at most its Job's deadline (else a week)
+                _request_timeout=(self.k.api_timeout_seconds, float(self.k.active_deadline_seconds or 7 * 86400)),
             )
             try:
                 for chunk in resp.stream(4096):

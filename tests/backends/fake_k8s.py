@@ -88,6 +88,7 @@ class FakeCluster:
     # -- bookkeeping ---------------------------------------------------------------------------
     def _call(self, method: str, **kwargs) -> Fault | None:
         self.calls.append((method, kwargs))
+        _check_request_timeout(method, kwargs.get("_request_timeout"))
         queue = self.faults.get(method)
         if queue:
             fault = queue.pop(0)
@@ -270,6 +271,18 @@ class FakeCoreV1Api:
             raise api_error(404, "NotFound", f'pods "{name}" not found')
         text = self.c.logs.get(name, "")
         return text if _preload_content else _LogStream(text)
+
+
+def _check_request_timeout(method: str, t) -> None:
+    """What the pydantic-validated client (kubernetes 37) accepts: a positive number or a pair
+    of them (connect, read); ``(connect, None)`` is a ValidationError before any request."""
+
+    def positive(x) -> bool:
+        return isinstance(x, (int, float)) and not isinstance(x, bool) and x > 0
+
+    if t is None or positive(t) or (isinstance(t, tuple) and len(t) == 2 and all(map(positive, t))):
+        return
+    raise TypeError(f"{method}: _request_timeout must be a positive number or a pair of them, got {t!r}")
 
 
 class FakeWatch:
