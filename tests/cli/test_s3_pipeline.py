@@ -23,6 +23,9 @@ from s3_testing import (
     subprocess_env,
 )
 
+from aal_k8s.modelset import MANIFEST_SHA
+from aal_k8s.reduce import SUMMARY_SHA
+
 pytestmark = pytest.mark.slow
 
 
@@ -121,13 +124,15 @@ def test_the_synthetic_pipeline_on_s3_gives_exactly_what_the_local_store_gives(r
     assert runs_s3 == runs_local
     def timeless(summary: dict) -> dict:  # without wall-clock values: run-seconds, commit times
         prov = {k: v for k, v in summary["provenance"].items() if k not in ("first_commit", "last_commit")}
-        return {**{k: v for k, v in summary.items() if k != "stage_seconds"}, "provenance": prov}
+        # and without the seal, which covers those wall-clock values too
+        return {**{k: v for k, v in summary.items() if k not in ("stage_seconds", SUMMARY_SHA)}, "provenance": prov}
 
     assert timeless(s3.get_json("reduce", "summary.json")) == timeless(local.get_json("reduce", "summary.json"))
     for name in ("pairwise_matrix.csv", "final.csv"):
         assert s3.store.get_bytes(s3.key("reduce", name)) == local.store.get_bytes(local.key("reduce", name))
     m_s3, m_local = s3.get_json("final", "manifest.json"), local.get_json("final", "manifest.json")
-    m_s3.pop("created_at"), m_local.pop("created_at")
+    for m in (m_s3, m_local):  # wall clock, and the seal that covers it
+        m.pop("created_at"), m.pop(MANIFEST_SHA)
     assert m_s3 == m_local and len(m_s3["models"]) == 6
     for m in m_s3["models"]:
         assert s3.store.get_bytes(s3.key("final", m["file"])) == local.store.get_bytes(local.key("final", m["file"]))
