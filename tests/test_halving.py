@@ -74,9 +74,10 @@ class TableBackend:
             if until_epoch:
                 halving.write_rung(exp, s.run_id, until_epoch, hist, float(end))
             else:
-                acc = {s.primary[0]: max(h["val_acc"][s.primary[0]] for h in hist)}
+                best = max(hist, key=lambda h: h["val_acc"][s.primary[0]])  # the first best, as the trainer keeps it
+                acc = {s.primary[0]: best["val_acc"][s.primary[0]]}
                 exp.commit_run(s, {}, {"val_acc": acc, "test_acc": acc, "heads": s.heads, "history": hist,
-                                       "timings": {"total": float(end)}})  # fmt: skip
+                                       "best_epoch": best["epoch"], "timings": {"total": float(end)}})  # fmt: skip
         if until_epoch and (until_epoch, len(specs)) == self.crash_at:
             raise KeyboardInterrupt
         return SubmitReport(submitted=[s.run_id for s in specs])
