@@ -486,16 +486,16 @@ class KubernetesBackend(Backend):
         the Job object goes at once (its pods after), so the new Job can take its name now."""
         self.log(f"{self.ns}/{name}: succeeded but run {run_id} is not committed (its commit record "
                  "was moved aside or lost): deleting the Job to create it anew")  # fmt: skip
+        self._delete_job(name, "delete stale Job")  # already gone (its TTL, another submit): create it all the same
+
+    def _delete_job(self, name: str, what: str) -> None:
+        """Delete Job ``name`` with background propagation (the Job object goes at once, its pods
+        after); a Job already gone is not an error."""
         try:
-            self.call(
-                f"{self.ns}/{name}: delete stale Job",
-                self.apis.batch.delete_namespaced_job,
-                name,
-                self.ns,
-                propagation_policy="Background",
-            )
+            self.call(f"{self.ns}/{name}: {what}", self.apis.batch.delete_namespaced_job, name, self.ns,
+                      propagation_policy="Background")  # fmt: skip
         except KubernetesError as e:
-            if e.status != 404:  # already gone (its TTL, or another submit): create it all the same
+            if e.status != 404:
                 raise
 
     def _still_stale(self, name: str) -> bool:
@@ -775,17 +775,7 @@ class KubernetesBackend(Backend):
             name = job_name(spec.experiment, spec.run_id)
             if name not in jobs or spec.run_id in committed:
                 continue
-            try:
-                self.call(
-                    f"{self.ns}/{name}: delete Job",
-                    self.apis.batch.delete_namespaced_job,
-                    name,
-                    self.ns,
-                    propagation_policy="Background",
-                )
-            except KubernetesError as e:
-                if e.status != 404:  # already gone
-                    raise
+            self._delete_job(name, "delete Job")
             cancelled.append(spec.run_id)
         return cancelled
 
