@@ -12,7 +12,8 @@ from dataclasses import dataclass, field
 
 from aal_k8s.runspec import RunSpec
 
-STATES = ("complete", "running", "pending", "failed", "not_submitted")
+#: ``stopped``: halving stopped the run at a rung (aal_k8s.halving.mark_stopped); never a backend's answer
+STATES = ("complete", "running", "pending", "failed", "not_submitted", "stopped")
 
 
 @dataclass
