@@ -1,0 +1,99 @@
+"""Runs trained together as one horizontally fused pack (aal_k8s.packs): a member is bitwise the
+run trained alone on CPU, its checkpoints resume alone or in any pack, and packs are formed and
+named from their members only."""
+
+from __future__ import annotations
+
+import copy
+
+import pytest
+import torch
+
+from aal_k8s.config import load_config
+from aal_k8s.data import load_dataset
+from aal_k8s.errors import AALError
+from aal_k8s.model import AttributeNet
+from aal_k8s.packs import FusedBackbones, group_packs, pack_id, train_pack
+from aal_k8s.planner import plan_stage
+from aal_k8s.trainer import train_run
+
+LAMBDAS = "adversarial.lambdas=[0.1, 0.3, 1.0, 3.0]"
+
+
+@pytest.fixture
+def four(tiny_overrides):
+    """Square's four adversarial runs (one per λ): one pack."""
+    cfg = load_config(overrides=[*tiny_overrides, LAMBDAS], dataset="synthetic")
+    return load_dataset(cfg.dataset), plan_stage("adversarial", cfg, {"square": "red_tint"}, attributes=["square"])
+
+
+def _same(a, b) -> None:
+    """Two RunResults of one run are the same result (wall-clock seconds aside)."""
+    drop = lambda h: [{k: v for k, v in e.items() if k != "seconds"} for e in h]  # noqa: E731
+    assert a.run_id == b.run_id and a.best_epoch == b.best_epoch
+    assert drop(a.history) == drop(b.history)  # train losses and val accuracies per epoch, exactly
+    assert a.val_acc == b.val_acc and a.test_acc == b.test_acc
+    assert a.state_dict.keys() == b.state_dict.keys()
+    for k in a.state_dict:  # weights, BN running statistics and counters
+        assert torch.equal(a.state_dict[k], b.state_dict[k]), k
+    for split in ("val", "test"):
+        assert torch.equal(a.correct[split], b.correct[split])
+    assert a.extra == b.extra
+
+
+def test_a_member_of_a_pack_of_4_is_bitwise_the_run_trained_alone(four):
+    data, specs = four
+    pack = train_pack(specs, data)
+    assert [r.run_id for r in pack] == [s.run_id for s in specs]
+    for i in (0, 3):  # first and last member: each its own λ, heads, optimizer, BN statistics
+        _same(pack[i], train_run(specs[i], data))
+    assert not torch.equal(pack[0].state_dict["head_weight"], pack[3].state_dict["head_weight"])
+
+
+def test_member_checkpoints_resume_alone_and_a_crashed_pack_resumes_with_members_at_different_epochs(four):
+    data, specs = four
+    saved: dict[str, list[dict]] = {}
+    train_pack(specs, data, on_checkpoint=lambda run_id, st: saved.setdefault(run_id, []).append(copy.deepcopy(st)),
+               until_epoch=1)  # fmt: skip
+    assert {r: [s["epoch"] for s in st] for r, st in saved.items()} == {s.run_id: [1] for s in specs}
+    alone = train_run(specs[1], data)
+    # a member's checkpoint is train_run's: it resumes alone to the uninterrupted run
+    # (copies: the optimizer steps its loaded state in place, as train_run's does)
+    _same(train_run(specs[1], data, resume_state=copy.deepcopy(saved[specs[1].run_id][0])), alone)
+    # a pack that crashed after two members' epoch-1 checkpoints: those two wait, the others catch up
+    resume = {s.run_id: copy.deepcopy(saved[s.run_id][0]) for s in specs[:2]}
+    again = train_pack(specs, data, resume_states=resume)
+    _same(again[1], alone)
+    _same(again[3], train_run(specs[3], data))
+
+
+def test_resnet18_batch_norm_is_per_member_in_a_pack():
+    torch.manual_seed(0)
+    nets = [AttributeNet("resnet18", "none", ["a"]).to(memory_format=torch.channels_last) for _ in range(2)]
+    alone = [copy.deepcopy(n) for n in nets]
+    x = torch.randn(4, 3, 32, 32).contiguous(memory_format=torch.channels_last)
+    fused = FusedBackbones([n.backbone for n in nets])
+    fused.train()
+    hs = fused(x)
+    fused.sync_buffers()
+    for net, ref, h in zip(nets, alone, hs):
+        ref.train()
+        want = ref.backbone(x)
+        torch.testing.assert_close(h, want, rtol=1e-5, atol=1e-5)
+        for (name, got), (_, exp) in zip(net.backbone.named_buffers(), ref.backbone.named_buffers()):
+            torch.testing.assert_close(got, exp, rtol=1e-5, atol=1e-6, msg=name)  # running stats: the member's own
+    assert not torch.equal(nets[0].backbone.bn1.running_mean, nets[1].backbone.bn1.running_mean)
+
+
+def test_packs_group_runs_of_one_key_and_are_named_by_their_members(tiny_overrides):
+    cfg = load_config(overrides=[*tiny_overrides, "adversarial.lambdas=[0.1, 0.3, 1.0, 3.0, 10.0]"], dataset="synthetic")
+    adv = plan_stage("adversarial", cfg, {"square": "red_tint", "ring": "blue_tint"}, attributes=["square", "ring"])
+    gan = plan_stage("gan", cfg, {"square": "red_tint"}, lambdas={"square": 0.5}, attributes=["square"])
+    packs = group_packs([*adv, *gan], 4)
+    assert sorted(len(p) for p in packs) == [1, 2, 4, 4]  # 10 λ runs in 4 + 4 + 2; the GAN run alone
+    assert [s.run_id for s in packs[0]] == [gan[0].run_id]
+    assert group_packs(adv, 1) == [[s] for s in adv]  # runs_per_job 1: today's one run per Job
+    assert pack_id(adv[:4]) == pack_id(list(reversed(adv[:4]))) != pack_id(adv[1:5])
+    assert pack_id(adv[:1]) == adv[0].run_id
+    with pytest.raises(AALError, match="cannot train in one pack"):
+        train_pack([adv[0], gan[0]], load_dataset(cfg.dataset))
