@@ -67,7 +67,11 @@ def test_member_checkpoints_resume_alone_and_a_crashed_pack_resumes_with_members
     _same(again[3], train_run(specs[3], data))
 
 
-def test_resnet18_batch_norm_is_per_member_in_a_pack():
+def test_resnet18_in_a_pack_has_per_member_batch_norm_and_each_members_gradient():
+    """ResNet18 (CelebA's backbone) fused: features and BN running statistics bitwise the member's
+    own; the gradients within 1e-5 of their largest element, not bitwise: the weight gradient of
+    the grouped 1x1 stride-2 downsample convolutions sums in another order in oneDNN (measured on
+    CPU: 5e-7 relative, every other gradient bitwise equal)."""
     torch.manual_seed(0)
     nets = [AttributeNet("resnet18", "none", ["a"]).to(memory_format=torch.channels_last) for _ in range(2)]
     alone = [copy.deepcopy(n) for n in nets]
@@ -75,13 +79,17 @@ def test_resnet18_batch_norm_is_per_member_in_a_pack():
     fused = FusedBackbones([n.backbone for n in nets])
     fused.train()
     hs = fused(x)
+    sum(h.square().mean() for h in hs).backward()
     fused.sync_buffers()
     for net, ref, h in zip(nets, alone, hs):
         ref.train()
         want = ref.backbone(x)
-        torch.testing.assert_close(h, want, rtol=1e-5, atol=1e-5)
+        want.square().mean().backward()
+        assert torch.equal(h, want)
         for (name, got), (_, exp) in zip(net.backbone.named_buffers(), ref.backbone.named_buffers()):
-            torch.testing.assert_close(got, exp, rtol=1e-5, atol=1e-6, msg=name)  # running stats: the member's own
+            assert torch.equal(got, exp), name  # running statistics: the member's own batches only
+        for (name, got), (_, exp) in zip(net.backbone.named_parameters(), ref.backbone.named_parameters()):
+            assert (got.grad - exp.grad).abs().max() <= 1e-5 * exp.grad.abs().max(), name
     assert not torch.equal(nets[0].backbone.bn1.running_mean, nets[1].backbone.bn1.running_mean)
 
 
