@@ -197,6 +197,7 @@ class _Member:
     step: int = 0
     epoch: int = 0  # last epoch done
     shuffle: torch.Tensor | None = None  # the shuffle generator's state after that epoch
+    resumed_after: int = 0  # the epoch of the checkpoint it started from (0: from scratch)
 
 
 PackEpochHook = Callable[[str, int, dict], None]  # (run id, epoch, history entry)
@@ -270,7 +271,7 @@ def _member(spec: RunSpec, data, pack_cols: list[int], device, state: dict | Non
         model.load_state_dict(state["model"])
         opt.load_state_dict(state["optimizer"])
         mem.rng = state["rng"]["torch_cpu"]
-        mem.epoch = int(state["epoch"])
+        mem.epoch = mem.resumed_after = int(state["epoch"])
         mem.history = list(state["history"])
         best = state["best"]
         mem.best_score, mem.best_epoch = float(best["score"]), int(best["epoch"])
@@ -406,7 +407,7 @@ def _result(m: _Member, data, pipe, cfg, device, k: int) -> RunResult:
     m.timings["eval"] += time.perf_counter() - t3
     m.timings["total"] = m.seconds_before + time.perf_counter() - t3
     cols = [data.attributes.index(a) for a in m.spec.heads]
-    return RunResult(
+    result = RunResult(
         run_id=m.spec.run_id,
         heads=m.spec.heads,
         best_epoch=m.best_epoch,
@@ -428,3 +429,6 @@ def _result(m: _Member, data, pipe, cfg, device, k: int) -> RunResult:
             "label_corr": label_correlation(data.splits["train"].labels[:, cols]),
         },
     )
+    if m.resumed_after:
+        result.environment["resumed_after_epoch"] = str(m.resumed_after)
+    return result

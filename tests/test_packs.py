@@ -105,3 +105,38 @@ def test_packs_group_runs_of_one_key_and_are_named_by_their_members(tiny_overrid
     assert pack_id(adv[:1]) == adv[0].run_id
     with pytest.raises(AALError, match="cannot train in one pack"):
         train_pack([adv[0], gan[0]], load_dataset(cfg.dataset))
+
+
+# -- the worker running a pack ----------------------------------------------------------------------
+def test_the_worker_runs_a_pack_through_a_rung_and_each_member_commits_as_the_run_alone(tmp_path, tiny_overrides):
+    from aal_k8s import halving
+    from aal_k8s.cli import main
+    from aal_k8s.store import ExperimentStore, LocalStore
+    from aal_k8s.worker import execute
+
+    over = [o for o in tiny_overrides if not o.startswith("store.uri")]
+    stores = {name: load_config(overrides=[*over, LAMBDAS, f"store.uri={tmp_path / name}"], dataset="synthetic")
+              for name in ("pack", "alone")}  # fmt: skip
+    cfg = stores["pack"]
+    specs = plan_stage("adversarial", cfg, {"square": "red_tint"}, attributes=["square"])
+    exps = {name: ExperimentStore(LocalStore(c.store.uri), c.experiment_name) for name, c in stores.items()}
+    for exp in exps.values():
+        for s in specs:
+            exp.write_spec(s)
+    exp = exps["pack"]
+    runs = [x for s in specs for x in ("--run", s.run_id)]
+    argv = ["worker", "--store", cfg.store.uri, "--experiment", exp.experiment, *runs]
+    assert main([*argv, "--until-epoch", "1"]) == 0  # a halving rung: every member stops at epoch 1
+    assert all(halving.read_rung(exp, s.run_id, 1)["epoch"] == 1 and not exp.is_committed(s.run_id) for s in specs)
+    exp.commit_run(specs[2], {}, {"val_acc": {}, "test_acc": {}, "heads": specs[2].heads})  # done elsewhere: skipped
+    assert main(argv) == 0
+    strip = lambda h: [{k: v for k, v in e.items() if k != "seconds"} for e in h]  # noqa: E731
+    for i in (0, 3):
+        s = specs[i]
+        assert execute(stores["alone"].store.uri, exp.experiment, s.run_id) == 0
+        a, b = exps["alone"].read_metrics(s.run_id), exp.read_metrics(s.run_id)
+        assert exp.read_artifact(s.run_id, "best.safetensors") == exps["alone"].read_artifact(s.run_id, "best.safetensors")
+        assert strip(a["history"]) == strip(b["history"]) and a["test_acc"] == b["test_acc"]
+        assert b["environment"]["resumed_after_epoch"] == "1" and b["environment"]["pack"] == "3 runs"
+        assert any(k.endswith("/worker.log") for k in exp.store.list(exp.key("runs", s.run_id, "attempts")))
+    assert "pack" not in exps["pack"].read_metrics(specs[2].run_id).get("environment", {})  # left as it was
