@@ -140,3 +140,21 @@ def test_the_worker_runs_a_pack_through_a_rung_and_each_member_commits_as_the_ru
         assert b["environment"]["resumed_after_epoch"] == "1" and b["environment"]["pack"] == "3 runs"
         assert any(k.endswith("/worker.log") for k in exp.store.list(exp.key("runs", s.run_id, "attempts")))
     assert "pack" not in exps["pack"].read_metrics(specs[2].run_id).get("environment", {})  # left as it was
+
+
+def test_the_local_backend_runs_a_pack_per_worker_process_and_one_run_per_process_by_default(tiny_overrides):
+    from aal_k8s.backends.local import LocalBackend
+    from aal_k8s.store import ExperimentStore, LocalStore
+
+    cfg = load_config(overrides=[*tiny_overrides, LAMBDAS, "executor.runs_per_job=4"], dataset="synthetic")
+    specs = plan_stage("adversarial", cfg, {"square": "red_tint"}, attributes=["square"])
+    exp = ExperimentStore(LocalStore(cfg.store.uri), cfg.experiment_name)
+    backend = LocalBackend(cfg, progress=False)
+    one = LocalBackend(load_config(overrides=tiny_overrides, dataset="synthetic"), progress=False)
+    assert one.worker_command([specs[0]], exp)[-2:] == ["--run", specs[0].run_id]  # runs_per_job 1: as before
+    report = backend.submit(specs, exp)
+    assert not report.failed and sorted(report.submitted) == sorted(s.run_id for s in specs)
+    for s in specs:
+        assert exp.is_committed(s.run_id) and exp.read_metrics(s.run_id)["environment"]["pack"] == "4 runs"
+        log = exp.store.get_bytes(exp.run_key(s.run_id, "local.log")).decode()
+        assert log.count("(pack of 4)") == 4  # one worker process trained the four
