@@ -306,6 +306,9 @@ class KubernetesBackend(Backend):
         """Refuse to create Jobs that cannot work: credentials in the URI, the placeholder image
         (every pod would sit in ImagePullBackOff), a folder store no pod can see (every run would
         write nowhere). A dry run (``creating=False``) only warns about the last two."""
+        if self.cfg.executor.runs_per_job != 1:  # refused, not ignored: the cost plan and Job count assume packs
+            raise AALError(f"executor.runs_per_job={self.cfg.executor.runs_per_job}: packs run on the local backend "
+                           "only so far; the k8s backend creates one Job per run (set executor.runs_per_job=1)")  # fmt: skip
         uri = self.cfg.store.uri
         parts = urlsplit(uri)
         if parts.username or parts.password or "@" in parts.netloc:

@@ -128,3 +128,13 @@ def test_status_shows_the_runs_halving_stopped_as_stopped_with_their_rung(
     lam = {s.run_id: s.lam for s in specs}
     stopped = {lam[ln.split()[1].rstrip(":")]: ln.split()[-1] for ln in out.splitlines() if "halving stopped it" in ln}
     assert stopped == {0.3: "1", 3.0: "1", 10.0: "1", 0.1: "3"}  # TABLE: 0.1 and 1.0 pass epoch 1, 1.0 epoch 3
+
+
+def test_packs_are_refused_on_the_k8s_backend_until_it_creates_pack_jobs(make_backend, k8s_overrides, capsys):
+    from aal_k8s.cli import main
+
+    argv = ["submit", "--stage", "single", "--dry-run", *_sets([*k8s_overrides, "executor.runs_per_job=4"])]
+    assert main(argv) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err[-1].endswith("executor.runs_per_job=4: packs run on the local backend only so far; the k8s backend "
+                            "creates one Job per run (set executor.runs_per_job=1)") and len(err) == 1  # fmt: skip
