@@ -50,7 +50,7 @@ def main() -> int:
     ap.add_argument("--append", metavar="FILE", help="append the result as a Markdown section")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
-    lams = ", ".join(str(0.1 * 3**i) for i in range(args.runs))
+    lams = ", ".join(f"{0.1 * 3**i:g}" for i in range(args.runs))
     defaults = ["store.uri=/tmp/bench-packs-unused", "train.epochs=2", "train.heads_impl=reference",
                 "dataset.synthetic.n_train=1000", "dataset.synthetic.n_val=200", "dataset.synthetic.n_test=200"]  # fmt: skip
     cfg = load_config(dataset="synthetic", overrides=[*defaults, f"adversarial.lambdas=[{lams}]", *args.set])
