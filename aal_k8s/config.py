@@ -22,6 +22,7 @@ from typing import Any
 import yaml
 
 from aal_k8s.errors import ConfigError
+from aal_k8s.partners import PARTNER_METHODS
 
 PAPER_LAMBDAS = [0.01, 0.1, 0.3, 0.5, 1.0]
 
@@ -297,7 +298,7 @@ CHOICES = {
     "train.device": ("auto", "cpu", "cuda"),
     "train.precision": ("auto", "bf16", "fp32"),
     "adversarial.final_selection": ("best_on_val", "adversarial"),
-    "adversarial.partners_from": ("pairwise", "affinity", "correlation"),
+    "adversarial.partners_from": PARTNER_METHODS,
     "adversarial.lambda_schedule": ("constant", "dann"),
     "adversarial.partner_test": ("none", "mcnemar"),
     "adversarial.lambda_search": ("grid", "halving"),
@@ -596,6 +597,17 @@ def load_config(
     if problems:
         raise ConfigError(problems)
     return cfg
+
+
+def store_config_from_dict(data: Any, uri: str) -> tuple[StoreConfig, list[str]]:
+    """A ``store`` section for ``uri`` from a mapping (its own ``uri`` key ignored) and every
+    problem with it: how a worker rebuilds the store options its backend sent (``aal_k8s.store``)."""
+    opts = StoreConfig(uri=uri)
+    problems: list[str] = []
+    if isinstance(data, dict):
+        data = {k: v for k, v in data.items() if k != "uri"}
+    _merge(opts, data, "store", problems)
+    return opts, problems or validate_store(opts)
 
 
 def config_from_dict(data: dict) -> Config:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 
 from aal_k8s.config import Config, load_config
+from aal_k8s.partners import PARTNER_METHODS
 from aal_k8s.store import ExperimentStore, open_store
 
 
@@ -16,7 +17,7 @@ def add_config_args(p: argparse.ArgumentParser) -> None:
     g.add_argument("--store", metavar="URI", help="results store: a folder or s3://bucket/prefix (store.uri)")
     g.add_argument("--backend", choices=("local", "k8s"), help="where runs execute (executor.backend)")
     g.add_argument(
-        "--partners-from", choices=("pairwise", "affinity", "correlation"),
+        "--partners-from", choices=PARTNER_METHODS,
         help="how negative partners are found (adversarial.partners_from; default pairwise, the paper)",
     )  # fmt: skip
     g.add_argument(

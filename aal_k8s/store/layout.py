@@ -60,7 +60,7 @@ from aal_k8s.errors import AALError, CorruptRecordError, StoreError, StoreUnavai
 from aal_k8s.runspec import RunSpec
 from aal_k8s.store.base import Store
 
-__all__ = ["ExperimentStore", "attempt_id", "check_bytes", "check_file", "file_sha256", "sha256_hex"]
+__all__ = ["ExperimentStore", "attempt_id"]  # the checksum helpers live in aal_k8s.checksums only
 
 COMMIT_FILE = "metrics.json"
 ATTEMPTS = "attempts"
