@@ -157,7 +157,9 @@ def pack_bytes(cfg: Config, store) -> int:
             return sum(int(f["size"]) for f in pack_files(parse_manifest(store.get_bytes(key), store.url(key))))
     except Exception as e:  # a plan must work without store credentials too
         print(f"warning: cannot read {store.url(key)} ({type(e).__name__}); estimating the pack size", file=sys.stderr)
-    mod = __import__(f"aal_k8s.data.{name}", fromlist=["IMAGE_SIZE"])
+    from aal_k8s.data import dataset_module
+
+    mod = dataset_module(name)
     h, w = mod.IMAGE_SIZE
     return sum(split_sizes(cfg)) * h * w * 3
 

@@ -61,7 +61,7 @@ def parse_stages(text: str) -> list[str]:
 
 def run(args) -> int:
     # here, not at the top: they import torch, and `aal-k8s --help` imports this module
-    from aal_k8s.data.common import check_source
+    from aal_k8s.data.sources import check_source
     from aal_k8s.final import build_final
     from aal_k8s.progress import live_view
     from aal_k8s.reduce import reduce_experiment, write_reduce

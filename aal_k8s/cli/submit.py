@@ -32,7 +32,7 @@ def run(args) -> int:
     if args.dry_run:
         print(backend.render(specs, exp), end="")
         return 0
-    from aal_k8s.data.common import check_source
+    from aal_k8s.data.sources import check_source
 
     check_source(cfg.dataset, exp.store, local=cfg.executor.backend == "local")
     backend.preflight()
