@@ -23,6 +23,7 @@ import yaml
 
 from aal_k8s.errors import ConfigError
 from aal_k8s.partners import PARTNER_METHODS
+from aal_k8s.rates import DEVICE_RATES
 
 PAPER_LAMBDAS = [0.01, 0.1, 0.3, 0.5, 1.0]
 
@@ -255,7 +256,7 @@ class K8sConfig:
 @dataclass
 class PlanConfig:
     # ``aal-k8s plan`` and the confirmation of submit/pipeline on Kubernetes (aal_k8s.cost).
-    device_class: str = "h100-target"  # rates when no committed run calibrates them (aal_k8s.cost.DEVICE_RATES)
+    device_class: str = "h100-target"  # rates when no committed run calibrates them (aal_k8s.rates.DEVICE_RATES)
     gpu_hour_price: float = 3.0  # price of one GPU-hour (any currency) for the plan's cost line
     confirm_above_jobs: int = 50  # k8s submit/pipeline ask before creating more Jobs than this (--yes skips)
 
@@ -507,8 +508,6 @@ def validate(cfg: Config) -> list[str]:
     problems += validate_k8s(cfg.k8s)
     if cfg.k8s.store_volume_claim and isinstance(cfg.store.uri, str) and cfg.store.uri.startswith("s3://"):
         problems.append("k8s.store_volume_claim: only for a folder store.uri (an s3:// store needs no volume)")
-    from aal_k8s.cost import DEVICE_RATES  # the rates table lives with the cost model
-
     if cfg.plan.device_class not in DEVICE_RATES:
         problems.append(f"plan.device_class: {cfg.plan.device_class!r} is not one of {', '.join(DEVICE_RATES)}")
     if isinstance(cfg.plan.gpu_hour_price, float) and cfg.plan.gpu_hour_price < 0:
