@@ -55,7 +55,7 @@ import socket
 import time
 import uuid
 
-from aal_k8s.checksums import check_bytes, check_file, file_sha256, seal, sha256_hex, unseal
+from aal_k8s.checksums import check_bytes, check_file, seal, sha256_hex, unseal
 from aal_k8s.errors import AALError, CorruptRecordError, StoreError, StoreUnavailableError
 from aal_k8s.runspec import RunSpec
 from aal_k8s.store.base import Store
