@@ -48,7 +48,7 @@ class AugmentConfig:
 
 @dataclass
 class DatasetConfig:
-    name: str = "synthetic"  # synthetic | celeba | duke
+    name: str = "synthetic"  # one of DATASET_PRESETS
     root: str | None = None  # folder with the dataset's official layout (real datasets only)
     seed: int = 0  # seeds the synthetic generator and any split the loader carves
     synthetic: SyntheticConfig = field(default_factory=SyntheticConfig)
