@@ -241,17 +241,6 @@ def stopped_at(exp, cfg, specs: list[RunSpec]) -> dict[str, int]:
     return out
 
 
-def mark_stopped(exp, cfg, specs: list[RunSpec], states: dict) -> dict:
-    """``states`` (run id -> RunState) with every run halving stopped shown as ``stopped`` and its
-    rung: the backend sees no Job and no commit for it, which reads as "not submitted"."""
-    from aal_k8s.backends import RunState
-
-    for run_id, epoch in stopped_at(exp, cfg, specs).items():
-        if run_id in states and states[run_id].state != "complete":  # a grid run committed it since
-            states[run_id] = RunState(run_id, "stopped", f"halving stopped it at rung epoch {epoch}")
-    return states
-
-
 @dataclass
 class JobPlan:
     """The Kubernetes Jobs the halving search still creates (one per run and rung, and one per

@@ -19,7 +19,7 @@ import threading
 import time
 from dataclasses import dataclass, field
 
-from aal_k8s.backends import STATES
+from aal_k8s.backends import STATES, mark_stopped
 
 TOP = 3  # slowest and failed runs listed
 
@@ -82,8 +82,6 @@ class Tracker:
                 continue
             row = StageProgress(stage, counts={s: 0 for s in STATES})
             secs = []
-            from aal_k8s.halving import mark_stopped
-
             for run_id, st in mark_stopped(self.exp, self.cfg, specs, self.backend.states(specs, self.exp)).items():
                 row.counts[st.state] += 1
                 if st.state == "complete":

@@ -8,11 +8,10 @@ the counts are true whichever backend executed the runs.
 
 from __future__ import annotations
 
-from aal_k8s.backends import STATES, RunState, get_backend
+from aal_k8s.backends import STATES, RunState, get_backend, mark_stopped
 from aal_k8s.cli.common import add_config_args, examples, open_experiment
 from aal_k8s.cli.stages import plan
 from aal_k8s.errors import StageOrderError
-from aal_k8s.halving import mark_stopped
 from aal_k8s.runspec import STAGES
 
 HELP = "show per-stage run counts and failures"

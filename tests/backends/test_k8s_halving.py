@@ -112,7 +112,7 @@ def test_status_shows_the_runs_halving_stopped_as_stopped_with_their_rung(
     exp = ExperimentStore(open_store(cfg.store.uri), cfg.experiment_name)
     specs = plan_stage("adversarial", cfg, {"square": "red_tint"}, attributes=["square"])
     kubelet(cli_cluster, exp, cfg.train.epochs, [])
-    halving.run_halving(make_backend(cfg), exp, cfg, specs)
+    run_halving(make_backend(cfg), exp, cfg, specs)
     make_backend(cfg).wait([s for s in specs if s.lam == 1.0], exp)
     monkeypatch.setattr("aal_k8s.cli.status.plan", lambda c, e, stage: specs)  # partners without a reduce
     from aal_k8s.cli import main
