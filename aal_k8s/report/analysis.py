@@ -24,7 +24,7 @@ Matrix = list[list[float | None]]  # [i][j]: row attribute i, column attribute j
 SPLITS = ("val", "test")
 
 
-def mean(xs: list[float | None]) -> float | None:
+def _mean(xs: list[float | None]) -> float | None:
     """The mean, or None as soon as one value is missing (a mean over fewer attributes would mislead)."""
     vals = [x for x in xs if x is not None]
     return sum(vals) / len(vals) if vals and len(vals) == len(xs) else None
@@ -83,9 +83,9 @@ def _table3(out: ReduceOutput, split: str) -> Table3:
     return Table3(
         split,
         rows,
-        sin=mean([r.sin for r in rows]),
-        mul=mean([r.mul for r in rows]),
-        adv=mean([r.adv for r in rows]),
+        sin=_mean([r.sin for r in rows]),
+        mul=_mean([r.mul for r in rows]),
+        adv=_mean([r.adv for r in rows]),
         over_single=sum(1 for r in rows if r.adv is not None and r.sin is not None and r.adv > r.sin),
         over_multi=sum(1 for r in rows if r.adv is not None and r.mul is not None and r.adv > r.mul),
     )
@@ -123,7 +123,7 @@ def _mean_row(key: str, label: str, out: ReduceOutput, value, needs_run, entries
             if v is None:
                 missing.add(a)
             vals.append(v)
-        means[split] = mean(vals)
+        means[split] = _mean(vals)
     if missing:
         n_runs = len(needed) or len(attrs)
         return MeanRow(key, label, None, None, f"missing ({len(missing)} of {n_runs} runs not committed)")
@@ -193,7 +193,7 @@ def _ours(out: ReduceOutput, adversarial: MeanRow) -> Ours:
     if out.attributes and all(a in out.final for a in out.attributes):
         vals = [out.final[a].val for a in out.attributes]
         tests = [out.final[a].test for a in out.attributes]
-        return Ours("final model set", mean(vals), mean(tests))
+        return Ours("final model set", _mean(vals), _mean(tests))
     return Ours("Adv column (no final model set yet)", adversarial.val, adversarial.test)
 
 
