@@ -118,7 +118,7 @@ def _slugs(blocks: list[Block]) -> list[str | None]:
 def _environment() -> jinja2.Environment:
     env = jinja2.Environment(
         loader=jinja2.PackageLoader("aal_k8s.report", "templates"),
-        autoescape=jinja2.select_autoescape(["html"]),
+        autoescape=jinja2.select_autoescape(["html.j2"]),  # what a filter did not mark safe is escaped
         trim_blocks=True,
         lstrip_blocks=True,
         keep_trailing_newline=True,

@@ -433,7 +433,10 @@ def test_html_shows_store_text_literally_with_the_entities_html_escape_writes():
         "<li>adversarial: <code>adv-red_tint-lam1</code> (failed: pod &#x27;x&#x27; said &quot;no&quot; "
         "&lt;b&gt;[see](http://x) &amp; retry)</li>"
     )
-    assert item in render_report(out, "e").html
+    html = render_report(out, "o'neil & <co>").html
+    assert item in html
+    assert "<title>AAL report: o&#x27;neil &amp; &lt;co&gt; (synthetic)</title>" in html  # escaped once, not twice
+    assert 'alt="Affinity Z(b → a): row a, column b; blue: a step on b&#x27;s loss' in html
 
 
 def test_a_table_without_rows_keeps_its_blank_body_line():
@@ -487,3 +490,15 @@ def test_cli_report_without_output_writes_only_to_the_store(tmp_path, monkeypatc
     assert os.listdir(work) == []
     assert exp.store.exists(exp.key("report", "report.html"))
     assert not exp.store.exists(exp.key("report", "figures", "affinity.png"))
+
+
+def test_every_template_is_shipped_as_package_data():
+    """A template missing from pyproject's package-data is absent from the wheel (and the image)."""
+    import fnmatch
+    from pathlib import Path
+
+    tomllib = pytest.importorskip("tomllib")  # Python 3.11+
+    globs = tomllib.loads(Path(ROOT, "pyproject.toml").read_text())["tool"]["setuptools"]["package-data"]["aal_k8s.report"]
+    package = Path(ROOT, "aal_k8s", "report")
+    templates = [p.relative_to(package).as_posix() for p in (package / "templates").iterdir()]
+    assert templates and all(any(fnmatch.fnmatch(t, g) for g in globs) for t in templates), (templates, globs)
