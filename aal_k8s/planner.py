@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import itertools
 
+from aal_k8s.affinity import default_every
 from aal_k8s.config import Config
 from aal_k8s.data import attribute_names
 from aal_k8s.errors import AALError, StageOrderError
@@ -58,7 +59,7 @@ def _schedule_options(cfg: Config) -> dict:
 
 def affinity_every(cfg: Config) -> int:
     """Steps between two affinity measurements (``affinity.every``, 0 = 2 x M)."""
-    return cfg.affinity.every or 2 * len(attribute_names(cfg.dataset.name))
+    return cfg.affinity.every or default_every(len(attribute_names(cfg.dataset.name)))
 
 
 def _plain(section) -> dict:
