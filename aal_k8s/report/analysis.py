@@ -15,7 +15,8 @@ from dataclasses import dataclass
 
 from scipy.stats import pearsonr, spearmanr
 
-from aal_k8s.reduce import PARTNER_METHODS, ReduceOutput
+from aal_k8s.partners import PARTNER_METHODS
+from aal_k8s.reduce import ReduceOutput
 from aal_k8s.report.labels import ablation_label
 from aal_k8s.runspec import ABLATION_STAGES
 from aal_k8s.significance import ALPHA, z_test
@@ -265,14 +266,6 @@ class Comparison:
     summary: list[MethodSummary]
 
 
-def _partner_sources(out: ReduceOutput) -> dict[str, dict[str, str | None]]:
-    """Each method's partners; the planning method's are ``out.partners`` if not listed."""
-    src = {m: dict(p) for m, p in out.partner_sources.items()}
-    if out.partners and out.partners_from not in src:
-        src[out.partners_from] = dict(out.partners)
-    return src
-
-
 def _method_scores(out: ReduceOutput, method: str, a: str) -> dict[str, float]:
     """The row of attribute ``a`` as a method scores its partners, higher = better for a (less
     negative transfer):
@@ -335,7 +328,7 @@ def _method_adversarial_row(out: ReduceOutput, method: str, partners: dict[str, 
 
 def _comparison(out: ReduceOutput, adv_col: dict, yardstick: float | None) -> Comparison | None:
     """The numbers of the partner discovery section, or None with fewer than two methods."""
-    sources = _partner_sources(out)
+    sources = out.partner_sources  # the planning method's among them: out.partners derives from it
     if len(sources) < 2:
         return None
     methods = [m for m in PARTNER_METHODS if m in sources] + sorted(m for m in sources if m not in PARTNER_METHODS)
