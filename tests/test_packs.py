@@ -20,6 +20,17 @@ from aal_k8s.trainer import train_run
 LAMBDAS = "adversarial.lambdas=[0.1, 0.3, 1.0, 3.0]"
 
 
+@pytest.fixture(autouse=True)
+def one_thread():
+    """Bitwise claims hold on one thread, as workers run with train.threads=1: with several, CPU
+    kernels split their reductions by the operand's shape, and a pack's operands are 4x wider than
+    a lone run's, so the last bits differ (as they do between two thread counts for one run)."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
 @pytest.fixture
 def four(tiny_overrides):
     """Square's four adversarial runs (one per λ): one pack."""
