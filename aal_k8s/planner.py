@@ -24,6 +24,19 @@ from aal_k8s.data import attribute_names
 from aal_k8s.errors import AALError, StageOrderError
 from aal_k8s.runspec import RUN_SECTIONS, STAGES, RunSpec
 
+def job_packs(specs: list[RunSpec], runs_per_job: int) -> list[list[RunSpec]]:
+    """The runs of each Kubernetes Job (``executor.runs_per_job``; aal_k8s.packs): the specs
+    grouped in run-id order, so that the same runs make the same packs (and Job names) whatever
+    order they come in. Callers pass every run of the stage, committed ones too: a pack keeps
+    its name after some members committed, so a resubmit finds its Job instead of creating one
+    more for the runs still training. 1: one run per Job, in the order given."""
+    if runs_per_job <= 1:
+        return [[s] for s in specs]
+    from aal_k8s.packs import group_packs  # torch: only when packs are asked for
+
+    return group_packs(sorted(specs, key=lambda s: s.run_id), runs_per_job)
+
+
 #: The stages ``aal-k8s pipeline`` runs by default (the paper's protocol), in order; reduce sits
 #: between multi and adversarial, and again after adversarial.
 PIPELINE = ("single", "pairwise", "multi", "adversarial")

@@ -38,10 +38,13 @@ from urllib.parse import urlsplit
 from aal_k8s.backends import Backend, RunState, SubmitReport
 from aal_k8s.backends.k8s_manifests import (
     KUEUE_QUEUE_LABEL,
-    RUN_LABEL,
+    PACK_LABEL,
     WORKER_CONTAINER,
     job_manifest,
     job_name,
+    job_runs,
+    pack_job_name,
+    pack_manifest,
     rung_job_name,
     selector,
     to_yaml,
@@ -228,8 +231,20 @@ def _waiting(pod: dict) -> dict | None:
     return None
 
 
+def _pod_job(pod: dict) -> str | None:
+    """The Job a pod belongs to, from the label its Job controller sets (``job-name`` before 1.27)."""
+    labels = _meta(pod).get("labels") or {}
+    return labels.get("batch.kubernetes.io/job-name") or labels.get("job-name")
+
+
 def _with_message(reason: str, message: str | None) -> str:
     return _one_line(f"{reason}: {message}" if message else reason)
+
+
+_NOT_APPLY = (
+    "To inspect only: do not kubectl apply these. Each Job's worker reads its run's spec from the\n"
+    "store, which only `aal-k8s submit` writes; create them with aal-k8s submit (namespace {ns})."
+)
 
 
 class KubernetesBackend(Backend):
@@ -314,9 +329,6 @@ class KubernetesBackend(Backend):
         """Refuse to create Jobs that cannot work: credentials in the URI, the placeholder image
         (every pod would sit in ImagePullBackOff), a folder store no pod can see (every run would
         write nowhere). A dry run (``creating=False``) only warns about the last two."""
-        if self.cfg.executor.runs_per_job != 1:  # refused, not ignored: the cost plan and Job count assume packs
-            raise AALError(f"executor.runs_per_job={self.cfg.executor.runs_per_job}: packs run on the local backend "
-                           "only so far; the k8s backend creates one Job per run (set executor.runs_per_job=1)")  # fmt: skip
         uri = self.cfg.store.uri
         parts = urlsplit(uri)
         if parts.username or parts.password or "@" in parts.netloc:
@@ -356,8 +368,8 @@ class KubernetesBackend(Backend):
         jobs = {_meta(j).get("name"): j for j in got.get("items") or []}
         return jobs, _meta(got).get("resourceVersion")
 
-    def _list_pods(self, experiment: str, stages, run_id: str | None = None) -> list[dict]:
-        sel = selector(experiment, stages, run_id)
+    def _list_pods(self, experiment: str, stages, run_id: str | None = None, pack: str | None = None) -> list[dict]:
+        sel = selector(experiment, stages, run_id, pack)
         what = f"{self._what('pods', experiment, stages, run_id)}: list"
         got = self._plain(self.call(what, self.apis.core.list_namespaced_pod, self.ns, label_selector=sel))
         return list(got.get("items") or [])
@@ -405,6 +417,39 @@ class KubernetesBackend(Backend):
     def _job_name(self, experiment: str, run_id: str) -> str:
         return rung_job_name(experiment, run_id, self._until)
 
+    # -- packs: several runs in one Job (executor.runs_per_job) -------------------------------------
+    def _packs(self, specs: list[RunSpec]) -> list[list[RunSpec]]:
+        from aal_k8s.planner import job_packs
+
+        return job_packs(specs, self.cfg.executor.runs_per_job)
+
+    def _refuse_halving_packs(self, specs: list[RunSpec]) -> None:
+        """Packs of halving rungs would need rung-aware pack Jobs (which member reached which rung):
+        refused, not run one Job per run behind the user's back."""
+        if (self.cfg.executor.runs_per_job > 1 and self.cfg.adversarial.lambda_search == "halving"
+                and any(s.stage == "adversarial" for s in specs)):  # fmt: skip
+            raise AALError(f"executor.runs_per_job={self.cfg.executor.runs_per_job} with adversarial.lambda_search="
+                           "halving: the k8s backend does not pack halving rungs yet; set executor.runs_per_job=1 "
+                           "for the adversarial stage (or lambda_search=grid)")  # fmt: skip
+
+    def _owner(self, jobs: dict[str, dict], packed: dict[str, list[str]], experiment: str, run_id: str) -> str | None:
+        """The name of the Job that trains ``run_id``: its own Job, or a pack Job listing it
+        (``packed``: run id -> pack Jobs, from ``_packed``). A Job still running wins over a
+        finished one, so a run packed after its own Job failed (or the reverse) maps to the live one."""
+        names = [n for n in (*packed.get(run_id, ()), self._job_name(experiment, run_id)) if n in jobs]
+        if not names:
+            return None
+        return next((n for n in names if job_outcome(jobs[n]) is None), names[0])
+
+    @staticmethod
+    def _packed(jobs: dict[str, dict]) -> dict[str, list[str]]:
+        """Run id -> the pack Jobs (names) whose ``aal-k8s/runs`` annotation lists it."""
+        out: dict[str, list[str]] = {}
+        for name in sorted(jobs):
+            for run_id in job_runs(jobs[name]):
+                out.setdefault(run_id, []).append(name)
+        return out
+
     @contextlib.contextmanager
     def _rung(self, until_epoch: int):
         """Submit/wait the Jobs of one halving rung (0: the runs' own Jobs)."""
@@ -423,9 +468,18 @@ class KubernetesBackend(Backend):
             self.log(f"warning: cannot read the store ({_one_line(str(e), 200)}): rendering every run")
             committed = None
         readable, committed = committed is not None, committed or set()
+        self._refuse_halving_packs(specs)
         todo = [(s, 0) for s in specs if s.run_id not in committed]
         stages = ", ".join(self._stages(specs)) or "-"
         count = f"{len(todo)} Jobs"
+        if self.cfg.executor.runs_per_job > 1:
+            packs = [(p, m) for p in self._packs(specs) if (m := [s for s in p if s.run_id not in committed])]
+            header = (
+                f"aal-k8s: {len(packs)} Jobs for {len(todo)} runs (packs of up to {self.cfg.executor.runs_per_job} "
+                f"runs per Job) for stage {stages} of experiment {exp.experiment} ({len(committed)} runs already "
+                f"complete in {self.cfg.store.uri} are left out).\n{_NOT_APPLY.format(ns=self.ns)}"
+            )
+            return to_yaml([pack_manifest(p, m, self.cfg, self._pack_bytes(exp)) for p, m in packs], header)
         if readable and self.cfg.adversarial.lambda_search == "halving" and "adversarial" in self._stages(specs):
             from aal_k8s.halving import job_plan
 
@@ -435,8 +489,7 @@ class KubernetesBackend(Backend):
         header = (
             f"aal-k8s: {count} for stage {stages} of experiment {exp.experiment} "
             f"({len(committed)} runs already complete in {self.cfg.store.uri} are left out).\n"
-            f"To inspect only: do not kubectl apply these. Each Job's worker reads its run's spec from the\n"
-            f"store, which only `aal-k8s submit` writes; create them with aal-k8s submit (namespace {self.ns})."
+            + _NOT_APPLY.format(ns=self.ns)
         )
         return to_yaml([job_manifest(s, self.cfg, self._pack_bytes(exp), until) for s, until in todo], header)
 
@@ -446,6 +499,7 @@ class KubernetesBackend(Backend):
 
     def _submit(self, specs: list[RunSpec], exp) -> SubmitReport:
         self._check_store()
+        self._refuse_halving_packs(specs)
         report = SubmitReport()
         committed = self._committed(exp, specs)
         report.skipped = [s.run_id for s in specs if s.run_id in committed]
@@ -453,30 +507,44 @@ class KubernetesBackend(Backend):
         if not todo:
             return report
         existing, _ = self._list_jobs(exp.experiment, self._stages(todo))
+        packed = self._packed(existing)
+        # packs over every given run, committed ones too: a pack keeps its name (and finds its Job)
+        packs = [(p, m) for p in self._packs(specs) if (m := [s for s in p if s.run_id not in committed])]
         created, already, replaced = 0, 0, 0
-        for spec in todo:
-            name = self._job_name(spec.experiment, spec.run_id)
+        for pack, members in packs:
+            name = self._job_name(exp.experiment, pack[0].run_id) if len(pack) == 1 else pack_job_name(exp.experiment, pack)
+            # a run another Job trains (a pack made before --attrs or runs_per_job changed, or its
+            # own Job from runs_per_job=1) stays with that Job: never two pods writing one run
+            elsewhere = {s.run_id: o for s in members if (o := self._owner(existing, packed, exp.experiment, s.run_id))
+                         not in (None, name)}  # fmt: skip
+            for s in members:
+                if s.run_id in elsewhere:
+                    self._already(report, existing[elsewhere[s.run_id]], exp, s)
+            already += len(set(elsewhere.values()))
+            members = [s for s in members if s.run_id not in elsewhere]
+            if not members:
+                continue
             job = existing.get(name)
             stale = job is not None and job_outcome(job) == "complete"
             if stale:
-                if self._is_done(exp, spec.run_id):  # committed since the store was read: not stale
-                    report.skipped.append(spec.run_id)
+                done = [s for s in members if self._is_done(exp, s.run_id)]  # committed since the store was read
+                report.skipped += [s.run_id for s in done]
+                members = [s for s in members if s not in done]
+                if not members:
                     continue
-                self._delete_stale(name, spec.run_id)
+                self._delete_stale(name, [s.run_id for s in members])
                 replaced += 1
                 job = None
             if job is None:
-                exp.write_spec(spec)  # the worker reads it: always before the Job exists
+                for s in members:
+                    exp.write_spec(s)  # the worker reads it: always before the Job exists
+                manifest = (pack_manifest(pack, members, self.cfg, self._pack_bytes(exp)) if len(pack) > 1
+                            else job_manifest(members[0], self.cfg, self._pack_bytes(exp), self._until))  # fmt: skip
                 try:
-                    self.call(
-                        f"{self.ns}/{name}: create Job",
-                        self.apis.batch.create_namespaced_job,
-                        self.ns,
-                        job_manifest(spec, self.cfg, self._pack_bytes(exp), self._until),
-                    )
+                    self.call(f"{self.ns}/{name}: create Job", self.apis.batch.create_namespaced_job, self.ns, manifest)
                     created += 1
                     if created % 100 == 0:
-                        self.log(f"{created}/{len(todo)} Jobs created")
+                        self.log(f"{created}/{len(packs)} Jobs created")
                 except KubernetesError as e:
                     if e.status != 409:
                         if created:
@@ -484,26 +552,36 @@ class KubernetesBackend(Backend):
                         raise
                     already += 1  # AlreadyExists: another submit (or our retried create) got there first
                     if stale and self._still_stale(name):
-                        report.failed[spec.run_id] = (
-                            f"its stale Job {self.ns}/{name} (succeeded, run not committed) is still being "
-                            "deleted; submit again in a moment to train the run again"
-                        )
+                        for s in members:
+                            report.failed[s.run_id] = (
+                                f"its stale Job {self.ns}/{name} (succeeded, run not committed) is still being "
+                                "deleted; submit again in a moment to train the run again"
+                            )
+                report.submitted += [s.run_id for s in members]
             else:
                 already += 1
-                if job_outcome(job) == "failed":
-                    report.failed[spec.run_id] = (
-                        f"its Job {self.ns}/{name} has failed ({self._failed_reason(job, [], exp, spec.run_id)}); "
-                        f"`aal-k8s cancel --stage {spec.stage}` deletes it so that a new submit retries the run"
-                    )
-            report.submitted.append(spec.run_id)
+                for s in members:
+                    self._already(report, job, exp, s)
         stale_note = f" ({replaced} of them replacing a stale Job)" if replaced else ""
-        self.log(f"{created} Jobs created in namespace {self.ns}{stale_note}, {already} already there")
+        runs = f" for {len(report.submitted)} runs" if self.cfg.executor.runs_per_job > 1 else ""
+        self.log(f"{created} Jobs created in namespace {self.ns}{runs}{stale_note}, {already} already there")
         return report
 
-    def _delete_stale(self, name: str, run_id: str) -> None:
-        """Delete a Job that succeeded although its run is not committed. Background propagation:
-        the Job object goes at once (its pods after), so the new Job can take its name now."""
-        self.log(f"{self.ns}/{name}: succeeded but run {run_id} is not committed (its commit record "
+    def _already(self, report: SubmitReport, job: dict, exp, spec: RunSpec) -> None:
+        """``spec`` is submitted: ``job`` (which exists) trains it; a failed one is reported with the way out."""
+        report.submitted.append(spec.run_id)
+        if job_outcome(job) == "failed":
+            report.failed[spec.run_id] = (
+                f"its Job {self.ns}/{_meta(job).get('name')} has failed "
+                f"({self._failed_reason(job, [], exp, spec.run_id)}); "
+                f"`aal-k8s cancel --stage {spec.stage}` deletes it so that a new submit retries the run"
+            )
+
+    def _delete_stale(self, name: str, run_ids: list[str]) -> None:
+        """Delete a Job that succeeded although its run (a member of its pack) is not committed.
+        Background propagation: the Job object goes at once (its pods after), so the new Job can
+        take its name now."""
+        self.log(f"{self.ns}/{name}: succeeded but run {', '.join(run_ids)} is not committed (its commit record "
                  "was moved aside or lost): deleting the Job to create it anew")  # fmt: skip
         self._delete_job(name, "delete stale Job")  # already gone (its TTL, another submit): create it all the same
 
@@ -598,10 +676,12 @@ class KubernetesBackend(Backend):
             return out
         stages = self._stages(rest)
         jobs, _ = self._list_jobs(exp.experiment, stages)
-        pods_by_run: dict[str, list[dict]] = {}
-        if any(self._job_name(s.experiment, s.run_id) in jobs for s in rest):
+        packed = self._packed(jobs)
+        owner = {s.run_id: self._owner(jobs, packed, exp.experiment, s.run_id) for s in rest}
+        pods_by_job: dict[str, list[dict]] = {}
+        if any(owner.values()):
             for pod in self._list_pods(exp.experiment, stages):
-                pods_by_run.setdefault((_meta(pod).get("labels") or {}).get(RUN_LABEL), []).append(pod)
+                pods_by_job.setdefault(_pod_job(pod), []).append(pod)
         cache: dict = {}
 
         def events():
@@ -610,9 +690,9 @@ class KubernetesBackend(Backend):
             return cache["events"]
 
         for spec in rest:
-            job = jobs.get(self._job_name(spec.experiment, spec.run_id))
-            if job is not None:
-                out[spec.run_id] = self._job_state(spec.run_id, job, pods_by_run.get(spec.run_id, []), events, exp)
+            name = owner[spec.run_id]
+            if name is not None:  # a pack's members share its Job and pods; each keeps its own failure record
+                out[spec.run_id] = self._job_state(spec.run_id, jobs[name], pods_by_job.get(name, []), events, exp)
                 continue
             failure = exp.read_failure(spec.run_id)
             if failure:
@@ -629,7 +709,10 @@ class KubernetesBackend(Backend):
     def _wait(self, specs: list[RunSpec], exp) -> dict[str, RunState]:
         if not specs:
             return {}
-        by_name = {self._job_name(s.experiment, s.run_id): s.run_id for s in specs}
+        # Job name -> the runs it trains (a pack: several); filled from each listing of the Jobs
+        by_name: dict[str, list[str]] = {}
+        job_of: dict[str, str] = {}
+        total = len(specs)
         stages = self._stages(specs)
         done: dict[str, RunState] = {r: RunState(r, "complete") for r in self._committed(exp, specs)}
         progress = {"shown": None, "at": None}
@@ -657,7 +740,7 @@ class KubernetesBackend(Backend):
             now = self.clock()
             due = progress["at"] is None or now - progress["at"] >= PROGRESS_EVERY_S
             if counts != progress["shown"] and (due or force):
-                self.log(f"{'/'.join(stages)}: {counts[0]}/{len(by_name)} complete, {counts[1]} failed")
+                self.log(f"{'/'.join(stages)}: {counts[0]}/{total} complete, {counts[1]} failed")
                 progress.update(shown=counts, at=now)
 
         patience = self.k.wait_patience_seconds
@@ -681,7 +764,7 @@ class KubernetesBackend(Backend):
             pending = {r: st for r, st in states.items() if st.state == "pending"}
             if not pending:
                 return
-            names = {r: f"{self.ns}/{self._job_name(exp.experiment, r)}" for r in pending}
+            names = {r: f"{self.ns}/{job_of.get(r) or self._job_name(exp.experiment, r)}" for r in pending}
             if watch["told"] is None or now - watch["told"] >= PROGRESS_EVERY_S:
                 first = sorted(pending)[0]
                 self.log(f"{'/'.join(stages)}: {len(pending)} pending, e.g. {names[first]}: {pending[first].reason}")
@@ -697,15 +780,21 @@ class KubernetesBackend(Backend):
                     f"`aal-k8s cancel --stage {stages[0]}`"
                 )
 
-        while len(done) < len(by_name):
+        while len(done) < total:
             jobs, rv = self._list_jobs(exp.experiment, stages)
-            for name, run_id in by_name.items():
+            packed = self._packed(jobs)
+            job_of.clear()
+            for s in specs:  # a run without a Job: its own name, which settles it as deleted
+                job_of[s.run_id] = self._owner(jobs, packed, exp.experiment, s.run_id) or self._job_name(exp.experiment, s.run_id)
+            by_name.clear()
+            for run_id, name in job_of.items():
+                by_name.setdefault(name, []).append(run_id)
                 settle(run_id, jobs.get(name))
             report()
-            if len(done) == len(by_name):
+            if len(done) == total:
                 break
             try:
-                self._watch(exp.experiment, stages, rv, by_name, settle, report, lambda: len(done) == len(by_name),
+                self._watch(exp.experiment, stages, rv, by_name, settle, report, lambda: len(done) == total,
                             look, int(every))  # fmt: skip
             except _Gone:
                 self.log("watch expired (410 Gone): listing the Jobs again")
@@ -751,9 +840,10 @@ class KubernetesBackend(Backend):
                     rv = _meta(obj).get("resourceVersion") or rv
                     if kind == "BOOKMARK":
                         continue
-                    run_id = by_name.get(_meta(obj).get("name"))
-                    if run_id is not None:
+                    runs = by_name.get(_meta(obj).get("name")) or []
+                    for run_id in runs:  # every member of a pack Job
                         settle(run_id, None if kind == "DELETED" else obj)
+                    if runs:
                         report()
                     if finished():
                         w.stop()
@@ -780,20 +870,28 @@ class KubernetesBackend(Backend):
         if not specs:
             return []
         jobs, _ = self._list_jobs(exp.experiment, self._stages(specs))
+        packed = self._packed(jobs)
         committed = self._committed(exp, specs)
-        cancelled = []
+        cancelled, deleted = [], set()
         for spec in specs:
-            name = job_name(spec.experiment, spec.run_id)
-            if name not in jobs or spec.run_id in committed:
+            if spec.run_id in committed:
                 continue
-            self._delete_job(name, "delete Job")
-            cancelled.append(spec.run_id)
+            for name in {*packed.get(spec.run_id, ()), job_name(spec.experiment, spec.run_id)} & set(jobs):
+                if name not in deleted:  # a pack Job goes once, with every member not committed yet
+                    self._delete_job(name, "delete Job")
+                    deleted.add(name)
+            if spec.run_id in packed or job_name(spec.experiment, spec.run_id) in jobs:
+                cancelled.append(spec.run_id)
         return cancelled
 
     def logs(self, run_id: str, exp, follow: bool = False, out=None) -> None:
         out = out or sys.stdout
-        name = job_name(exp.experiment, run_id)
-        pods = self._list_pods(exp.experiment, None, run_id)
+        name, pack = job_name(exp.experiment, run_id), None
+        if self.cfg.executor.runs_per_job > 1:  # the run may train in a pack Job: find it by its annotation
+            jobs, _ = self._list_jobs(exp.experiment, None)
+            name = self._owner(jobs, self._packed(jobs), exp.experiment, run_id) or name
+            pack = (_meta(jobs[name]).get("labels") or {}).get(PACK_LABEL) if name in jobs else None
+        pods = self._list_pods(exp.experiment, None, None if pack else run_id, pack)
         if not pods and self.stored_logs(run_id, exp, out):  # the Job is gone: the attempts' copies
             return
         if not pods:
@@ -814,7 +912,8 @@ class KubernetesBackend(Backend):
         pod = pods[-1]
         pod_name = _meta(pod).get("name")
         phase = (pod.get("status") or {}).get("phase", "?")
-        self.log(f"{self.ns}/{pod_name} ({phase}; attempt {len(pods)} of Job {name})")
+        shared = f"; pack {pack}: the log holds every member's lines" if pack else ""
+        self.log(f"{self.ns}/{pod_name} ({phase}; attempt {len(pods)} of Job {name}{shared})")
         what = f"{self.ns}/{pod_name}: read log"
         try:
             self._pod_log(what, pod_name, follow, out)

@@ -16,6 +16,12 @@ Names and labels::
     aal-k8s/lambda                     adversarial: the gradient reversal weight
     annotation aal-k8s/spec            the RunSpec as JSON (the worker reads the copy in the store)
 
+A pack Job (``executor.runs_per_job`` > 1; aal_k8s.packs) trains several runs in one pod: its name is
+``aal-<experiment>-<pack id>`` (the pack id a hash of every member's run id), it carries the stage
+and dataset labels, ``aal-k8s/pack: <pack id>`` instead of the per-run labels, and the annotation
+``aal-k8s/runs`` lists the run ids it trains (comma-separated), which is how the backend maps the
+Job back to each member run.
+
 so ``kubectl get jobs -l aal-k8s/stage=pairwise`` lists a stage, and pods carry the same labels.
 Credentials reach the worker only through ``envFrom`` of the Secret named by ``k8s.store_secret``;
 no manifest ever holds a secret value.
@@ -41,6 +47,8 @@ WORKER_UID = 10001
 LABEL_PREFIX = "aal-k8s/"
 STAGE_LABEL = LABEL_PREFIX + "stage"
 RUN_LABEL = LABEL_PREFIX + "run"
+PACK_LABEL = LABEL_PREFIX + "pack"
+RUNS_ANNOTATION = LABEL_PREFIX + "runs"
 PART_OF_LABEL = "app.kubernetes.io/part-of"
 SPEC_ANNOTATION = LABEL_PREFIX + "spec"
 EXPERIMENT_ANNOTATION = LABEL_PREFIX + "experiment"
@@ -83,14 +91,21 @@ def label_value(text: str) -> str:
     return f"{clean}-{h}" if clean else h
 
 
-def run_labels(spec: RunSpec) -> dict[str, str]:
-    labels = {
+def _common_labels(spec: RunSpec) -> dict[str, str]:
+    """The labels every Job of ``spec``'s stage carries, a run's or a pack's (what ``selector`` selects on)."""
+    return {
         "app.kubernetes.io/name": APP,
         PART_OF_LABEL: label_value(spec.experiment),
         "app.kubernetes.io/component": WORKER_CONTAINER,
         "app.kubernetes.io/managed-by": APP,
         STAGE_LABEL: label_value(spec.stage),
         LABEL_PREFIX + "dataset": label_value(spec.dataset),
+    }
+
+
+def run_labels(spec: RunSpec) -> dict[str, str]:
+    labels = {
+        **_common_labels(spec),
         RUN_LABEL: label_value(spec.run_id),
         LABEL_PREFIX + "attribute": label_value("all" if spec.stage in ALL_ATTRIBUTE_STAGES else spec.primary[0]),
     }
@@ -102,8 +117,9 @@ def run_labels(spec: RunSpec) -> dict[str, str]:
     return labels
 
 
-def selector(experiment: str, stages=None, run_id: str | None = None) -> str:
-    """Label selector of an experiment's Jobs (and their pods), optionally of some stages or one run."""
+def selector(experiment: str, stages=None, run_id: str | None = None, pack: str | None = None) -> str:
+    """Label selector of an experiment's Jobs (and their pods), optionally of some stages, one run
+    or one pack (its pack id)."""
     parts = [f"app.kubernetes.io/name={APP}", f"{PART_OF_LABEL}={label_value(experiment)}"]
     stages = sorted(set(stages or ()))
     if len(stages) == 1:
@@ -112,6 +128,8 @@ def selector(experiment: str, stages=None, run_id: str | None = None) -> str:
         parts.append(f"{STAGE_LABEL} in ({','.join(label_value(s) for s in stages)})")
     if run_id:
         parts.append(f"{RUN_LABEL}={label_value(run_id)}")
+    if pack:
+        parts.append(f"{PACK_LABEL}={label_value(pack)}")
     return ",".join(parts)
 
 
@@ -195,28 +213,63 @@ def rung_job_name(experiment: str, run_id: str, until_epoch: int = 0) -> str:
     return job_name(experiment, f"{run_id}-e{until_epoch}" if until_epoch else run_id)
 
 
+def pack_job_name(experiment: str, pack: list[RunSpec]) -> str:
+    """The Job of a pack (aal_k8s.planner.job_packs): named from every member's run id, committed
+    ones too, so it keeps its name while members commit; a pack of one is its run's Job."""
+    from aal_k8s.packs import pack_id
+
+    return job_name(experiment, pack_id(pack))
+
+
+def job_runs(job: dict) -> list[str]:
+    """The run ids a pack Job trains (its ``aal-k8s/runs`` annotation); [] for a run's own Job."""
+    text = ((job.get("metadata") or {}).get("annotations") or {}).get(RUNS_ANNOTATION) or ""
+    return [r for r in text.split(",") if r]
+
+
 def job_manifest(spec: RunSpec, cfg, pack_bytes: int = 0, until_epoch: int = 0) -> dict:
     """The Job that runs ``aal-k8s worker`` for ``spec`` (``cfg``: the experiment Config;
     ``pack_bytes``: one download of the dataset pack, which sizes the pod's /tmp; ``until_epoch``:
     a halving rung, the worker stops after that epoch)."""
-    k = cfg.k8s
-    tmp_size = ephemeral_storage(cfg, pack_bytes)
-    name = rung_job_name(spec.experiment, spec.run_id, until_epoch)
-    labels = run_labels(spec)
-    job_labels = dict(labels)
-    if k.queue_name:
-        job_labels[KUEUE_QUEUE_LABEL] = k.queue_name
     annotations = {
         SPEC_ANNOTATION: json.dumps(asdict(spec), sort_keys=True, separators=(",", ":")),
         EXPERIMENT_ANNOTATION: spec.experiment,
         LABEL_PREFIX + "store": cfg.store.uri,
     }
+    name = rung_job_name(spec.experiment, spec.run_id, until_epoch)
+    return _job(name, run_labels(spec), annotations, spec.experiment, [spec.run_id], cfg, pack_bytes, until_epoch)
+
+
+def pack_manifest(pack: list[RunSpec], members: list[RunSpec], cfg, pack_bytes: int = 0) -> dict:
+    """The Job of ``pack`` (named from all of it) that trains ``members`` (its runs not committed
+    yet) in one ``aal-k8s worker --run A --run B ...``; a pack of one is ``job_manifest``."""
+    if len(pack) == 1:
+        return job_manifest(members[0], cfg, pack_bytes)
+    from aal_k8s.packs import pack_id
+
+    ids = [s.run_id for s in members]
+    labels = {**_common_labels(pack[0]), PACK_LABEL: label_value(pack_id(pack))}
+    annotations = {
+        RUNS_ANNOTATION: ",".join(ids),  # run ids never hold a comma (aal_k8s.store.layout.check_name)
+        EXPERIMENT_ANNOTATION: pack[0].experiment,
+        LABEL_PREFIX + "store": cfg.store.uri,
+    }
+    return _job(pack_job_name(pack[0].experiment, pack), labels, annotations, pack[0].experiment, ids, cfg, pack_bytes)
+
+
+def _job(name: str, labels: dict, annotations: dict, experiment: str, run_ids: list[str], cfg, pack_bytes: int,
+         until_epoch: int = 0) -> dict:  # fmt: skip
+    k = cfg.k8s
+    tmp_size = ephemeral_storage(cfg, pack_bytes)
+    job_labels = dict(labels)
+    if k.queue_name:
+        job_labels[KUEUE_QUEUE_LABEL] = k.queue_name
     container = {
         "name": WORKER_CONTAINER,
         "image": k.image,
         "imagePullPolicy": k.image_pull_policy,
         "command": ["aal-k8s"],
-        "args": ["worker", "--store", cfg.store.uri, "--experiment", spec.experiment, "--run", spec.run_id,
+        "args": ["worker", "--store", cfg.store.uri, "--experiment", experiment, *[x for r in run_ids for x in ("--run", r)],
                  *(["--until-epoch", str(until_epoch)] if until_epoch else [])],  # fmt: skip
         "env": _env(cfg),
         "envFrom": [{"secretRef": {"name": k.store_secret}}] if k.store_secret else [],

@@ -131,11 +131,16 @@ def test_status_shows_the_runs_halving_stopped_as_stopped_with_their_rung(
     assert stopped == {0.3: "1", 3.0: "1", 10.0: "1", 0.1: "3"}  # TABLE: 0.1 and 1.0 pass epoch 1, 1.0 epoch 3
 
 
-def test_packs_are_refused_on_the_k8s_backend_until_it_creates_pack_jobs(make_backend, k8s_overrides, capsys):
-    from aal_k8s.cli import main
+def test_packs_of_halving_rungs_are_refused_with_one_line_and_nothing_created(make_backend, cluster, k8s_overrides):
+    from aal_k8s.errors import AALError
 
-    argv = ["submit", "--stage", "single", "--dry-run", *_sets([*k8s_overrides, "executor.runs_per_job=4"])]
-    assert main(argv) == 2
-    err = capsys.readouterr().err.strip().splitlines()
-    assert err[-1].endswith("executor.runs_per_job=4: packs run on the local backend only so far; the k8s backend "
-                            "creates one Job per run (set executor.runs_per_job=1)") and len(err) == 1  # fmt: skip
+    extra = ["adversarial.lambdas=[0.1, 1.0]", "adversarial.lambda_search=halving", "executor.runs_per_job=2"]
+    cfg = load_config(overrides=[*k8s_overrides, *extra], dataset="synthetic")
+    exp = ExperimentStore(open_store(cfg.store.uri), cfg.experiment_name)
+    specs = plan_stage("adversarial", cfg, {"square": "red_tint"}, attributes=["square"])
+    want = ("^executor.runs_per_job=2 with adversarial.lambda_search=halving: the k8s backend does not pack halving "
+            r"rungs yet; set executor.runs_per_job=1 for the adversarial stage \(or lambda_search=grid\)$")  # fmt: skip
+    for attempt in (lambda: run_halving(make_backend(cfg), exp, cfg, specs), lambda: make_backend(cfg).render(specs, exp)):
+        with pytest.raises(AALError, match=want):
+            attempt()
+    assert not cluster.jobs and not cluster.calls_to("create_namespaced_job")
