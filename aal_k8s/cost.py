@@ -36,6 +36,7 @@ class StagePlan:
     upper_bound: bool = False  # partners not known yet: at most this many runs
     seconds_per_run: float = 0.0
     halving_jobs: int | None = None  # halving: Jobs still to create, one per run and rung (to_run otherwise)
+    pack_jobs: int | None = None  # executor.runs_per_job > 1: the packs still to train, one Job each
 
     @property
     def to_run(self) -> int:
@@ -43,7 +44,9 @@ class StagePlan:
 
     @property
     def jobs(self) -> int:
-        return self.to_run if self.halving_jobs is None else self.halving_jobs
+        if self.halving_jobs is not None:
+            return self.halving_jobs
+        return self.to_run if self.pack_jobs is None else self.pack_jobs
 
 
 @dataclass
@@ -60,10 +63,12 @@ class Plan:
     pack_bytes: int  # one download of the dataset pack (0: generated in the worker)
     downloads: str  # how often the pack is downloaded: "per run", "per node", "once"
     warnings: list[str] = field(default_factory=list)
+    runs_per_job: int = 1  # executor.runs_per_job: runs trained together in one Job (aal_k8s.packs)
 
     @property
     def jobs(self) -> int:
-        """Kubernetes Jobs to create: one per run, and under halving one per run and rung."""
+        """Kubernetes Jobs to create: one per run, one per pack with ``executor.runs_per_job`` > 1,
+        and under halving one per run and rung."""
         return sum(s.jobs for s in self.stages)
 
     @property
@@ -96,6 +101,10 @@ class Plan:
         for s in self.stages:
             if s.halving_jobs is not None and self.backend == "k8s":
                 lines.append(f"{s.stage}: {s.halving_jobs} Jobs for {s.to_run} runs (halving: one Job per run and rung)")
+            elif s.pack_jobs is not None and self.backend == "k8s":
+                lines.append(f"{s.stage}: {s.pack_jobs} Jobs for {s.to_run} runs (packs of up to {self.runs_per_job} "
+                             f"runs per Job; {unit} counted per run as if each trained alone: a pack's speed-up "
+                             "is not measured into the plan)")  # fmt: skip
         egress = self._downloads_count() * self.pack_bytes
         pack_gb = self.pack_bytes / 1e9
         if self.pack_bytes and self.downloads == "per node":
@@ -216,6 +225,10 @@ def build_plan(cfg: Config, exp, stages: list[str], plan_fn) -> Plan:
             from aal_k8s.halving import job_plan
 
             rows[-1].halving_jobs = job_plan(exp, cfg, specs).total
+        elif cfg.executor.runs_per_job > 1:  # the packs the k8s backend makes: over every run of the stage
+            from aal_k8s.planner import job_packs
+
+            rows[-1].pack_jobs = sum(any(s.run_id not in done for s in p) for p in job_packs(specs, cfg.executor.runs_per_job))
     measured = [v for st, secs in seconds.items() if st != "affinity" for v in secs.values()]
     if measured:
         n = sum(len(v) for v in seconds.values())
@@ -251,7 +264,7 @@ def build_plan(cfg: Config, exp, stages: list[str], plan_fn) -> Plan:
         experiment=exp.experiment, store=exp.store.uri, backend=cfg.executor.backend, stages=rows,
         rates_source=source, unit=unit, devices_per_run=gpus, price=cfg.plan.gpu_hour_price,
         run_bytes=weights_bytes(cfg), pack_bytes=pack_bytes(cfg, exp.store), downloads=downloads,
-        warnings=warnings,
+        warnings=warnings, runs_per_job=cfg.executor.runs_per_job,
     )  # fmt: skip
 
 

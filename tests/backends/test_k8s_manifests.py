@@ -463,3 +463,26 @@ def test_kubectl_kustomize_builds_each_kustomization(folder):
         if doc["kind"] not in NO_OFFICIAL_SCHEMA:
             validate_strict(doc)
             assert doc["kind"] == "Namespace" or doc["metadata"]["namespace"] == "aal-k8s"
+
+
+@pytest.mark.parametrize("overrides", list(VARIANTS.values()), ids=list(VARIANTS))
+def test_pack_jobs_validate_strictly_and_name_their_members_within_label_limits(overrides):
+    from aal_k8s.backends.k8s_manifests import job_runs, pack_manifest
+    from aal_k8s.planner import job_packs
+
+    cfg = _cfg(*overrides, "executor.runs_per_job=4", dataset="celeba")  # long ids: 40 attributes, x 5 lambdas
+    specs = plan_stage("adversarial", cfg, partners={a: "Male" for a in ("Big_Lips", "Smiling", "Young")})
+    packs = job_packs(specs, 4)
+    assert [len(p) for p in packs] == [4, 4, 4, 3]
+    for pack in packs:
+        job = pack_manifest(pack, pack[1:], cfg)  # the first member committed: left out, the name stays the pack's
+        validate_strict(job)
+        meta = job["metadata"]
+        assert meta["name"] == pack_manifest(pack, pack, cfg)["metadata"]["name"] and len(meta["name"]) <= 63
+        assert job_runs(job) == [s.run_id for s in pack[1:]]
+        args = job["spec"]["template"]["spec"]["containers"][0]["args"]
+        assert [args[i + 1] for i, a in enumerate(args) if a == "--run"] == [s.run_id for s in pack[1:]]
+        assert "aal-k8s/run" not in meta["labels"] and meta["labels"]["aal-k8s/stage"] == "adversarial"
+        assert all(len(v) <= 63 for v in meta["labels"].values())
+        assert job["spec"]["template"]["metadata"]["labels"]["aal-k8s/pack"] == meta["labels"]["aal-k8s/pack"]
+    assert len({pack_manifest(p, p, cfg)["metadata"]["name"] for p in packs}) == len(packs)
