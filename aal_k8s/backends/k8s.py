@@ -512,7 +512,7 @@ class KubernetesBackend(Backend):
         packs = [(p, m) for p in self._packs(specs) if (m := [s for s in p if s.run_id not in committed])]
         created, already, replaced = 0, 0, 0
         for pack, members in packs:
-            name = self._job_name(exp.experiment, pack[0].run_id) if len(pack) == 1 else pack_job_name(exp.experiment, pack)
+            name = pack_job_name(exp.experiment, pack, self._until)
             # a run another Job trains (a pack made before --attrs or runs_per_job changed, or its
             # own Job from runs_per_job=1) stays with that Job: never two pods writing one run
             elsewhere = {s.run_id: o for s in members if (o := self._owner(existing, packed, exp.experiment, s.run_id))

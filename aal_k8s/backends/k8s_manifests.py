@@ -213,12 +213,12 @@ def rung_job_name(experiment: str, run_id: str, until_epoch: int = 0) -> str:
     return job_name(experiment, f"{run_id}-e{until_epoch}" if until_epoch else run_id)
 
 
-def pack_job_name(experiment: str, pack: list[RunSpec]) -> str:
+def pack_job_name(experiment: str, pack: list[RunSpec], until_epoch: int = 0) -> str:
     """The Job of a pack (aal_k8s.planner.job_packs): named from every member's run id, committed
-    ones too, so it keeps its name while members commit; a pack of one is its run's Job."""
-    from aal_k8s.packs import pack_id
+    ones too, so it keeps its name while members commit; a pack of one is its run's (rung's) Job."""
+    from aal_k8s.packs import pack_id  # a pack of one: its run id
 
-    return job_name(experiment, pack_id(pack))
+    return rung_job_name(experiment, pack_id(pack), until_epoch)
 
 
 def job_runs(job: dict) -> list[str]:

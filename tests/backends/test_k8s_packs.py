@@ -63,6 +63,10 @@ def test_one_job_per_pack_named_from_its_members_and_a_resubmit_creates_none(pba
     again = pbackend.submit(list(reversed(specs)), pexp)
     assert sorted(again.submitted) == sorted(report.submitted) and not again.failed
     assert len(cluster.calls_to("create_namespaced_job")) == 2
+    names = sorted(cluster.jobs)
+    pbackend.cancel(specs, pexp)  # no Job left to find: the names alone must come out the same
+    pbackend.submit(list(reversed(specs)), pexp)
+    assert sorted(cluster.jobs) == names and len(cluster.calls_to("create_namespaced_job")) == 4
 
 
 RESUBMITS = [
