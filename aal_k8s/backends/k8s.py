@@ -1,4 +1,6 @@
-"""Kubernetes backend: one batch/v1 Job per run, through the official ``kubernetes`` client.
+"""Kubernetes backend: one batch/v1 Job per run (or per pack of runs with ``executor.runs_per_job``
+> 1: several runs in one pod, named from every member, mapped back to each member run by its
+``aal-k8s/runs`` annotation; see docs/kubernetes.md), through the official ``kubernetes`` client.
 
 * ``submit`` writes each run's spec to the store, then creates its Job (``k8s_manifests``). Runs
   committed in the store get no Job. The Job name is a function of (experiment, run id), so a

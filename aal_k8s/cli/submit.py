@@ -1,7 +1,7 @@
 """Submit the runs of one stage that are not complete yet.
 
 With the local backend the runs execute now, in parallel processes; with the Kubernetes backend
-one Job per run is created and the command returns (watch with ``aal-k8s status`` or kubectl).
+one Job per run (per pack with ``executor.runs_per_job`` > 1) is created and the command returns (watch with ``aal-k8s status`` or kubectl).
 ``--dry-run`` prints what would be submitted and writes nothing.
 """
 
