@@ -152,6 +152,31 @@ def test_submitting_again_while_the_runs_are_going_creates_no_second_job(e2e):
     assert code == 0 and len(jobs_of(e2e.ns)) == 1 and "already complete" in err
 
 
+def test_a_pack_of_two_runs_trains_in_one_job_whose_members_commit_and_status_cancel_map_back(e2e):
+    from aal_k8s.backends.k8s_manifests import job_runs, pack_job_name
+
+    argv = ["submit", "--stage", "single", "--attrs", "1,2", *e2e.sets("executor.runs_per_job=2")]
+    code, out, err = e2e.cli(*argv)
+    assert code == 0 and "stage single: 2 submitted" in out, err
+    cfg = e2e.config("executor.runs_per_job=2")
+    exp, specs = specs_for(e2e, cfg, "single", "1,2")
+    name = pack_job_name(exp.experiment, sorted(specs, key=lambda s: s.run_id))
+    jobs = jobs_of(e2e.ns)
+    assert list(jobs) == [name] and sorted(job_runs(jobs[name])) == sorted(s.run_id for s in specs)
+    code, out, err = e2e.cli(*argv)  # while it trains: the same pack, no second Job
+    assert code == 0 and "0 Jobs created" in err and list(jobs_of(e2e.ns)) == [name]
+    until("both members to commit", lambda: all(exp.is_committed(s.run_id) for s in specs))
+    [pod] = pods_of(e2e.ns, selector(exp.experiment, ["single"]))
+    assert pod["metadata"]["labels"]["aal-k8s/pack"] == jobs[name]["metadata"]["labels"]["aal-k8s/pack"]
+    for spec in specs:  # each member committed by the pack's one pod, as a run alone would be
+        assert exp.read_metrics(spec.run_id)["attempt"].startswith(pod["metadata"]["name"] + "-")
+    code, out, _ = e2e.cli("status", "--stage", "single", *e2e.sets("executor.runs_per_job=2"))
+    row = next(ln for ln in out.splitlines() if ln.startswith("single "))
+    assert code == 0 and row.split()[1:3] == ["2", "0"]
+    assert KubernetesBackend(cfg).cancel(specs, exp) == []  # committed: the Job stays, the store too
+    assert list(jobs_of(e2e.ns)) == [name]
+
+
 # -- 5: deterministic failure, unschedulable runs, bounded patience --------------------------------
 def test_a_worker_exiting_2_fails_its_job_without_retries_and_status_shows_the_workers_message(e2e):
     cfg = e2e.config()
