@@ -256,6 +256,10 @@ class PlanConfig:
     # ``aal-k8s plan`` and the confirmation of submit/pipeline on Kubernetes (aal_k8s.cost).
     device_class: str = "h100-target"  # rates when no committed run calibrates them (aal_k8s.cost.DEVICE_RATES)
     gpu_hour_price: float = 3.0  # price of one GPU-hour (any currency) for the plan's cost line
+    # seconds a k8s Job holds its GPU before the worker process starts (volumes, image pull, container
+    # creation), added per Job: the worker cannot measure it (aal_k8s.cost); e.g. from `kubectl get pod
+    # -o yaml` (status.startTime to the container's startedAt) on your cluster
+    pod_startup_seconds: float = 0.0
     confirm_above_jobs: int = 50  # k8s submit/pipeline ask before creating more Jobs than this (--yes skips)
 
 
@@ -512,6 +516,8 @@ def validate(cfg: Config) -> list[str]:
         problems.append(f"plan.device_class: {cfg.plan.device_class!r} is not one of {', '.join(DEVICE_RATES)}")
     if isinstance(cfg.plan.gpu_hour_price, float) and cfg.plan.gpu_hour_price < 0:
         problems.append(f"plan.gpu_hour_price: must be >= 0, got {cfg.plan.gpu_hour_price}")
+    if isinstance(cfg.plan.pod_startup_seconds, float) and cfg.plan.pod_startup_seconds < 0:
+        problems.append(f"plan.pod_startup_seconds: must be >= 0, got {cfg.plan.pod_startup_seconds}")
     if isinstance(cfg.plan.confirm_above_jobs, int) and cfg.plan.confirm_above_jobs < 0:
         problems.append(f"plan.confirm_above_jobs: must be >= 0, got {cfg.plan.confirm_above_jobs}")
     finite = _non_finite(cfg)
