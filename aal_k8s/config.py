@@ -44,6 +44,11 @@ class AugmentConfig:
     flip: bool = True  # random horizontal flip
 
 
+#: Set in each Kubernetes pod to where it puts the pack when dataset.pack_to is auto
+#: (aal_k8s.backends.k8s_manifests.pack_destination; read by aal_k8s.data.pack).
+PACK_TO_ENV = "AAL_K8S_PACK_TO"
+
+
 @dataclass
 class DatasetConfig:
     name: str = "synthetic"  # synthetic | celeba | duke
@@ -53,6 +58,10 @@ class DatasetConfig:
     # -- real datasets (docs/datasets.md) ---------------------------------------------------------
     pack: str = "auto"  # auto: the store's packs/<name>/ if prepared, else decode from root | none | a pack's folder or URI
     cache_dir: str = ""  # local folder packs are downloaded to; "" = $AAL_K8S_CACHE or ~/.cache/aal-k8s
+    # where a worker puts the pack: disk (cache_dir, memory-mapped, one download per machine or
+    # shared cache) | memory (streamed from the store into RAM, verified shard by shard; nothing on
+    # disk) | auto: $AAL_K8S_PACK_TO (a k8s Job sets it: memory unless a cache volume is mounted), else disk
+    pack_to: str = "auto"
     val_fraction: float = 0.1  # duke: share of train identities held out as validation (seeded by seed)
     strict_counts: bool = True  # require the official image counts; false accepts a subset
     workers: int = 4  # decode processes (DataLoader workers) when training from unpacked image files
@@ -298,6 +307,7 @@ CHOICES = {
     "dataset.name": tuple(DATASET_PRESETS),
     "model.backbone": ("resnet18", "small_cnn"),
     "train.heads_impl": ("auto", "fused", "reference"),
+    "dataset.pack_to": ("auto", "disk", "memory"),
     "train.device": ("auto", "cpu", "cuda"),
     "train.precision": ("auto", "bf16", "fp32"),
     "adversarial.final_selection": ("best_on_val", "adversarial"),

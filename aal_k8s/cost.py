@@ -275,7 +275,11 @@ def build_plan(cfg: Config, exp, stages: list[str], plan_fn) -> Plan:
         source += "; pod start-up before the worker is not included (plan.pod_startup_seconds=0)"
     downloads = "once" if local or k.cache_volume_claim else "per node" if k.cache_host_path else "per run"
     if not local and downloads == "per run" and cfg.dataset.name != "synthetic":
-        warnings.append("every pod downloads the whole pack: set k8s.cache_host_path (one download per node)")
+        from aal_k8s.backends.k8s_manifests import pack_destination
+
+        where = "into memory (its memory request grows by the pack)" if pack_destination(cfg) == "memory" else "to its /tmp"
+        warnings.append(f"every pod streams the whole pack from the store {where}: a cache volume "
+                        "(k8s.cache_volume_claim, or k8s.cache_host_path where hostPath is allowed) fetches it once")  # fmt: skip
     # local runs use one device each (a GPU, or the CPU); a k8s pod k8s.gpus GPUs (0: a CPU pod)
     unit = "device-h" if local else "GPU-h" if k.gpus else "CPU-pod-h"
     gpus = 1 if local else max(k.gpus, 1)

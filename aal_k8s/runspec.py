@@ -46,7 +46,7 @@ RESULT_KEYS_V1 = {
 #: computes: never in the id.
 EXECUTION_ONLY = (
     "train.device", "train.threads", "train.eval_batch_size", "train.heads_impl", "train.compile",
-    "dataset.root", "dataset.pack", "dataset.cache_dir", "dataset.workers",
+    "dataset.root", "dataset.pack", "dataset.cache_dir", "dataset.pack_to", "dataset.workers",
 )  # fmt: skip
 #: Version 1's RunSpec fields (the experiment name is not one: a copied experiment keeps its ids).
 _SPEC_KEYS_V1 = ("stage", "dataset", "primary", "auxiliary", "mode", "lam", "seed", "attr_index")

@@ -31,6 +31,7 @@ from dataclasses import asdict
 
 import yaml
 
+from aal_k8s.config import PACK_TO_ENV
 from aal_k8s.errors import EXIT_USAGE
 from aal_k8s.runspec import ADVERSARIAL_MODES, ALL_ATTRIBUTE_STAGES, RunSpec
 
@@ -123,26 +124,51 @@ def _quantity(q) -> str:
 TMP_HEADROOM_GI = 2
 
 
+def pack_destination(cfg) -> str:
+    """Where a pod puts the dataset pack: ``dataset.pack_to``, or with auto on disk when a cache
+    volume is mounted (shared: fetched once per node or cluster), else in memory, streamed from the
+    store (aal_k8s.data.pack.stream). Memory is the default because it needs nothing the cluster
+    may not have: no hostPath (refused by the restricted Pod Security profile), no ReadWriteMany
+    volume, and no pack-sized node disk per pod; the pipeline holds the splits in memory anyway."""
+    if cfg.dataset.pack_to != "auto":
+        return cfg.dataset.pack_to
+    return "disk" if cfg.k8s.cache_host_path or cfg.k8s.cache_volume_claim else "memory"
+
+
+def _pack_gi(pack_bytes: int) -> int:
+    return -(-pack_bytes // 2**30)  # whole GiB, rounded up
+
+
 def ephemeral_storage(cfg, pack_bytes: int) -> str:
-    """The pod's /tmp size (request and emptyDir limit): ``k8s.ephemeral_storage``, or with auto the
-    pack's size (it lands in /tmp when no cache volume is mounted) plus TMP_HEADROOM_GI."""
+    """The pod's /tmp size (request and emptyDir limit): ``k8s.ephemeral_storage``, or with auto
+    TMP_HEADROOM_GI plus the pack's size when it lands in /tmp (on disk without a cache volume)."""
     k = cfg.k8s
     if k.ephemeral_storage != "auto":
         return _quantity(k.ephemeral_storage)
-    shared = k.cache_host_path or k.cache_volume_claim
-    pack_gi = 0 if shared else -(-pack_bytes // 2**30)  # whole GiB, rounded up
-    return f"{pack_gi + TMP_HEADROOM_GI}Gi"
+    in_tmp = pack_destination(cfg) == "disk" and not (k.cache_host_path or k.cache_volume_claim)
+    return f"{(_pack_gi(pack_bytes) if in_tmp else 0) + TMP_HEADROOM_GI}Gi"
 
 
-def _resources(k, tmp_size: str = "") -> dict:
-    requests = {"cpu": _quantity(k.cpu_request), "memory": _quantity(k.memory_request)}
+def _plus_gi(q, gi: int) -> str:
+    """Kubernetes quantity ``q`` plus ``gi`` GiB (``q`` itself when ``gi`` is 0)."""
+    if not gi:
+        return _quantity(q)
+    from aal_k8s.config import parse_quantity
+
+    total = int(parse_quantity(q)) + gi * 2**30
+    return f"{total // 2**30}Gi" if total % 2**30 == 0 else str(total)
+
+
+def _resources(k, tmp_size: str = "", pack_gi: int = 0) -> dict:
+    """``pack_gi``: GiB the pack adds to the memory request and limit (streamed into memory)."""
+    requests = {"cpu": _quantity(k.cpu_request), "memory": _plus_gi(k.memory_request, pack_gi)}
     if tmp_size:  # scheduled onto a node with that much disk; evicted only above the emptyDir's limit
         requests["ephemeral-storage"] = tmp_size
     limits = {}
     if k.cpu_limit != "":
         limits["cpu"] = _quantity(k.cpu_limit)
     if k.memory_limit != "":
-        limits["memory"] = _quantity(k.memory_limit)
+        limits["memory"] = _plus_gi(k.memory_limit, pack_gi)
     if k.gpus > 0:  # extended resources: request == limit, and the limit is what the scheduler needs
         requests[k.gpu_resource] = str(k.gpus)
         limits[k.gpu_resource] = str(k.gpus)
@@ -171,6 +197,7 @@ def _env(cfg) -> list[dict]:
     ]
     if k.cache_host_path or k.cache_volume_claim:
         env.append({"name": "AAL_K8S_CACHE", "value": k.cache_mount_path})  # dataset packs, shared
+    env.append({"name": PACK_TO_ENV, "value": pack_destination(cfg)})  # what the requests are sized for
     env += [{"name": name, "value": str(value)} for name, value in sorted(k.env.items())]
     return env
 
@@ -197,7 +224,7 @@ def rung_job_name(experiment: str, run_id: str, until_epoch: int = 0) -> str:
 
 def job_manifest(spec: RunSpec, cfg, pack_bytes: int = 0, until_epoch: int = 0) -> dict:
     """The Job that runs ``aal-k8s worker`` for ``spec`` (``cfg``: the experiment Config;
-    ``pack_bytes``: one download of the dataset pack, which sizes the pod's /tmp; ``until_epoch``:
+    ``pack_bytes``: one download of the dataset pack, which sizes the pod's /tmp or its memory; ``until_epoch``:
     a halving rung, the worker stops after that epoch)."""
     k = cfg.k8s
     tmp_size = ephemeral_storage(cfg, pack_bytes)
@@ -220,7 +247,7 @@ def job_manifest(spec: RunSpec, cfg, pack_bytes: int = 0, until_epoch: int = 0) 
                  *(["--until-epoch", str(until_epoch)] if until_epoch else [])],  # fmt: skip
         "env": _env(cfg),
         "envFrom": [{"secretRef": {"name": k.store_secret}}] if k.store_secret else [],
-        "resources": _resources(k, tmp_size),
+        "resources": _resources(k, tmp_size, _pack_gi(pack_bytes) if pack_destination(cfg) == "memory" else 0),
         "securityContext": {
             "runAsNonRoot": True,
             "allowPrivilegeEscalation": False,
