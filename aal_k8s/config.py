@@ -112,6 +112,9 @@ class AdversarialConfig:
     lambda_search: str = "grid"
     halving_eta: int = 3  # halving: keep the best floor(n/eta) (at least 1) at every rung
     halving_rungs: list[int] = field(default_factory=list)  # epochs of the rungs; [] = Hyperband's geometric ones
+    # the final comparison over N seeds (stage "seeds", --seeds N): the final classifiers and the
+    # single-task baselines trained with N-1 more seeds; the report gives a mean and an interval
+    seeds: int = 1
 
 
 @dataclass
@@ -526,6 +529,8 @@ def validate(cfg: Config) -> list[str]:
         problems.append(f"plan.device_class: {cfg.plan.device_class!r} is not one of {', '.join(DEVICE_RATES)}")
     if isinstance(cfg.plan.gpu_hour_price, float) and cfg.plan.gpu_hour_price < 0:
         problems.append(f"plan.gpu_hour_price: must be >= 0, got {cfg.plan.gpu_hour_price}")
+    if isinstance(cfg.adversarial.seeds, int) and cfg.adversarial.seeds < 1:
+        problems.append(f"adversarial.seeds: must be >= 1, got {cfg.adversarial.seeds}")
     if isinstance(cfg.plan.pod_startup_seconds, float) and cfg.plan.pod_startup_seconds < 0:
         problems.append(f"plan.pod_startup_seconds: must be >= 0, got {cfg.plan.pod_startup_seconds}")
     if isinstance(cfg.plan.confirm_above_jobs, int) and cfg.plan.confirm_above_jobs < 0:

@@ -232,7 +232,11 @@ def build_plan(cfg: Config, exp, stages: list[str], plan_fn) -> Plan:
         try:
             specs = plan_fn(stage)
         except (StageOrderError, StoreError):  # partners not known yet, or not readable from here
-            bound = m * len(cfg.adversarial.lambdas) if stage == "adversarial" else m
+            bound = (
+                m * len(cfg.adversarial.lambdas) if stage == "adversarial"
+                else 2 * m * (cfg.adversarial.seeds - 1) if stage == "seeds"  # a single and an adversarial run per seed
+                else m
+            )  # fmt: skip
             rows.append(StagePlan(stage, bound, 0, upper_bound=True))
             continue
         done = {s.run_id for s in specs if s.run_id in committed}

@@ -45,8 +45,10 @@ PINNED_SECTIONS = ("dataset", "model", "train", "adversarial", "affinity")
 #: e.g. ``--partners-from affinity`` after pairwise, orphans nothing: it plans the adversarial runs
 #: of the new partners and keeps the others. The lambda grid, by contrast, defines the protocol
 #: and stays pinned.
+#: ``adversarial.seeds`` likewise adds replicate runs (stage seeds) and changes none that exist.
 SELECTION_KEYS = (
     "adversarial.partners_from", "adversarial.partner_test", "adversarial.min_drop", "adversarial.final_selection",
+    "adversarial.seeds",
 )  # fmt: skip
 
 

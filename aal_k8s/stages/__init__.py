@@ -10,12 +10,12 @@ reads this registry.
 from __future__ import annotations
 
 from aal_k8s.errors import AALError
-from aal_k8s.stages import adversarial, affinity, gan, group, multi, pairwise, shared, single, wgan
+from aal_k8s.stages import adversarial, affinity, gan, group, multi, pairwise, seeds, shared, single, wgan
 from aal_k8s.stages.base import ABLATION, ADVERSARIAL, DISCOVERY, PHASES, PlanInputs, Stage
 
 #: Every stage, in protocol order: discovery, reduce, adversarial, reduce, ablations.
 REGISTRY: tuple[Stage, ...] = tuple(
-    m.STAGE for m in (single, pairwise, multi, affinity, adversarial, gan, wgan, shared, group)
+    m.STAGE for m in (single, pairwise, multi, affinity, adversarial, gan, wgan, shared, group, seeds)
 )
 BY_NAME: dict[str, Stage] = {s.name: s for s in REGISTRY}
 

@@ -18,9 +18,10 @@ if TYPE_CHECKING:
     from aal_k8s.runspec import RunSpec
 
 #: Protocol phases, in order: partner discovery (planned from the config alone), the adversarial
-#: grid (needs reduce's partners), the ablations (need its chosen lambdas, so a second reduce).
-DISCOVERY, ADVERSARIAL, ABLATION = "discovery", "adversarial", "ablation"
-PHASES = (DISCOVERY, ADVERSARIAL, ABLATION)
+#: grid (needs reduce's partners), the ablations (need its chosen lambdas, so a second reduce), the
+#: replicates of the final comparison with more seeds (likewise; not ablations: no Table 1 row).
+DISCOVERY, ADVERSARIAL, ABLATION, REPLICATES = "discovery", "adversarial", "ablation", "replicates"
+PHASES = (DISCOVERY, ADVERSARIAL, ABLATION, REPLICATES)
 
 #: What a stage may need beyond the config, each produced by reduce (``aal_k8s.reduce.load_plan_inputs``):
 PARTNERS = "partners"  # the most negative partner per attribute

@@ -74,6 +74,7 @@ def test_switching_the_partner_method_chooses_other_runs_needs_no_override_and_i
     }
     summary = tmp_path / "store" / "synthetic" / "reduce" / "summary.json"
     assert main(["reduce", "--store", store]) == 0  # later commands follow the latest choice
+    assert main(["reduce", "--store", store, "--seeds", "3"]) == 0  # more seeds add runs, change none
     assert yaml.safe_load(summary.read_text())["partners_from"] == "correlation"
     capsys.readouterr()
     # beside a key that changes what runs compute, only that key is refused and named

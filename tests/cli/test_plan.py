@@ -109,3 +109,16 @@ def test_k8s_submission_above_the_threshold_asks_and_without_a_terminal_needs_ye
     local = load_config(dataset="synthetic", overrides=["plan.confirm_above_jobs=10"])
     confirm(Plan15(), local, yes=False, stdin=Pipe(), stderr=io.StringIO())  # local runs are not Jobs
 
+
+
+def test_seeds_adds_the_seeds_stage_to_the_pipeline_and_its_bound_to_the_plan(tmp_path, capsys):
+    argv = ["pipeline", "--dry-run", "--store", str(tmp_path / "s")]
+    assert main(argv) == 0
+    assert not any(ln.startswith("seeds") for ln in capsys.readouterr().out.splitlines())  # one seed: the protocol as it was
+    assert main([*argv, "--seeds", "3"]) == 0
+    out = capsys.readouterr().out
+    # partners not known yet: at most 2 more seeds x (6 single + 6 adversarial) runs
+    assert _row(out, "seeds")[1:4] == ["<=24", "0", "24"]
+    assert main([*argv, "--seeds", "0"]) == 2
+    err = capsys.readouterr().err
+    assert "adversarial.seeds: must be >= 1, got 0" in err and len(err.strip().splitlines()) == 1

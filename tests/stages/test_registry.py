@@ -20,14 +20,18 @@ GROUPS_ = {"square": ["ring", "red_tint"], "ring": ["blue_tint"]}
 
 
 def test_the_stage_lists_are_the_registrys_in_protocol_order():
-    assert stages.STAGES == ("single", "pairwise", "multi", "affinity", "adversarial", "gan", "wgan", "shared", "group")
+    assert stages.STAGES == (
+        "single", "pairwise", "multi", "affinity", "adversarial", "gan", "wgan", "shared", "group", "seeds",
+    )  # fmt: skip
     assert stages.DISCOVERY_STAGES == ("single", "pairwise", "multi", "affinity")
     assert stages.ADVERSARIAL_STAGES == ("adversarial",)
     assert stages.ABLATION_STAGES == ("gan", "wgan", "shared", "group")
     assert stages.ALL_ATTRIBUTE_STAGES == ("multi", "affinity")
     assert stages.PAPER_STAGES == ("single", "pairwise", "multi", "adversarial")
     assert stages.ADVERSARIAL_MODES == ("adversarial", "gan", "wgan", "shared")
-    assert [stages.tag(s) for s in stages.STAGES] == ["sin", "pair", "mul", "aff", "adv", "gan", "wgan", "shared", "group"]
+    assert [stages.tag(s) for s in stages.STAGES] == [
+        "sin", "pair", "mul", "aff", "adv", "gan", "wgan", "shared", "group", "seed",
+    ]  # fmt: skip
 
 
 def test_every_table1_row_of_the_registry_has_the_papers_value_under_its_key():
@@ -38,7 +42,7 @@ def test_every_table1_row_of_the_registry_has_the_papers_value_under_its_key():
 
 
 def test_an_unknown_stage_is_one_line_naming_the_known_ones():
-    with pytest.raises(AALError, match=r"unknown stage 'triple' \(known: single, pairwise, .*group\)"):
+    with pytest.raises(AALError, match=r"unknown stage 'triple' \(known: single, pairwise, .*group, seeds\)"):
         stages.get("triple")
 
 
