@@ -39,6 +39,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from aal_k8s.partners import most_negative_partner  # the rule reduce applies to every partner source
+
 STATE_FORMAT = 1
 
 
@@ -58,8 +60,6 @@ def most_negative_source(z: list[list[float]], tasks: list[str], target: str) ->
         raise ValueError(f"affinity matrix is not {len(tasks)}x{len(tasks)} for tasks {tasks}")
     if target not in tasks:
         raise ValueError(f"target {target!r} is not one of the tasks {tasks}")
-    from aal_k8s.reduce import most_negative_partner  # the rule reduce applies to every partner source
-
     j = tasks.index(target)
     column = {source: z[i][j] for i, source in enumerate(tasks)}
     return most_negative_partner(target, 0.0, column, tasks)

@@ -222,12 +222,12 @@ def test_method_summary_agreement_rho_adversarial_and_cost(md):
 @pytest.mark.parametrize(
     "sources, shown",
     [
-        ({}, False),  # only the planning method (out.partners)
+        ({}, False),  # no source: no partners either (out.partners derives from partner_sources)
         ({"pairwise": "partners"}, False),
-        ({"affinity": "affinity"}, True),  # + out.partners as pairwise
+        ({"pairwise": "partners", "affinity": "affinity"}, True),
         ({"pairwise": "partners", "correlation": "correlation"}, True),
     ],
-    ids=["none listed", "pairwise only", "affinity + planned pairwise", "pairwise + correlation"],
+    ids=["none listed", "pairwise only", "pairwise + affinity", "pairwise + correlation"],
 )
 def test_comparison_is_shown_only_with_two_or_more_partner_sources(sources, shown):
     out = sample()

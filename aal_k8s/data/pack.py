@@ -48,6 +48,7 @@ import torch
 from aal_k8s.checksums import check_bytes, seal, sha256_hex, unseal
 from aal_k8s.config import PACK_TO_ENV
 from aal_k8s.data import DATASETS
+from aal_k8s.data.common import Part, decoded_batches, decoder_name
 from aal_k8s.errors import DatasetError
 
 FORMAT = "aal-k8s-pack/1"
@@ -113,8 +114,6 @@ def build_pack(
             except Exception:  # the store may be what failed; the original error matters more
                 pass
         raise
-    from aal_k8s.data.common import decoder_name
-
     manifest = seal({
         "format": FORMAT,
         "dataset": mod.NAME,
@@ -147,8 +146,6 @@ def _old_files(store, prefix: str) -> list[str]:
 def _write_splits(mod, source: str, parts, shard_size: int, workers: int, put, log) -> dict:
     """Decode every split into shards and ``put`` them with its labels and names; returns the
     manifest's ``splits``."""
-    from aal_k8s.data.common import decoded_batches
-
     h, w = mod.IMAGE_SIZE
     splits = {}
     t0, total = time.perf_counter(), 0
@@ -336,8 +333,6 @@ def _image_size(manifest: dict) -> tuple[int, int]:
 
 def _part(manifest: dict, split: str, images: np.ndarray, labels: np.ndarray, names: str, where: str):
     """One split's Part from its verified files (images already [n, 3, H, W])."""
-    from aal_k8s.data.common import Part
-
     n, m = int(manifest["splits"][split]["count"]), len(manifest["attributes"])
     lines = names.splitlines()
     if len(lines) != n:
