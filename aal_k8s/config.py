@@ -51,6 +51,18 @@ class AugmentConfig:
 PACK_TO_ENV = "AAL_K8S_PACK_TO"
 
 
+def pod_pack_destination(cfg: "Config") -> str:
+    """Where a Kubernetes pod puts the dataset pack: ``dataset.pack_to``, or with auto on disk when
+    a cache volume is mounted (shared: fetched once per node or cluster), else in memory, streamed
+    from the store (aal_k8s.data.pack.stream). Memory is the default because it needs nothing the
+    cluster may not have: no hostPath (refused by the restricted Pod Security profile), no
+    ReadWriteMany volume, no pack-sized node disk per pod; the pipeline holds the splits in memory
+    anyway. Here, not in the backend: the plan (aal_k8s.cost) sizes the same pods."""
+    if cfg.dataset.pack_to != "auto":
+        return cfg.dataset.pack_to
+    return "disk" if cfg.k8s.cache_host_path or cfg.k8s.cache_volume_claim else "memory"
+
+
 @dataclass
 class DatasetConfig:
     name: str = "synthetic"  # one of DATASET_PRESETS

@@ -255,9 +255,9 @@ def build_plan(cfg: Config, exp, stages: list[str], plan_fn) -> Plan:
         source += "; pod start-up before the worker is not included (plan.pod_startup_seconds=0)"
     downloads = "once" if local or k.cache_volume_claim else "per node" if k.cache_host_path else "per run"
     if not local and downloads == "per run" and cfg.dataset.name != "synthetic":
-        from aal_k8s.backends.k8s_manifests import pack_destination
+        from aal_k8s.config import pod_pack_destination
 
-        where = "into memory (its memory request grows by the pack)" if pack_destination(cfg) == "memory" else "to its /tmp"
+        where = "into memory (its memory request grows by the pack)" if pod_pack_destination(cfg) == "memory" else "to its /tmp"
         warnings.append(f"every pod streams the whole pack from the store {where}: a cache volume "
                         "(k8s.cache_volume_claim, or k8s.cache_host_path where hostPath is allowed) fetches it once")  # fmt: skip
     # local runs use one device each (a GPU, or the CPU); a k8s pod k8s.gpus GPUs (0: a CPU pod)

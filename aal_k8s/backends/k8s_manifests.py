@@ -33,7 +33,7 @@ from dataclasses import asdict
 
 import yaml
 
-from aal_k8s.config import PACK_TO_ENV
+from aal_k8s.config import PACK_TO_ENV, pod_pack_destination
 from aal_k8s.errors import EXIT_USAGE
 from aal_k8s.runspec import RunSpec
 from aal_k8s.stages import ADVERSARIAL_MODES, ALL_ATTRIBUTE_STAGES
@@ -127,17 +127,6 @@ def _quantity(q) -> str:
 TMP_HEADROOM_GI = 2
 
 
-def pack_destination(cfg) -> str:
-    """Where a pod puts the dataset pack: ``dataset.pack_to``, or with auto on disk when a cache
-    volume is mounted (shared: fetched once per node or cluster), else in memory, streamed from the
-    store (aal_k8s.data.pack.stream). Memory is the default because it needs nothing the cluster
-    may not have: no hostPath (refused by the restricted Pod Security profile), no ReadWriteMany
-    volume, and no pack-sized node disk per pod; the pipeline holds the splits in memory anyway."""
-    if cfg.dataset.pack_to != "auto":
-        return cfg.dataset.pack_to
-    return "disk" if cfg.k8s.cache_host_path or cfg.k8s.cache_volume_claim else "memory"
-
-
 def _pack_gi(pack_bytes: int) -> int:
     return -(-pack_bytes // 2**30)  # whole GiB, rounded up
 
@@ -148,7 +137,7 @@ def ephemeral_storage(cfg, pack_bytes: int) -> str:
     k = cfg.k8s
     if k.ephemeral_storage != "auto":
         return _quantity(k.ephemeral_storage)
-    in_tmp = pack_destination(cfg) == "disk" and not (k.cache_host_path or k.cache_volume_claim)
+    in_tmp = pod_pack_destination(cfg) == "disk" and not (k.cache_host_path or k.cache_volume_claim)
     return f"{(_pack_gi(pack_bytes) if in_tmp else 0) + TMP_HEADROOM_GI}Gi"
 
 
@@ -200,7 +189,7 @@ def _env(cfg) -> list[dict]:
     ]
     if k.cache_host_path or k.cache_volume_claim:
         env.append({"name": "AAL_K8S_CACHE", "value": k.cache_mount_path})  # dataset packs, shared
-    env.append({"name": PACK_TO_ENV, "value": pack_destination(cfg)})  # what the requests are sized for
+    env.append({"name": PACK_TO_ENV, "value": pod_pack_destination(cfg)})  # what the requests are sized for
     env += [{"name": name, "value": str(value)} for name, value in sorted(k.env.items())]
     return env
 
@@ -250,7 +239,7 @@ def job_manifest(spec: RunSpec, cfg, pack_bytes: int = 0, until_epoch: int = 0) 
                  *(["--until-epoch", str(until_epoch)] if until_epoch else [])],  # fmt: skip
         "env": _env(cfg),
         "envFrom": [{"secretRef": {"name": k.store_secret}}] if k.store_secret else [],
-        "resources": _resources(k, tmp_size, _pack_gi(pack_bytes) if pack_destination(cfg) == "memory" else 0),
+        "resources": _resources(k, tmp_size, _pack_gi(pack_bytes) if pod_pack_destination(cfg) == "memory" else 0),
         "securityContext": {
             "runAsNonRoot": True,
             "allowPrivilegeEscalation": False,
