@@ -39,15 +39,10 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from aal_k8s.modes import default_every  # noqa: F401 - the affinity stage's default, with its options
+from aal_k8s.partners import most_negative_partner  # the rule reduce applies to every partner source
+
 STATE_FORMAT = 1
-
-
-def default_every(n_tasks: int) -> int:
-    """Steps between measurements for the config's ``affinity.every: 0``: ``2 * n_tasks``.
-
-    A measurement costs about K forward+backward passes (K training steps), so measuring every 2K
-    steps adds about half a run."""
-    return 2 * n_tasks
 
 
 def most_negative_source(z: list[list[float]], tasks: list[str], target: str) -> str | None:
@@ -58,8 +53,6 @@ def most_negative_source(z: list[list[float]], tasks: list[str], target: str) ->
         raise ValueError(f"affinity matrix is not {len(tasks)}x{len(tasks)} for tasks {tasks}")
     if target not in tasks:
         raise ValueError(f"target {target!r} is not one of the tasks {tasks}")
-    from aal_k8s.reduce import most_negative_partner  # the rule reduce applies to every partner source
-
     j = tasks.index(target)
     column = {source: z[i][j] for i, source in enumerate(tasks)}
     return most_negative_partner(target, 0.0, column, tasks)

@@ -22,6 +22,8 @@ from typing import Any
 import yaml
 
 from aal_k8s.errors import ConfigError
+from aal_k8s.partners import PARTNER_METHODS
+from aal_k8s.rates import DEVICE_RATES
 
 PAPER_LAMBDAS = [0.01, 0.1, 0.3, 0.5, 1.0]
 
@@ -46,7 +48,7 @@ class AugmentConfig:
 
 @dataclass
 class DatasetConfig:
-    name: str = "synthetic"  # synthetic | celeba | duke
+    name: str = "synthetic"  # one of DATASET_PRESETS
     root: str | None = None  # folder with the dataset's official layout (real datasets only)
     seed: int = 0  # seeds the synthetic generator and any split the loader carves
     synthetic: SyntheticConfig = field(default_factory=SyntheticConfig)
@@ -254,7 +256,7 @@ class K8sConfig:
 @dataclass
 class PlanConfig:
     # ``aal-k8s plan`` and the confirmation of submit/pipeline on Kubernetes (aal_k8s.cost).
-    device_class: str = "h100-target"  # rates when no committed run calibrates them (aal_k8s.cost.DEVICE_RATES)
+    device_class: str = "h100-target"  # rates when no committed run calibrates them (aal_k8s.rates.DEVICE_RATES)
     gpu_hour_price: float = 3.0  # price of one GPU-hour (any currency) for the plan's cost line
     confirm_above_jobs: int = 50  # k8s submit/pipeline ask before creating more Jobs than this (--yes skips)
 
@@ -297,7 +299,7 @@ CHOICES = {
     "train.device": ("auto", "cpu", "cuda"),
     "train.precision": ("auto", "bf16", "fp32"),
     "adversarial.final_selection": ("best_on_val", "adversarial"),
-    "adversarial.partners_from": ("pairwise", "affinity", "correlation"),
+    "adversarial.partners_from": PARTNER_METHODS,
     "adversarial.lambda_schedule": ("constant", "dann"),
     "adversarial.partner_test": ("none", "mcnemar"),
     "adversarial.lambda_search": ("grid", "halving"),
@@ -506,8 +508,6 @@ def validate(cfg: Config) -> list[str]:
     problems += validate_k8s(cfg.k8s)
     if cfg.k8s.store_volume_claim and isinstance(cfg.store.uri, str) and cfg.store.uri.startswith("s3://"):
         problems.append("k8s.store_volume_claim: only for a folder store.uri (an s3:// store needs no volume)")
-    from aal_k8s.cost import DEVICE_RATES  # the rates table lives with the cost model
-
     if cfg.plan.device_class not in DEVICE_RATES:
         problems.append(f"plan.device_class: {cfg.plan.device_class!r} is not one of {', '.join(DEVICE_RATES)}")
     if isinstance(cfg.plan.gpu_hour_price, float) and cfg.plan.gpu_hour_price < 0:
@@ -596,6 +596,17 @@ def load_config(
     if problems:
         raise ConfigError(problems)
     return cfg
+
+
+def store_config_from_dict(data: Any, uri: str) -> tuple[StoreConfig, list[str]]:
+    """A ``store`` section for ``uri`` from a mapping (its own ``uri`` key ignored) and every
+    problem with it: how a worker rebuilds the store options its backend sent (``aal_k8s.store``)."""
+    opts = StoreConfig(uri=uri)
+    problems: list[str] = []
+    if isinstance(data, dict):
+        data = {k: v for k, v in data.items() if k != "uri"}
+    _merge(opts, data, "store", problems)
+    return opts, problems or validate_store(opts)
 
 
 def config_from_dict(data: dict) -> Config:

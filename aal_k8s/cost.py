@@ -18,6 +18,7 @@ from dataclasses import dataclass, field
 
 from aal_k8s.config import Config
 from aal_k8s.errors import CorruptRecordError, StageOrderError, StoreError
+from aal_k8s.rates import DEVICE_RATES, Rates
 from aal_k8s.runspec import RunSpec
 
 #: One affinity run costs this many ordinary runs (BENCHMARKS.md "Affinity stage cost": 1.43 and
@@ -25,33 +26,6 @@ from aal_k8s.runspec import RunSpec
 AFFINITY_COST = 1.73
 #: Committed runs per stage whose seconds calibrate the plan.
 CALIBRATION_SAMPLE = 50
-
-
-@dataclass(frozen=True)
-class Rates:
-    train_images_per_s: float  # one training step's throughput, images per second
-    eval_images_per_s: float  # evaluation (forward only)
-    fixed_seconds_per_run: float  # pack download/cache, copying it to the device, autotuning
-    source: str  # where the figures come from
-    measured: bool  # False: a target, not a measurement (the plan says so)
-    backbone: str = "resnet18"  # what the figures were measured on
-    image_size: int = 224
-
-
-#: Rates per device class, each from BENCHMARKS.md. Add a class when a device has been measured
-#: (``benchmarks/bench_input_pipeline.py --size celeba``).
-DEVICE_RATES: dict[str, Rates] = {
-    "h100-target": Rates(
-        12_000, 36_000, 30,
-        "issue 6's target for one H100 (12,000 train / 36,000 eval images/s, 30 s fixed per run); "
-        "NOT measured: BENCHMARKS.md has no GPU figures yet", measured=False,
-    ),
-    "cpu-xeon-2-threads": Rates(
-        126.5, 547.7, 0,
-        "BENCHMARKS.md, input pipeline, packed bf16 on 2 Xeon threads at 64x64 (2026-11-24)", measured=True,
-        image_size=64,
-    ),
-}  # fmt: skip
 
 
 @dataclass
@@ -157,7 +131,9 @@ def pack_bytes(cfg: Config, store) -> int:
             return sum(int(f["size"]) for f in pack_files(parse_manifest(store.get_bytes(key), store.url(key))))
     except Exception as e:  # a plan must work without store credentials too
         print(f"warning: cannot read {store.url(key)} ({type(e).__name__}); estimating the pack size", file=sys.stderr)
-    mod = __import__(f"aal_k8s.data.{name}", fromlist=["IMAGE_SIZE"])
+    from aal_k8s.data import dataset_module
+
+    mod = dataset_module(name)
     h, w = mod.IMAGE_SIZE
     return sum(split_sizes(cfg)) * h * w * 3
 

@@ -31,7 +31,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import sys
 from dataclasses import dataclass, field
 
 from aal_k8s.errors import AALError
@@ -206,53 +205,6 @@ def take_decision(exp, b: Bracket, epoch: int, alive: list[RunSpec]) -> dict | N
     if not exp.store.put_if_absent(key, json.dumps(d, indent=1, sort_keys=True).encode()):
         d = _read_decision(exp, b, epoch, alive)
     return d
-
-
-def run_halving(backend, exp, cfg, specs: list[RunSpec], log=None):
-    """Execute the adversarial stage by successive halving through ``backend``; the
-    ``SubmitReport`` of every rung and of the final runs together. Stops at the first rung with a
-    failed run (its bracket cannot be decided); a rerun continues from the store."""
-    from aal_k8s.backends import SubmitReport
-
-    log = log or sys.stderr
-    report = SubmitReport()
-
-    def merge(r) -> bool:
-        report.submitted += [i for i in r.submitted if i not in report.submitted]
-        report.skipped += [i for i in r.skipped if i not in report.skipped]
-        report.failed.update(r.failed)
-        return not r.failed
-
-    prog = {a: progress(exp, b) for a, b in brackets(cfg, specs).items()}
-    for i, epoch in enumerate(rungs_for(cfg)):
-        open_ = [p for p in prog.values() if len(p.decisions) == i]
-        if not open_:
-            continue  # decided before (a rerun)
-        todo = [s for p in open_ for s in p.alive if not reached(exp, s.run_id, epoch)]
-        print(f"stage adversarial: halving rung {i + 1} (epoch {epoch}): {sum(len(p.alive) for p in open_)} runs, "
-              f"{len(todo)} to train", file=log)  # fmt: skip
-        if todo:  # Kubernetes: one Job per run and rung; the decision waits for all of them
-            merge(backend.submit(todo, exp, until_epoch=epoch))
-            if not report.failed:
-                for run_id, st in backend.wait(todo, exp, until_epoch=epoch).items():
-                    if st.state == "failed":
-                        report.failed[run_id] = st.reason or "failed"
-            if report.failed:
-                return report
-        for p in open_:
-            d = take_decision(exp, p.bracket, epoch, p.alive)
-            if d is None:
-                missing = [s.run_id for s in p.alive if not reached(exp, s.run_id, epoch)]
-                report.failed.update({m: f"did not reach halving rung epoch {epoch}" for m in missing})
-                return report
-            p.decisions.append(d)
-            p.alive = [s for s in p.alive if s.lam in d["survivors"]]
-            stopped = ", ".join(f"{lam:g}" for lam in d["stopped"]) or "none"
-            print(f"stage adversarial: {p.bracket.attribute}: rung epoch {epoch} stopped lambda {stopped}", file=log)
-    merge(backend.submit([s for p in prog.values() for s in p.alive], exp))
-    alive = {s.run_id for p in prog.values() for s in p.alive}
-    report.stopped = [s.run_id for s in specs if s.run_id not in alive]  # never commit: no one waits for them
-    return report
 
 
 def summary(exp, b: Bracket) -> dict:

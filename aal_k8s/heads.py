@@ -31,6 +31,8 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
+from aal_k8s.dtypes import acc_dtype
+
 IMPLS = ("auto", "fused", "reference")
 
 
@@ -46,11 +48,6 @@ def head_coefficients(
         torch.tensor(w, dtype=torch.float32, device=device),
         torch.tensor(c, dtype=torch.float32, device=device),
     )
-
-
-def _acc_dtype(t: torch.Tensor) -> torch.dtype:
-    """fp32 accumulation for half/bf16/fp32 inputs, fp64 for fp64 (so gradcheck is exact)."""
-    return torch.promote_types(t.dtype, torch.float32)
 
 
 def _masked_mean_bce(z: torch.Tensor, y: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
@@ -74,7 +71,7 @@ class _ReferenceHeads(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, h, weight, bias, labels, mask, loss_w, feat_c):
-        acc = _acc_dtype(h)
+        acc = acc_dtype(h.dtype)
         z = h.to(acc) @ weight.to(acc).t() + bias.to(acc)
         loss = _masked_mean_bce(z, labels, mask)
         ctx.save_for_backward(h, weight, bias, labels, mask, loss_w, feat_c, z)

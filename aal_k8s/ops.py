@@ -42,6 +42,8 @@ from typing import Any
 import torch
 from torch import Tensor
 
+from aal_k8s.dtypes import acc_dtype
+
 _OP_NAMESPACE = "aal_k8s"
 _FALLBACK_MESSAGE = (
     "aal_k8s: the fused head extension (aal_k8s._C) is not available ({err}); using the "
@@ -234,10 +236,6 @@ class _FusedHeadsFunction(torch.autograd.Function):
         return _backward(ctx, *grads)
 
 
-def _acc_dtype(dtype: torch.dtype) -> torch.dtype:
-    return torch.float64 if dtype == torch.float64 else torch.float32
-
-
 _FEATURE_DTYPES = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
 
 
@@ -264,7 +262,7 @@ def _register() -> None:
                     feat_c=feat_c, mask=mask)
         torch._check(h.dtype == weight.dtype == bias.dtype, lambda: "h/weight/bias dtypes differ")
         B, K = h.shape[0], weight.shape[0]
-        acc = _acc_dtype(h.dtype)
+        acc = acc_dtype(h.dtype)
         return (
             h.new_empty((K,), dtype=acc),
             h.new_empty((B, K)),

@@ -27,12 +27,13 @@ from __future__ import annotations
 import csv
 import io
 from dataclasses import asdict, dataclass, field
-from typing import Callable
 
 from aal_k8s import stages
 from aal_k8s.config import Config
 from aal_k8s.data import attribute_names
 from aal_k8s.errors import AALError, CorruptRecordError, StageOrderError, StoreError
+# re-exported: reduce is where readers of the protocol look for the partner rules
+from aal_k8s.partners import PARTNER_METHODS, most_correlated_partner, most_negative_partner  # noqa: F401
 from aal_k8s.planner import plan_stage
 from aal_k8s.significance import ALPHA
 from aal_k8s.stages import ABLATION_STAGES
@@ -77,7 +78,6 @@ class ReduceOutput:
     pair_test: dict[str, dict[str, float]] = field(default_factory=dict)
     multi_val: dict[str, float] = field(default_factory=dict)  # the one all-attribute run
     multi_test: dict[str, float] = field(default_factory=dict)
-    partners: dict[str, str | None] = field(default_factory=dict)
     adversarial: dict[str, dict[str, dict]] = field(default_factory=dict)  # [a][str(lam)] -> run
     chosen_lambda: dict[str, float] = field(default_factory=dict)
     final: dict[str, Choice] = field(default_factory=dict)
@@ -117,8 +117,15 @@ class ReduceOutput:
     # -- lambda by successive halving (adversarial.lambda_search: halving; aal_k8s.halving.summary)
     halving: dict[str, dict] = field(default_factory=dict)  # a -> rungs, decisions, survivors
 
+    @property
+    def partners(self) -> dict[str, str | None]:
+        """Each attribute's partner for the adversarial stage: the planning method's
+        (``partners_from``) entry of ``partner_sources``; empty until that method's inputs are complete."""
+        return self.partner_sources.get(self.partners_from, {})
+
     def to_json(self) -> dict:
         d = asdict(self)
+        d["partners"] = dict(self.partners)  # derived, but the summary has always listed it for its readers
         if not d["halving"]:
             del d["halving"]  # grid: the summary stays byte for byte what it was before halving existed
         return d
@@ -126,6 +133,7 @@ class ReduceOutput:
     @classmethod
     def from_json(cls, d: dict) -> "ReduceOutput":
         d = dict(d)
+        d.pop("partners", None)  # derived from partner_sources (see ``partners``)
         d["final"] = {a: Choice(**c) for a, c in d.get("final", {}).items()}
         d["provenance"] = Provenance(**d.get("provenance", {}))
         return cls(**d)
@@ -152,40 +160,12 @@ def load_reduce(exp: ExperimentStore) -> ReduceOutput:
         raise StoreError(f"{where}: not a reduce summary of this version; run `aal-k8s reduce` again") from None
 
 
-def most_negative_partner(
-    attr: str, single: float, row: dict[str, float], order: list[str], min_drop: float = 0.0,
-    accept: Callable[[str], bool] | None = None,
-) -> str | None:
-    """The partner with the largest accuracy drop below single-task, or None if none drops.
-
-    ``min_drop``: the drop must exceed it (0: any drop, the paper); ``accept(b)``: a further test a
-    candidate must pass (the largest drop that passes wins); ties go to the lower index."""
-    drops = [(row[b] - single, i, b) for i, b in enumerate(order) if b != attr and b in row and row[b] - single < -min_drop]
-    for _, _, b in sorted(drops):
-        if accept is None or accept(b):
-            return b
-    return None
-
-
 def choose_lambda(runs: dict[float, dict]) -> float | None:
     """The lambda with the highest validation accuracy; ties go to the first in grid order."""
     best, best_val = None, -1.0
     for lam, r in runs.items():
         if r["val"] > best_val:
             best, best_val = lam, r["val"]
-    return best
-
-
-def most_correlated_partner(attr: str, row: dict[str, float], order: list[str]) -> str | None:
-    """The partner whose train labels correlate most (|Pearson r|) with ``attr``'s: the naive
-    guess the paper's Figure 3 tests (r = 0.004 on CelebA); None when every r is 0 or undefined."""
-    best, best_abs = None, 0.0
-    for b in order:
-        r = row.get(b)
-        if b == attr or r is None or r != r:  # r != r: NaN (a constant label column)
-            continue
-        if abs(r) > best_abs:
-            best, best_abs = b, abs(r)
     return best
 
 
@@ -198,9 +178,6 @@ def _matrix(tasks: list[str], z: list[list[float]], transpose: bool = False) -> 
                 r, c = (b, a) if transpose else (a, b)
                 out.setdefault(r, {})[c] = float(z[i][j])
     return out
-
-
-PARTNER_METHODS = ("pairwise", "affinity", "correlation")
 
 
 def reduce_experiment(exp: ExperimentStore, cfg: Config) -> ReduceOutput:
@@ -285,7 +262,6 @@ def reduce_experiment(exp: ExperimentStore, cfg: Config) -> ReduceOutput:
         out.partner_sources["affinity"] = {a: most_negative_partner(a, 0.0, out.affinity.get(a, {}), attrs) for a in attrs}
     if out.label_corr:
         out.partner_sources["correlation"] = {a: most_correlated_partner(a, out.label_corr.get(a, {}), attrs) for a in attrs}
-    out.partners = dict(out.partner_sources.get(out.partners_from, {}))
     if not out.partners:
         return out
 

@@ -96,7 +96,7 @@ def sample() -> ReduceOutput:
                 out.pair_test.setdefault(a, {})[b] = round(v - 0.01, 6)
     out.multi_val = {a: round(v + 0.002, 6) for a, v in SINGLE.items()}
     out.multi_test = {a: round(v - 0.009, 6) for a, v in SINGLE.items()}
-    out.partners = dict(PARTNERS)
+    out.partner_sources["pairwise"] = dict(PARTNERS)  # out.partners derives from it
     for a, (lam, val, test) in ADV.items():
         runs = {}
         for grid_lam in (0.01, 0.1, 0.3, 0.5, 1.0):
@@ -186,10 +186,11 @@ def celeba_like(seed: int = 0) -> ReduceOutput:
                 out.pair_test.setdefault(a, {})[b] = round(base[a] + d - 0.004, 5)
     out.multi_val = {a: round(v + rng.gauss(0, 0.002), 5) for a, v in base.items()}
     out.multi_test = {a: round(v - 0.004 + rng.gauss(0, 0.002), 5) for a, v in base.items()}
+    pairwise = out.partner_sources.setdefault("pairwise", {})  # out.partners derives from it
     for a in attrs:
         row = out.pair_val[a]
         b = min((x for x in attrs if x != a), key=lambda x: (row[x], attrs.index(x)))
-        out.partners[a] = b if row[b] < out.single_val[a] else None
+        pairwise[a] = b if row[b] < out.single_val[a] else None
     for i, a in enumerate(attrs):
         if out.partners[a] is None:
             out.final[a] = Choice(a, "single", f"sin-{i}", None, None, out.single_val[a], out.single_test[a])

@@ -8,12 +8,12 @@ import json
 import pytest
 
 from aal_k8s import halving
-from aal_k8s.backends import SubmitReport
+from aal_k8s.backends import SubmitReport, run_halving
 from aal_k8s.config import load_config
 from aal_k8s.errors import ConfigError
 from aal_k8s.planner import plan_stage
 from aal_k8s.reduce import reduce_experiment
-from aal_k8s.report import render_markdown
+from aal_k8s.report import render_report
 from aal_k8s.store import ExperimentStore, LocalStore
 
 PARTNERS = {"square": "red_tint", "ring": "blue_tint"}
@@ -129,7 +129,7 @@ def test_decisions_on_a_hand_made_table_are_recorded_and_reduce_chooses_among_th
     cfg = _cfg(tmp_path, "adversarial.lambda_search=halving", "adversarial.halving_eta=2")
     exp, specs = _discovered(cfg)
     backend = TableBackend(cfg, TABLE)
-    report = halving.run_halving(backend, exp, cfg, specs)
+    report = run_halving(backend, exp, cfg, specs)
     assert not report.failed
     assert [(e, sorted(set(lams))) for e, lams in backend.calls] == [
         (1, [0.1, 0.3, 1.0, 3.0, 10.0]), (3, [0.1, 1.0, 3.0, 10.0]), (0, [1.0, 3.0])
@@ -151,9 +151,9 @@ def test_decisions_on_a_hand_made_table_are_recorded_and_reduce_chooses_among_th
     assert out.final["square"].source == "adversarial" and out.final["square"].lam == 1.0
     assert out.halving["ring"]["survivors"] == [3.0]
     assert out.stage_seconds["adversarial"] == 24.0  # the stopped runs' epochs count too
-    assert "Lambda by successive halving" in render_markdown(out, "x")
+    assert "Lambda by successive halving" in render_report(out, "x").markdown
     rerun = TableBackend(cfg, TABLE)
-    assert not halving.run_halving(rerun, exp, cfg, specs).failed and rerun.epochs == 0  # all done: nothing trains
+    assert not run_halving(rerun, exp, cfg, specs).failed and rerun.epochs == 0  # all done: nothing trains
 
 
 @pytest.mark.parametrize("trained", [0, 2, 4])
@@ -161,17 +161,17 @@ def test_a_crash_between_rungs_reaches_the_same_decisions(tmp_path, trained):
     ref_cfg = _cfg(tmp_path / "ref", "adversarial.lambda_search=halving", "adversarial.halving_eta=2")
     ref = _exp(ref_cfg)
     specs = [s for s in plan_stage("adversarial", ref_cfg, PARTNERS) if s.primary[0] in PARTNERS]
-    halving.run_halving(TableBackend(ref_cfg, TABLE), ref, ref_cfg, specs)
+    run_halving(TableBackend(ref_cfg, TABLE), ref, ref_cfg, specs)
 
     cfg = _cfg(tmp_path / "crash", "adversarial.lambda_search=halving", "adversarial.halving_eta=2")
     exp = _exp(cfg)
     crashing = TableBackend(cfg, TABLE, crash_at=(3, trained))  # after rung 1's decision, `trained` of rung 3's 4 runs
     with pytest.raises(KeyboardInterrupt):
-        halving.run_halving(crashing, exp, cfg, specs)
+        run_halving(crashing, exp, cfg, specs)
     assert len(_decisions(exp, cfg, specs)["square"]) == 1
     resumed = TableBackend(cfg, TABLE)
     resumed.trained_to = dict(crashing.trained_to)
-    assert not halving.run_halving(resumed, exp, cfg, specs).failed
+    assert not run_halving(resumed, exp, cfg, specs).failed
     assert 1 not in [e for e, _ in resumed.calls]  # rung 1 was decided before the crash: read back, not retaken
     assert _decisions(exp, cfg, specs) == _decisions(ref, ref_cfg, specs)
     assert crashing.epochs + resumed.epochs == 24  # no epoch trained twice
@@ -210,7 +210,7 @@ def test_grid_is_the_default_and_keeps_its_ids_submissions_and_outputs(tmp_path)
     assert backend.calls == [0]  # one submission of every run, no rung
     out = reduce_experiment(exp, cfg)
     assert out.halving == {} and "halving" not in out.to_json()  # summary.json as before halving existed
-    assert "successive halving" not in render_markdown(out, "x")
+    assert "successive halving" not in render_report(out, "x").markdown
 
 
 # -- real tiny runs through the worker ---------------------------------------------------------------
@@ -259,7 +259,7 @@ def test_halving_on_the_local_backend_decides_as_the_grid_runs_histories_say(tmp
     specs = plan_stage("adversarial", halv, PARTNERS, attributes=["square"])
     exp = _exp(halv)
     assert halving.rungs_for(halv) == [1]  # 3 lambdas, eta 3, 3 epochs: one rung, at epoch 1
-    report = halving.run_halving(LocalBackend(halv, progress=False), exp, halv, specs)
+    report = run_halving(LocalBackend(halv, progress=False), exp, halv, specs)
     assert not report.failed, report.failed
     (decision,) = _decisions(exp, halv, specs)["square"]
     assert len(decision["survivors"]) == 1 and len(exp.committed_ids()) == 1

@@ -10,7 +10,7 @@ from aal_k8s.backends import RunState
 from aal_k8s.cli import main
 from aal_k8s.config import load_config
 from aal_k8s.planner import plan_stage
-from aal_k8s.progress import LiveView, Tracker, render
+from aal_k8s.cli.progress import LiveView, Tracker, render
 from aal_k8s.store import ExperimentStore, LocalStore
 
 

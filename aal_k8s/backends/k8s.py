@@ -267,6 +267,20 @@ class KubernetesBackend(Backend):
     def _backoff(self, attempt: int) -> float:
         return min(self.k.api_backoff_seconds * 2 ** (attempt - 1), self.k.api_backoff_max_seconds)
 
+    def _retry_delay(self, what: str, e: Exception, attempt: int) -> float | None:
+        """The retry policy for failed try number ``attempt`` of an API call or watch: the seconds
+        to wait (Retry-After wins, capped), ``KubernetesError`` when ``e`` is not worth another
+        try or that was the last, None when ``e`` is no API or connection error (re-raise it)."""
+        status = api_status(e)
+        if status is None and not isinstance(e, _connection_errors()):
+            return None
+        if not _retryable(status):
+            raise KubernetesError(f"{what}: {describe(e)}", status) from None
+        if attempt >= self.k.api_max_attempts:
+            raise KubernetesError(f"{what}: {describe(e)} (gave up after {attempt} attempts)", status, gave_up=True) from None
+        hinted = retry_after(e, self.wall())
+        return min(hinted, self.k.api_backoff_max_seconds) if hinted is not None else self._backoff(attempt)
+
     def call(self, what: str, fn: Callable, *args, **kwargs):
         """``fn(*args, **kwargs)`` with the retry policy; ``what`` ("ns/name: verb") names errors."""
         kwargs.setdefault("_request_timeout", self.k.api_timeout_seconds)
@@ -275,15 +289,9 @@ class KubernetesBackend(Backend):
             try:
                 return fn(*args, **kwargs)
             except Exception as e:
-                status = api_status(e)
-                if status is None and not isinstance(e, _connection_errors()):
+                delay = self._retry_delay(what, e, attempt)
+                if delay is None:
                     raise
-                if not _retryable(status):
-                    raise KubernetesError(f"{what}: {describe(e)}", status) from None
-                if attempt >= self.k.api_max_attempts:
-                    raise KubernetesError(f"{what}: {describe(e)} (gave up after {attempt} attempts)", status, gave_up=True) from None
-                hinted = retry_after(e, self.wall())
-                delay = min(hinted, self.k.api_backoff_max_seconds) if hinted is not None else self._backoff(attempt)
                 self.log(f"{what}: {describe(e)}; retry {attempt}/{self.k.api_max_attempts - 1} in {delay:g}s")
                 self.sleep(delay)
                 attempt += 1
@@ -742,20 +750,12 @@ class KubernetesBackend(Backend):
             except (_Gone, KubernetesError):
                 raise
             except Exception as e:
-                status = api_status(e)
-                if status == 410:
+                if api_status(e) == 410:
                     raise _Gone() from None
-                if status is None and not isinstance(e, _connection_errors()):
-                    raise
-                if not _retryable(status):
-                    raise KubernetesError(f"{what}: {describe(e)}", status) from None
                 failures += 1
-                if failures >= self.k.api_max_attempts:
-                    raise KubernetesError(
-                        f"{what}: {describe(e)} (gave up after {failures} attempts)", status, gave_up=True
-                    ) from None
-                hinted = retry_after(e, self.wall())
-                delay = min(hinted, self.k.api_backoff_max_seconds) if hinted is not None else self._backoff(failures)
+                delay = self._retry_delay(what, e, failures)
+                if delay is None:
+                    raise
                 self.log(f"watch dropped ({describe(e)}); reconnecting in {delay:g}s from resourceVersion {rv}")
                 self.sleep(delay)
             # a watch that ended normally (server timeout) resumes from the last resourceVersion

@@ -4,19 +4,20 @@ from __future__ import annotations
 
 import argparse
 
-from aal_k8s.config import Config, load_config
+from aal_k8s.config import DATASET_PRESETS, Config, load_config
+from aal_k8s.partners import PARTNER_METHODS
 from aal_k8s.store import ExperimentStore, open_store
 
 
 def add_config_args(p: argparse.ArgumentParser) -> None:
     g = p.add_argument_group("experiment")
     g.add_argument("--config", "-c", metavar="FILE", help="experiment config (YAML)")
-    g.add_argument("--dataset", "-d", metavar="NAME", help="synthetic | celeba | duke (default: synthetic)")
+    g.add_argument("--dataset", "-d", metavar="NAME", help=f"{' | '.join(DATASET_PRESETS)} (default: synthetic)")
     g.add_argument("--experiment", "-e", metavar="NAME", help="store prefix (default: the dataset name)")
     g.add_argument("--store", metavar="URI", help="results store: a folder or s3://bucket/prefix (store.uri)")
     g.add_argument("--backend", choices=("local", "k8s"), help="where runs execute (executor.backend)")
     g.add_argument(
-        "--partners-from", choices=("pairwise", "affinity", "correlation"),
+        "--partners-from", choices=PARTNER_METHODS,
         help="how negative partners are found (adversarial.partners_from; default pairwise, the paper)",
     )  # fmt: skip
     g.add_argument(

@@ -14,11 +14,10 @@ import sys
 
 from aal_k8s.backends import get_backend
 from aal_k8s.cli.common import add_config_args, examples, open_experiment
-from aal_k8s.cli.plan import open_for_plan, protocol_plan
+from aal_k8s.cli.plan import open_for_plan, parse_stages, protocol_plan
 from aal_k8s.cli.report import write_report
 from aal_k8s.cost import confirm
 from aal_k8s.cli.stages import execute_stage, plan, print_failures
-from aal_k8s.errors import AALError
 from aal_k8s.experiment import ensure_pinned
 from aal_k8s.stages import BY_NAME, PAPER_STAGES, PHASES, STAGES
 
@@ -44,26 +43,11 @@ def add_arguments(p) -> None:
     add_config_args(p)
 
 
-def parse_stages(text: str) -> list[str]:
-    """``paper`` | ``all`` | a comma list, returned in protocol order; unknown names are an error."""
-    from aal_k8s.planner import ALL, PIPELINE
-
-    if text == "paper":
-        return list(PIPELINE)
-    if text == "all":
-        return list(ALL)
-    names = [n.strip() for n in text.split(",") if n.strip()]
-    unknown = [n for n in names if n not in ALL]
-    if unknown or not names:
-        raise AALError(f"--stages: unknown stage(s) {', '.join(map(repr, unknown)) or '(none given)'} (known: paper, all, {', '.join(ALL)})")
-    return [n for n in ALL if n in names]
-
-
 def run(args) -> int:
     # here, not at the top: they import torch, and `aal-k8s --help` imports this module
-    from aal_k8s.data.common import check_source
+    from aal_k8s.data.sources import check_source
     from aal_k8s.final import build_final
-    from aal_k8s.progress import live_view
+    from aal_k8s.cli.progress import live_view
     from aal_k8s.reduce import reduce_experiment, write_reduce
 
     stages = parse_stages(args.stages)

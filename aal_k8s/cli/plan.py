@@ -7,6 +7,7 @@ which), store bytes, dataset egress and the cost at ``plan.gpu_hour_price``. Wri
 from __future__ import annotations
 
 from aal_k8s.cli.common import add_config_args, examples, open_experiment
+from aal_k8s.errors import AALError
 
 HELP = "show runs, GPU-hours, store bytes, egress and cost before launching"
 EXAMPLES = examples(
@@ -24,9 +25,22 @@ def add_arguments(p) -> None:
     add_config_args(p)
 
 
-def run(args) -> int:
-    from aal_k8s.cli.pipeline import parse_stages
+def parse_stages(text: str) -> list[str]:
+    """``paper`` | ``all`` | a comma list, returned in protocol order; unknown names are an error."""
+    from aal_k8s.planner import ALL, PIPELINE
 
+    if text == "paper":
+        return list(PIPELINE)
+    if text == "all":
+        return list(ALL)
+    names = [n.strip() for n in text.split(",") if n.strip()]
+    unknown = [n for n in names if n not in ALL]
+    if unknown or not names:
+        raise AALError(f"--stages: unknown stage(s) {', '.join(map(repr, unknown)) or '(none given)'} (known: paper, all, {', '.join(ALL)})")
+    return [n for n in ALL if n in names]
+
+
+def run(args) -> int:
     stages = parse_stages(args.stages)
     cfg, exp = open_for_plan(args)
     print(protocol_plan(cfg, exp, stages).render(), end="")

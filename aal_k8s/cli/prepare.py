@@ -8,7 +8,6 @@ cache folder) and then uploaded, manifest last.
 
 from __future__ import annotations
 
-import importlib
 import os
 import sys
 
@@ -31,7 +30,7 @@ def add_arguments(p) -> None:
 
 
 def run(args) -> int:
-    from aal_k8s.data import DATASETS
+    from aal_k8s.data import dataset_module
     from aal_k8s.data.pack import DEFAULT_SHARD_SIZE, build_pack, cache_root, copy_pack, pack_prefix
     from aal_k8s.store import LocalStore, open_store
 
@@ -42,7 +41,7 @@ def run(args) -> int:
     shard = args.shard_size or DEFAULT_SHARD_SIZE
     if shard < 1 or args.workers < 0:
         raise AALError("prepare: --shard-size must be >= 1 and --workers >= 0")
-    mod = importlib.import_module(DATASETS[name])
+    mod = dataset_module(name)
     target = open_store(cfg.store.uri, cfg.store)  # not the environment's defaults: --set store.* applies
     prefix = pack_prefix(name)
     if isinstance(target, LocalStore) and not args.output:

@@ -51,7 +51,7 @@ def execute_stage(backend: Backend, exp: ExperimentStore, stage: str, specs: lis
             where = f"moved to {exp.store.url(aside)}" if aside else "already moved aside"
             print(f"run {spec.run_id}: {problem}; {where}, the run is trained again", file=sys.stderr)
     if stage == "adversarial" and backend.cfg.adversarial.lambda_search == "halving":
-        from aal_k8s.halving import run_halving
+        from aal_k8s.backends import run_halving
 
         report = run_halving(backend, exp, backend.cfg, specs)
     else:

@@ -32,7 +32,7 @@ def run(args) -> int:
     if args.dry_run:
         print(backend.render(specs, exp), end="")
         return 0
-    from aal_k8s.data.common import check_source
+    from aal_k8s.data.sources import check_source
 
     check_source(cfg.dataset, exp.store, local=cfg.executor.backend == "local")
     backend.preflight()
@@ -40,7 +40,7 @@ def run(args) -> int:
         confirm(build_plan(cfg, exp, [args.stage], lambda _: specs), cfg, args.yes)
     ensure_pinned(exp, cfg)
     if backend.name == "local":  # runs execute now: show them (k8s returns at once: `aal-k8s watch`)
-        from aal_k8s.progress import live_view
+        from aal_k8s.cli.progress import live_view
 
         with live_view(cfg, exp, backend, [args.stage]):
             report = execute_stage(backend, exp, args.stage, specs)

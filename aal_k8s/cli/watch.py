@@ -32,7 +32,7 @@ def run(args) -> int:
 
     from aal_k8s.backends import get_backend
     from aal_k8s.errors import AALError
-    from aal_k8s.progress import live_view
+    from aal_k8s.cli.progress import live_view
     from aal_k8s.stages import STAGES
 
     if args.interval is not None and not args.interval > 0:

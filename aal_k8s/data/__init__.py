@@ -14,13 +14,12 @@ from dataclasses import dataclass
 
 import torch
 
+from aal_k8s.config import DATASET_PRESETS
 from aal_k8s.errors import DatasetError
 
-DATASETS = {
-    "synthetic": "aal_k8s.data.synthetic",
-    "celeba": "aal_k8s.data.celeba",
-    "duke": "aal_k8s.data.duke",
-}
+#: name -> module. The names are the config's (it validates ``dataset.name`` and holds each
+#: dataset's preset without importing torch); dataset ``x`` is the module ``aal_k8s.data.x``.
+DATASETS = {name: f"aal_k8s.data.{name}" for name in DATASET_PRESETS}
 
 
 @dataclass
@@ -45,7 +44,8 @@ class LoadedDataset:
     source: str = ""  # where the images came from, for logs (a pack, a folder, "generated")
 
 
-def _module(name: str):
+def dataset_module(name: str):
+    """The module of dataset ``name``; a one-line DatasetError naming it when unknown."""
     if name not in DATASETS:
         raise DatasetError(f"unknown dataset {name!r} (known: {', '.join(DATASETS)})")
     return importlib.import_module(DATASETS[name])
@@ -53,26 +53,26 @@ def _module(name: str):
 
 def attribute_names(name: str) -> list[str]:
     """The dataset's attribute names in official order, without touching the data."""
-    return list(_module(name).ATTRIBUTES)
+    return list(dataset_module(name).ATTRIBUTES)
 
 
 def normalisation(name: str) -> tuple[tuple[float, ...], tuple[float, ...]]:
     """Per-channel (mean, std) of [0, 1] pixels that the dataset's models are trained with."""
-    mod = _module(name)
+    mod = dataset_module(name)
     return tuple(mod.MEAN), tuple(mod.STD)
 
 
 def decode_size(name: str) -> tuple[int, int] | None:
     """(height, width) that decoding resizes every image of dataset ``name`` to before the model's
     own resize (``RESIZE`` datasets, e.g. Duke), or None when images are used at their size."""
-    mod = _module(name)
+    mod = dataset_module(name)
     return tuple(mod.IMAGE_SIZE) if getattr(mod, "RESIZE", False) else None
 
 
 def load_dataset(cfg, store=None) -> LoadedDataset:
     """Load (or generate) all splits of ``cfg.name`` (a ``DatasetConfig``); ``store`` is the run's
     store, searched for a prepared pack (``packs/<name>/``) when ``cfg.pack`` is ``auto``."""
-    return _module(cfg.name).load(cfg, store=store)
+    return dataset_module(cfg.name).load(cfg, store=store)
 
 
 def resolve_attributes(dataset: str, names: list[str]) -> list[str]:

@@ -25,11 +25,11 @@ from aal_k8s.data.common import (
     Part,
     check_count,
     fmt_count,
-    load_real,
     preview,
     require_dir,
     require_file,
 )
+from aal_k8s.data.sources import load_real
 from aal_k8s.errors import DatasetError
 
 NAME = "celeba"

@@ -1,11 +1,6 @@
-"""What the real-dataset loaders (CelebA, Duke) share: image decoding, input checks that fail with
-one line naming the file, and the pack-or-folder loading flow.
-
-A dataset module provides ``NAME``, ``ATTRIBUTES``, ``MEAN``/``STD``, ``IMAGE_SIZE`` (the (height,
-width) every image has once decoded, which is also the pack's resolution), ``RESIZE`` (whether
-decoding resizes to ``IMAGE_SIZE``, or a different size is an error), ``LAYOUT`` (one line
-describing the expected folder, for messages), ``read_source(root, strict) -> {split: Part}`` (the
-official splits, as packed) and ``final_splits(cfg, parts) -> {"train", "val", "test": Split}``.
+"""What the real-dataset loaders (CelebA, Duke) and the packs share: image decoding and input checks
+that fail with one line naming the file. Leaf helpers: the flow that finds a pack or the source
+folder is ``aal_k8s.data.sources``.
 """
 
 from __future__ import annotations
@@ -17,7 +12,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from aal_k8s.data import LoadedDataset, Split
+from aal_k8s.data import Split
 from aal_k8s.errors import DatasetError
 
 
@@ -156,47 +151,6 @@ class Part:
         return Split(None, y, files=[os.path.join(self.root, n) for n in names], size=size)
 
 
-def source_root(cfg, mod) -> str:
-    """``dataset.root`` checked to be an existing folder, else a one-line error naming it."""
-    if not cfg.root:
-        raise DatasetError(
-            f"dataset {mod.NAME!r}: dataset.root is not set and no prepared pack was found; "
-            f"set dataset.root to {mod.LAYOUT}, or run `aal-k8s prepare --dataset {mod.NAME}`"
-        )
-    root = os.path.expanduser(cfg.root)
-    if not os.path.isdir(root):
-        raise DatasetError(f"dataset.root {root!r} does not exist or is not a folder (expected {mod.LAYOUT})")
-    return root
-
-
-def load_real(cfg, store, mod) -> LoadedDataset:
-    """Every split of a real dataset: from a verified pack when one is configured or found, else
-    from the official folder (images decoded on the fly by the input pipeline)."""
-    from aal_k8s.data import pack
-
-    local = pack.find_pack(cfg, store)
-    if local is not None:
-        if local.manifest["dataset"] != mod.NAME:
-            raise DatasetError(f"{local.where}: pack holds dataset {local.manifest['dataset']!r}, not {mod.NAME!r}")
-        if local.manifest["attributes"] != list(mod.ATTRIBUTES):
-            raise DatasetError(f"{local.where}: pack attributes differ from the {mod.NAME} attribute list")
-        parts = local.parts()
-        source = f"pack {local.where}"
-    else:
-        root = source_root(cfg, mod)
-        parts = mod.read_source(root, cfg.strict_counts)
-        source = f"folder {root}"
-    return LoadedDataset(
-        name=mod.NAME,
-        attributes=list(mod.ATTRIBUTES),
-        splits=mod.final_splits(cfg, parts),
-        mean=tuple(mod.MEAN),
-        std=tuple(mod.STD),
-        transform=True,
-        source=source,
-    )
-
-
 #: ImageNet statistics: the backbone is ImageNet-pretrained.
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -244,38 +198,3 @@ def decoded_batches(files: list[str], size, resize: bool, batches, workers: int,
         if isinstance(batch, str):
             raise DatasetError(batch)
         yield batch
-
-
-def check_source(cfg, store, local: bool) -> None:
-    """Before submitting runs: fail now, with one line, if no run could find the data.
-
-    ``cfg`` is a DatasetConfig and ``store`` the experiment's store. A pack (in the store, or at
-    ``dataset.pack``) is enough once its manifest verifies (one small read: an unsealed or altered
-    manifest would otherwise fail every run's worker); otherwise ``dataset.root`` must be set and,
-    when the runs execute on this machine (``local``), exist and hold the dataset's layout: its
-    label files are parsed and its image files listed (not decoded), so an empty or malformed root
-    is one line here, not one failure per run. On Kubernetes the root is a path inside the pods, unchecked.
-    """
-    import importlib
-
-    from aal_k8s.data import DATASETS
-    from aal_k8s.data import pack as packs
-
-    if cfg.name == "synthetic":
-        return
-    mod = importlib.import_module(DATASETS[cfg.name])
-    if cfg.pack not in ("auto", "none"):
-        from aal_k8s.store import open_store
-
-        src = open_store(cfg.pack)
-        if not src.exists(packs.MANIFEST):
-            raise DatasetError(f"dataset.pack {cfg.pack!r}: no pack there ({src.url(packs.MANIFEST)} does not exist)")
-        packs.parse_manifest(src.get_bytes(packs.MANIFEST), src.url(packs.MANIFEST))
-        return
-    key = f"{packs.pack_prefix(cfg.name)}/{packs.MANIFEST}"
-    if cfg.pack == "auto" and store is not None and store.exists(key):
-        packs.parse_manifest(store.get_bytes(key), store.url(key))
-        return
-    if local or not cfg.root:
-        root = source_root(cfg, mod)
-        mod.final_splits(cfg, mod.read_source(root, cfg.strict_counts))

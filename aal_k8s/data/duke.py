@@ -33,9 +33,9 @@ from aal_k8s.data.common import (
     Part,
     check_count,
     images_in,
-    load_real,
     require_dir,
 )
+from aal_k8s.data.sources import load_real
 from aal_k8s.errors import DatasetError
 
 NAME = "duke"

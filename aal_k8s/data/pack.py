@@ -39,6 +39,7 @@ import torch
 
 from aal_k8s.checksums import check_bytes, seal, sha256_hex, unseal
 from aal_k8s.data import DATASETS
+from aal_k8s.data.common import Part, decoded_batches, decoder_name
 from aal_k8s.errors import DatasetError
 
 FORMAT = "aal-k8s-pack/1"
@@ -102,8 +103,6 @@ def build_pack(
             except Exception:  # the store may be what failed; the original error matters more
                 pass
         raise
-    from aal_k8s.data.common import decoder_name
-
     manifest = seal({
         "format": FORMAT,
         "dataset": mod.NAME,
@@ -136,8 +135,6 @@ def _old_files(store, prefix: str) -> list[str]:
 def _write_splits(mod, source: str, parts, shard_size: int, workers: int, put, log) -> dict:
     """Decode every split into shards and ``put`` them with its labels and names; returns the
     manifest's ``splits``."""
-    from aal_k8s.data.common import decoded_batches
-
     h, w = mod.IMAGE_SIZE
     splits = {}
     t0, total = time.perf_counter(), 0
@@ -293,8 +290,6 @@ class LocalPack:
 
     def parts(self) -> dict:
         """{split: Part} with the images memory-mapped (copy-on-write, never written)."""
-        from aal_k8s.data.common import Part
-
         img = self.manifest["image"]
         h, w = int(img["height"]), int(img["width"])
         m = len(self.manifest["attributes"])

@@ -16,10 +16,10 @@ import dataclasses
 import json
 import os
 
-from aal_k8s.config import StoreConfig
+from aal_k8s.config import StoreConfig, store_config_from_dict
 from aal_k8s.errors import ConfigError, StoreError
 from aal_k8s.store.base import Store
-from aal_k8s.store.layout import ExperimentStore, attempt_id, sha256_hex
+from aal_k8s.store.layout import ExperimentStore, attempt_id
 from aal_k8s.store.local import LocalStore
 
 __all__ = [
@@ -29,7 +29,6 @@ __all__ = [
     "Store",
     "attempt_id",
     "open_store",
-    "sha256_hex",
     "store_options_env",
     "store_options_from_env",
 ]  # fmt: skip
@@ -45,21 +44,14 @@ def store_options_env(options: StoreConfig) -> dict[str, str]:
 
 def store_options_from_env(uri: str = "") -> StoreConfig:
     """The store options a backend passed in ``AAL_K8S_STORE_OPTIONS``; defaults when unset."""
-    from aal_k8s.config import _merge, validate_store
-
     raw = os.environ.get(STORE_OPTIONS_ENV, "").strip()
-    opts = StoreConfig(uri=uri or StoreConfig.uri)
     if not raw:
-        return opts
+        return StoreConfig(uri=uri or StoreConfig.uri)
     try:
         data = json.loads(raw)
     except json.JSONDecodeError:
         raise ConfigError([f"{STORE_OPTIONS_ENV}: not valid JSON"]) from None
-    problems: list[str] = []
-    if isinstance(data, dict):
-        data.pop("uri", None)
-    _merge(opts, data, "store", problems)
-    problems += validate_store(opts) if not problems else []
+    opts, problems = store_config_from_dict(data, uri or StoreConfig.uri)
     if problems:
         raise ConfigError([f"{STORE_OPTIONS_ENV}: {p}" for p in problems])
     return opts

@@ -55,12 +55,12 @@ import socket
 import time
 import uuid
 
-from aal_k8s.checksums import check_bytes, check_file, file_sha256, seal, sha256_hex, unseal
+from aal_k8s.checksums import check_bytes, check_file, seal, sha256_hex, unseal
 from aal_k8s.errors import AALError, CorruptRecordError, StoreError, StoreUnavailableError
 from aal_k8s.runspec import RunSpec
 from aal_k8s.store.base import Store
 
-__all__ = ["ExperimentStore", "attempt_id", "check_bytes", "check_file", "file_sha256", "sha256_hex"]
+__all__ = ["ExperimentStore", "attempt_id"]  # the checksum helpers live in aal_k8s.checksums only
 
 COMMIT_FILE = "metrics.json"
 ATTEMPTS = "attempts"

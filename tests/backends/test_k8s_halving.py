@@ -6,6 +6,7 @@ from __future__ import annotations
 import pytest
 
 from aal_k8s import halving
+from aal_k8s.backends import run_halving
 from aal_k8s.config import load_config
 from aal_k8s.planner import plan_stage
 from aal_k8s.store import ExperimentStore, open_store
@@ -54,7 +55,7 @@ def test_one_job_per_surviving_run_and_rung_and_a_rerun_creates_none(make_backen
     specs = plan_stage("adversarial", cfg, {"square": "red_tint"}, attributes=["square"])
     ran: list = []
     kubelet(cluster, exp, cfg.train.epochs, ran)
-    report = halving.run_halving(make_backend(cfg), exp, cfg, specs)
+    report = run_halving(make_backend(cfg), exp, cfg, specs)
     assert not report.failed
     assert sorted(report.stopped) == sorted(s.run_id for s in specs if s.lam != 1.0)
     # submit returns once the survivor's own Job exists (as for any stage); the pipeline waits for it
@@ -67,5 +68,5 @@ def test_one_job_per_surviving_run_and_rung_and_a_rerun_creates_none(make_backen
     assert d1["survivors"] == [0.1, 1.0] and d2["survivors"] == [1.0]
 
     created = len(cluster.calls_to("create_namespaced_job"))
-    again = halving.run_halving(make_backend(cfg), exp, cfg, specs)  # a rerun: everything is in the store
+    again = run_halving(make_backend(cfg), exp, cfg, specs)  # a rerun: everything is in the store
     assert not again.failed and len(cluster.calls_to("create_namespaced_job")) == created

@@ -82,7 +82,7 @@ def test_an_unsealed_pack_manifest_is_one_line_before_any_run_is_submitted(comma
 
 def test_a_valid_small_root_passes_the_check(tmp_path):
     from aal_k8s.config import load_config
-    from aal_k8s.data.common import check_source
+    from aal_k8s.data.sources import check_source
 
     make_duke(tmp_path / "duke")
     cfg = load_config(dataset="duke", overrides=[f"dataset.root={tmp_path / 'duke'}", "dataset.strict_counts=false"])

@@ -11,6 +11,7 @@ import threading
 import pytest
 from s3_testing import SECRETS
 
+from aal_k8s.checksums import sha256_hex
 from aal_k8s.config import StoreConfig, load_config
 from aal_k8s.errors import ConfigError, StoreError, StoreUnavailableError
 from aal_k8s.runspec import RunSpec
@@ -18,7 +19,6 @@ from aal_k8s.store import (
     ExperimentStore,
     LocalStore,
     open_store,
-    sha256_hex,
     store_options_env,
     store_options_from_env,
 )
