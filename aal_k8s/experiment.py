@@ -157,7 +157,7 @@ def _check_unpinned_runs(exp, cfg: Config) -> None:
     with flags that its runs were made with (some committed run is one of the flags' discovery
     runs), not with a forgotten flag that would orphan all of them."""
     from aal_k8s.planner import plan_stage
-    from aal_k8s.runspec import DISCOVERY_STAGES
+    from aal_k8s.stages import DISCOVERY_STAGES
 
     committed = exp.committed_ids()
     if not committed:

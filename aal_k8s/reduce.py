@@ -28,14 +28,16 @@ import csv
 import io
 from dataclasses import asdict, dataclass, field
 
+from aal_k8s import stages
 from aal_k8s.config import Config
 from aal_k8s.data import attribute_names
 from aal_k8s.errors import AALError, CorruptRecordError, StageOrderError, StoreError
 # re-exported: reduce is where readers of the protocol look for the partner rules
 from aal_k8s.partners import PARTNER_METHODS, most_correlated_partner, most_negative_partner  # noqa: F401
 from aal_k8s.planner import plan_stage
-from aal_k8s.runspec import ABLATION_STAGES
 from aal_k8s.significance import ALPHA
+from aal_k8s.stages import ABLATION_STAGES
+from aal_k8s.stages.base import GROUPS
 from aal_k8s.store import ExperimentStore
 from aal_k8s.version import code_version
 
@@ -428,7 +430,8 @@ def _baseline_runs(out: ReduceOutput, single_run, pair_run, multi_run) -> dict[s
         },
     }
     for stage, entries in out.ablations.items():
-        needs = (lambda a: bool(out.group_partners.get(a))) if stage == "group" else (lambda a: bool(with_partner[a]))
+        grouped = GROUPS in stages.get(stage).needs  # planned against every negative partner, not one
+        needs = (lambda a: bool(out.group_partners.get(a))) if grouped else (lambda a: bool(with_partner[a]))
         runs[stage] = {a: (entries.get(a) or {}).get("run_id") if needs(a) else single_run.get(a) for a in attrs}
     return {k: v for k, v in runs.items() if all(v.values())}  # type: ignore[misc]
 

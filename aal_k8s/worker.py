@@ -194,7 +194,7 @@ def _train_and_commit(exp, spec, log, checkpoint_keep: int = 2, until_epoch: int
 
     from aal_k8s.config import config_from_dict
     from aal_k8s.data import load_dataset
-    from aal_k8s.trainer import train_run
+    from aal_k8s.train import train_run
 
     cfg = config_from_dict(spec.config)
     torch.set_num_threads(_threads(cfg.train.threads))

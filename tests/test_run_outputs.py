@@ -12,7 +12,7 @@ from aal_k8s import predictions
 from aal_k8s.data import load_dataset
 from aal_k8s.planner import plan_stage
 from aal_k8s.store import ExperimentStore, LocalStore
-from aal_k8s.trainer import train_run
+from aal_k8s.train import train_run
 
 
 def test_per_image_correctness_averages_to_the_reported_accuracies(tiny_cfg):

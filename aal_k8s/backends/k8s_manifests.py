@@ -8,12 +8,14 @@ Names and labels::
     app.kubernetes.io/part-of          <experiment>
     app.kubernetes.io/component        worker
     app.kubernetes.io/managed-by       aal-k8s
-    aal-k8s/stage                      single | pairwise | multi | adversarial
+    aal-k8s/stage                      the stage (aal_k8s.stages.STAGES: single, pairwise, multi, ...)
     aal-k8s/dataset                    celeba, ...
     aal-k8s/run                        the run id (pair-a03-a07-1a2b3c4d)
-    aal-k8s/attribute                  the (first) attribute whose classifier the run trains; multi: "all"
-    aal-k8s/partner                    pairwise: the other head; adversarial: the auxiliary head
-    aal-k8s/lambda                     adversarial: the gradient reversal weight
+    aal-k8s/attribute                  the (first) attribute whose classifier the run trains;
+                                       "all" for the stages that train every attribute (multi, affinity)
+    aal-k8s/partner                    pairwise: the other head; adversarial and ablations: the
+                                       (first) auxiliary head
+    aal-k8s/lambda                     adversarial and ablations (aal_k8s.stages.ADVERSARIAL_MODES): lambda
     annotation aal-k8s/spec            the RunSpec as JSON (the worker reads the copy in the store)
 
 so ``kubectl get jobs -l aal-k8s/stage=pairwise`` lists a stage, and pods carry the same labels.
@@ -32,7 +34,8 @@ from dataclasses import asdict
 import yaml
 
 from aal_k8s.errors import EXIT_USAGE
-from aal_k8s.runspec import ADVERSARIAL_MODES, ALL_ATTRIBUTE_STAGES, RunSpec
+from aal_k8s.runspec import RunSpec
+from aal_k8s.stages import ADVERSARIAL_MODES, ALL_ATTRIBUTE_STAGES
 
 APP = "aal-k8s"
 WORKER_CONTAINER = "worker"
