@@ -218,6 +218,9 @@ def validate_store(st: StoreConfig) -> list[str]:
 class ExecutorConfig:
     backend: str = "local"  # local (processes on this machine) | k8s
     parallel: int = 0  # concurrent local runs; 0 = number of CPU cores (1 per GPU when on CUDA)
+    # runs trained together in one worker as a horizontally fused pack (aal_k8s.packs): runs of a
+    # stage with the same config and seed; 1 = one run per worker/Job (ids and outputs unchanged)
+    runs_per_job: int = 1
 
 
 #: The default k8s.image: a placeholder that must be replaced (the k8s backend refuses to create Jobs with it).
@@ -490,6 +493,8 @@ def validate(cfg: Config) -> list[str]:
         problems.append(f"train.threads: must be >= 0, got {t.threads}")
     if isinstance(cfg.executor.parallel, int) and cfg.executor.parallel < 0:
         problems.append(f"executor.parallel: must be >= 0, got {cfg.executor.parallel}")
+    if isinstance(cfg.executor.runs_per_job, int) and cfg.executor.runs_per_job < 1:
+        problems.append(f"executor.runs_per_job: must be >= 1, got {cfg.executor.runs_per_job}")
     lams = cfg.adversarial.lambdas
     if isinstance(lams, list):
         if not lams:

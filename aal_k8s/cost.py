@@ -44,10 +44,15 @@ class StagePlan:
     committed: int
     upper_bound: bool = False  # partners not known yet: at most this many runs
     seconds_per_run: float = 0.0
+    halving_jobs: int | None = None  # halving: Jobs still to create, one per run and rung (to_run otherwise)
 
     @property
     def to_run(self) -> int:
         return self.runs - self.committed
+
+    @property
+    def jobs(self) -> int:
+        return self.to_run if self.halving_jobs is None else self.halving_jobs
 
 
 @dataclass
@@ -67,6 +72,11 @@ class Plan:
 
     @property
     def jobs(self) -> int:
+        """Kubernetes Jobs to create: one per run, and under halving one per run and rung."""
+        return sum(s.jobs for s in self.stages)
+
+    @property
+    def runs_to_run(self) -> int:
         return sum(s.to_run for s in self.stages)
 
     def hours(self, s: StagePlan) -> float:
@@ -89,8 +99,12 @@ class Plan:
         runs = sum(s.runs for s in self.stages)
         done = sum(s.committed for s in self.stages)
         lines.append(
-            f"{'total':<12}{runs:>8}{done:>11}{self.jobs:>8}{'':>9}{total_h:>11.1f}{self.jobs * self.run_bytes / 1e9:>10.2f}"
+            f"{'total':<12}{runs:>8}{done:>11}{self.runs_to_run:>8}{'':>9}{total_h:>11.1f}"
+            f"{self.runs_to_run * self.run_bytes / 1e9:>10.2f}"
         )
+        for s in self.stages:
+            if s.halving_jobs is not None and self.backend == "k8s":
+                lines.append(f"{s.stage}: {s.halving_jobs} Jobs for {s.to_run} runs (halving: one Job per run and rung)")
         egress = self._downloads_count() * self.pack_bytes
         pack_gb = self.pack_bytes / 1e9
         if self.pack_bytes and self.downloads == "per node":
@@ -101,7 +115,7 @@ class Plan:
             lines.append("dataset egress: none (the dataset is generated in each worker)")
         lines.append(
             f"cost: {total_h * self.price:,.2f} for {total_h:,.1f} {unit} at {self.price:g} per {unit[:-2]}-hour "
-            f"(plan.gpu_hour_price); store adds {self.jobs * self.run_bytes / 1e9:,.2f} GB"
+            f"(plan.gpu_hour_price); store adds {self.runs_to_run * self.run_bytes / 1e9:,.2f} GB"
         )
         if any(s.upper_bound for s in self.stages):
             lines.append("<=: partners are not known yet; attributes without a negative partner get no run")
@@ -220,6 +234,10 @@ def build_plan(cfg: Config, exp, stages: list[str], plan_fn) -> Plan:
         secs = _committed_seconds(exp, [s for s in specs if s.run_id in done][:CALIBRATION_SAMPLE])
         seconds[stage] = secs
         rows.append(StagePlan(stage, len(specs), len(done)))
+        if stage == "adversarial" and cfg.adversarial.lambda_search == "halving":
+            from aal_k8s.halving import job_plan
+
+            rows[-1].halving_jobs = job_plan(exp, cfg, specs).total
     measured = [v for st, secs in seconds.items() if st != "affinity" for v in secs.values()]
     if measured:
         n = sum(len(v) for v in seconds.values())

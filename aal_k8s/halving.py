@@ -222,3 +222,53 @@ def summary(exp, b: Bracket) -> dict:
         "survivors": [s.lam for s in p.alive] if p.decided else None,
         "stopped_seconds": stopped_s,
     }
+
+
+# -- what status and the Kubernetes plan show -------------------------------------------------------
+def _applies(cfg, specs: list[RunSpec]) -> list[RunSpec]:
+    """The runs of ``specs`` that halving executes (none under ``lambda_search: grid``)."""
+    if cfg.adversarial.lambda_search != "halving":
+        return []
+    return [s for s in specs if s.stage == "adversarial"]
+
+
+def stopped_at(exp, cfg, specs: list[RunSpec]) -> dict[str, int]:
+    """Run id -> the rung epoch at which halving stopped it, from the recorded decisions."""
+    out: dict[str, int] = {}
+    for b in brackets(cfg, _applies(cfg, specs)).values():
+        for d in progress(exp, b).decisions:
+            out.update({e["run_id"]: int(d["epoch"]) for e in d["entrants"] if e["lam"] in d["stopped"]})
+    return out
+
+
+@dataclass
+class JobPlan:
+    """The Kubernetes Jobs the halving search still creates (one per run and rung, and one per
+    final survivor): ``next`` the ones it creates first, as (run, until_epoch; 0 = its own Job),
+    ``total`` all of them, later rungs counted by the rule (how many go on is known, not which)."""
+
+    next: list[tuple[RunSpec, int]] = field(default_factory=list)
+    total: int = 0
+
+
+def job_plan(exp, cfg, specs: list[RunSpec]) -> JobPlan:
+    out = JobPlan()
+    for b in brackets(cfg, _applies(cfg, specs)).values():
+        p = progress(exp, b)
+        alive, first = len(p.alive), True
+        for epoch in b.rungs[len(p.decisions):]:
+            if first:  # which runs train this rung is known: those that have not reached it yet
+                todo = [s for s in p.alive if not reached(exp, s.run_id, epoch)]
+                out.next += [(s, epoch) for s in todo]
+                out.total += len(todo)
+                first = False
+            else:
+                out.total += alive
+            alive = keep_count(alive, b.eta)
+        if first:  # every rung decided: the survivors' own Jobs
+            todo = [s for s in p.alive if not exp.is_committed(s.run_id)]
+            out.next += [(s, 0) for s in todo]
+            out.total += len(todo)
+        else:
+            out.total += alive
+    return out

@@ -110,6 +110,14 @@ class SharedOptions(AdversarialOptions):
         return cls(**cls._schedule(d, run), hidden_layers=_need(d, "hidden_layers", run, int))
 
 
+def default_every(n_tasks: int) -> int:
+    """Steps between affinity measurements for the config's ``affinity.every: 0``: ``2 * n_tasks``.
+
+    A measurement costs about K forward+backward passes (K training steps), so measuring every 2K
+    steps adds about half a run."""
+    return 2 * n_tasks
+
+
 @dataclass(frozen=True)
 class AffinityOptions(Options):
     every: int  # steps between two measurements (affinity.every resolved: never 0 here)

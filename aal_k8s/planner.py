@@ -22,7 +22,6 @@ ALL = stages.STAGES
 
 def _builder(cfg: Config, stage: stages.Stage):
     names = attribute_names(cfg.dataset.name)
-    sections = {section: asdict(getattr(cfg, section)) for section in RUN_SECTIONS}
 
     def spec(primary, auxiliary=(), lam=0.0, options: Options | None = None, init_from: str = "") -> RunSpec:
         return RunSpec(
@@ -35,7 +34,7 @@ def _builder(cfg: Config, stage: stages.Stage):
             lam=float(lam),
             seed=cfg.train.seed,
             attr_index=tuple(names.index(a) + 1 for a in (*primary, *auxiliary)),
-            config={k: dict(v) for k, v in sections.items()},
+            config={section: asdict(getattr(cfg, section)) for section in RUN_SECTIONS},
             options=(options or Options()).to_dict(),
             init_from=init_from,
         )

@@ -82,38 +82,50 @@ def execute(store_uri: str, experiment: str, run_id: str, log=None, until_epoch:
 
 def _execute(exp, run_id: str, log, options, until_epoch: int = 0) -> int:
     try:
-        aside = exp.quarantine_record(run_id)
-        if aside is not None:  # truncated or altered: retrain rather than trust or fail forever
-            print(f"run {run_id}: its commit record failed verification; moved to "
-                  f"{exp.store.url(aside)}, training the run again", file=log)  # fmt: skip
-        elif exp.is_committed(run_id):
-            # a crash between the commit and its cleanup left files behind: finish the cleanup
-            gone = exp.clean_committed(run_id)
-            cleaned = f"; removed {len(gone)} leftover files ({sum(gone.values())} bytes)" if gone else ""
-            print(f"run {run_id}: already committed, nothing to do{cleaned}", file=log)
+        if nothing_to_do(exp, run_id, log, until_epoch):
             return 0
-        if until_epoch:
-            from aal_k8s.halving import reached
-
-            if reached(exp, run_id, until_epoch):
-                print(f"run {run_id}: already at rung epoch {until_epoch}, nothing to do", file=log)
-                return 0
-        spec = exp.read_spec(run_id)
-        if spec.run_id != run_id:
-            raise AALError(f"run {run_id}: stored spec hashes to {spec.run_id}; the spec was altered")
-        return _train_and_commit(exp, spec, log, options.checkpoint_keep, until_epoch)
+        return _train_and_commit(exp, read_spec(exp, run_id), log, options.checkpoint_keep, until_epoch)
     except _CommittedElsewhere as e:
         print(f"run {run_id}: committed meanwhile by attempt {e.attempt}; stopping this attempt", file=log)
         return 0
     except AALError as e:
         code = e.exit_code if e.exit_code in (EXIT_USAGE, EXIT_CRASH) else EXIT_USAGE
-        _record(exp, run_id, e.message, code, log)
+        record_failure(exp, run_id, e.message, code, log)
         return code
     except Exception as e:
         tb = traceback.format_exc()
         print(tb, file=log)
-        _record(exp, run_id, f"{type(e).__name__}: {e}", EXIT_CRASH, log)
+        record_failure(exp, run_id, f"{type(e).__name__}: {e}", EXIT_CRASH, log)
         return EXIT_CRASH
+
+
+def nothing_to_do(exp, run_id: str, log, until_epoch: int = 0) -> bool:
+    """True when ``run_id`` is committed (its leftovers cleaned) or already at the rung
+    ``until_epoch``; a commit record that fails verification is moved aside (the run trains again)."""
+    aside = exp.quarantine_record(run_id)
+    if aside is not None:  # truncated or altered: retrain rather than trust or fail forever
+        print(f"run {run_id}: its commit record failed verification; moved to "
+              f"{exp.store.url(aside)}, training the run again", file=log)  # fmt: skip
+    elif exp.is_committed(run_id):
+        # a crash between the commit and its cleanup left files behind: finish the cleanup
+        gone = exp.clean_committed(run_id)
+        cleaned = f"; removed {len(gone)} leftover files ({sum(gone.values())} bytes)" if gone else ""
+        print(f"run {run_id}: already committed, nothing to do{cleaned}", file=log)
+        return True
+    if until_epoch:
+        from aal_k8s.halving import reached
+
+        if reached(exp, run_id, until_epoch):
+            print(f"run {run_id}: already at rung epoch {until_epoch}, nothing to do", file=log)
+            return True
+    return False
+
+
+def read_spec(exp, run_id: str):
+    spec = exp.read_spec(run_id)
+    if spec.run_id != run_id:
+        raise AALError(f"run {run_id}: stored spec hashes to {spec.run_id}; the spec was altered")
+    return spec
 
 
 class _Scrubbed:
@@ -132,7 +144,7 @@ class _Scrubbed:
         return getattr(self.stream, name)
 
 
-def _record(exp, run_id: str, message: str, code: int, log) -> None:
+def record_failure(exp, run_id: str, message: str, code: int, log) -> None:
     message = scrub(message)
     print(f"run {run_id}: failed: {message}", file=log)
     try:
@@ -151,7 +163,7 @@ class _CommittedElsewhere(Exception):
         self.attempt = attempt
 
 
-def _load_checkpoint(exp, spec, log):
+def load_checkpoint(exp, spec, log):
     """The newest complete checkpoint's training state, or None (start from scratch)."""
     import io
 
@@ -196,7 +208,6 @@ def _train_and_commit(exp, spec, log, checkpoint_keep: int = 2, until_epoch: int
     started = time.perf_counter()  # wall time of the whole attempt (imports, data, training): the live view's ETA
 
     import torch
-    from safetensors.torch import save as save_safetensors
 
     from aal_k8s.config import config_from_dict
     from aal_k8s.data import load_dataset
@@ -245,7 +256,7 @@ def _train_and_commit(exp, spec, log, checkpoint_keep: int = 2, until_epoch: int
         from safetensors.torch import load as load_safetensors
 
         init_state = load_safetensors(exp.read_artifact(spec.init_from, "best.safetensors"))
-    resume = _load_checkpoint(exp, spec, log)
+    resume = load_checkpoint(exp, spec, log)
     if until_epoch >= cfg.train.epochs:
         until_epoch = 0  # the last rung is the full run: train to the end and commit
     try:
@@ -263,6 +274,16 @@ def _train_and_commit(exp, spec, log, checkpoint_keep: int = 2, until_epoch: int
         return 0
     finally:
         events.close()
+    return commit_result(exp, spec, result, started, log)
+
+
+def commit_result(exp, spec, result, started: float, log) -> int:
+    """Commit ``result`` as run ``spec`` (its weights, per-image predictions, metrics); the worker's
+    exit code. ``started``: perf_counter at the start of the attempt (``timings.worker``)."""
+    import time
+
+    from safetensors.torch import save as save_safetensors
+
     from aal_k8s import predictions
 
     weights = save_safetensors(result.state_dict, metadata={"run_id": spec.run_id})

@@ -13,7 +13,7 @@ from aal_k8s.config import load_config
 from aal_k8s.errors import ConfigError
 from aal_k8s.planner import plan_stage
 from aal_k8s.reduce import reduce_experiment
-from aal_k8s.report import render_markdown
+from aal_k8s.report import render_report
 from aal_k8s.store import ExperimentStore, LocalStore
 
 PARTNERS = {"square": "red_tint", "ring": "blue_tint"}
@@ -151,7 +151,7 @@ def test_decisions_on_a_hand_made_table_are_recorded_and_reduce_chooses_among_th
     assert out.final["square"].source == "adversarial" and out.final["square"].lam == 1.0
     assert out.halving["ring"]["survivors"] == [3.0]
     assert out.stage_seconds["adversarial"] == 24.0  # the stopped runs' epochs count too
-    assert "Lambda by successive halving" in render_markdown(out, "x")
+    assert "Lambda by successive halving" in render_report(out, "x").markdown
     rerun = TableBackend(cfg, TABLE)
     assert not run_halving(rerun, exp, cfg, specs).failed and rerun.epochs == 0  # all done: nothing trains
 
@@ -210,7 +210,7 @@ def test_grid_is_the_default_and_keeps_its_ids_submissions_and_outputs(tmp_path)
     assert backend.calls == [0]  # one submission of every run, no rung
     out = reduce_experiment(exp, cfg)
     assert out.halving == {} and "halving" not in out.to_json()  # summary.json as before halving existed
-    assert "successive halving" not in render_markdown(out, "x")
+    assert "successive halving" not in render_report(out, "x").markdown
 
 
 # -- real tiny runs through the worker ---------------------------------------------------------------

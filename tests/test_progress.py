@@ -51,7 +51,7 @@ def test_counts_run_seconds_and_eta_per_stage(scene):
     cfg, exp, backend, single = scene
     p = Tracker(cfg, exp, backend, ["single", "pairwise", "multi", "adversarial"], slots=3).poll()
     s, pw, multi, adv = p.stages
-    assert s.counts == {"complete": 2, "running": 1, "pending": 1, "failed": 1, "not_submitted": 1}
+    assert s.counts == {"complete": 2, "running": 1, "pending": 1, "failed": 1, "not_submitted": 1, "stopped": 0}
     assert s.run_seconds == 24.0
     assert s.eta_seconds == 3 * 30.0 / 1  # 3 left x the stage's mean wall 30 s / 1 running now
     assert pw.eta_seconds == 14 * 90.0 / 3  # its own mean; nothing running: 3 slots

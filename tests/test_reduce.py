@@ -197,7 +197,7 @@ def test_ablations_group_partners_and_stage_seconds(with_affinity):
 def test_seeds_pairs_each_seeds_final_kind_with_its_single_baseline_and_the_report_gives_an_interval(filled):
     from dataclasses import replace
 
-    from aal_k8s.report import seed_comparison
+    from aal_k8s.report.sections.significance import seed_comparison
 
     cfg, exp = filled
     cfg = load_config(dataset="synthetic", overrides=[f"store.uri={exp.store.root}", "adversarial.seeds=3"])

@@ -11,10 +11,11 @@ import abc
 import sys
 from dataclasses import dataclass, field
 
-from aal_k8s.halving import brackets, progress, reached, rungs_for, take_decision
+from aal_k8s.halving import brackets, progress, reached, rungs_for, stopped_at, take_decision
 from aal_k8s.runspec import RunSpec
 
-STATES = ("complete", "running", "pending", "failed", "not_submitted")
+#: ``stopped``: halving stopped the run at a rung (``mark_stopped``); never a backend's answer
+STATES = ("complete", "running", "pending", "failed", "not_submitted", "stopped")
 
 
 @dataclass
@@ -104,6 +105,15 @@ def get_backend(name: str, cfg) -> Backend:
     from aal_k8s.errors import AALError
 
     raise AALError(f"executor.backend: unknown backend {name!r}")
+
+
+def mark_stopped(exp, cfg, specs: list[RunSpec], states: dict[str, RunState]) -> dict[str, RunState]:
+    """``states`` with every run halving stopped shown as ``stopped`` and its rung: the backend
+    sees no Job and no commit for it, which would read as "not submitted"."""
+    for run_id, epoch in stopped_at(exp, cfg, specs).items():
+        if run_id in states and states[run_id].state != "complete":  # a grid run committed it since
+            states[run_id] = RunState(run_id, "stopped", f"halving stopped it at rung epoch {epoch}")
+    return states
 
 
 def run_halving(backend, exp, cfg, specs: list[RunSpec], log=None):

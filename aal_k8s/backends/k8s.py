@@ -314,6 +314,9 @@ class KubernetesBackend(Backend):
         """Refuse to create Jobs that cannot work: credentials in the URI, the placeholder image
         (every pod would sit in ImagePullBackOff), a folder store no pod can see (every run would
         write nowhere). A dry run (``creating=False``) only warns about the last two."""
+        if self.cfg.executor.runs_per_job != 1:  # refused, not ignored: the cost plan and Job count assume packs
+            raise AALError(f"executor.runs_per_job={self.cfg.executor.runs_per_job}: packs run on the local backend "
+                           "only so far; the k8s backend creates one Job per run (set executor.runs_per_job=1)")  # fmt: skip
         uri = self.cfg.store.uri
         parts = urlsplit(uri)
         if parts.username or parts.password or "@" in parts.netloc:
@@ -418,16 +421,24 @@ class KubernetesBackend(Backend):
             committed = self._committed(exp, specs)
         except Exception as e:  # a dry run must work without store credentials too
             self.log(f"warning: cannot read the store ({_one_line(str(e), 200)}): rendering every run")
-            committed = set()
-        todo = [s for s in specs if s.run_id not in committed]
+            committed = None
+        readable, committed = committed is not None, committed or set()
+        todo = [(s, 0) for s in specs if s.run_id not in committed]
         stages = ", ".join(self._stages(specs)) or "-"
+        count = f"{len(todo)} Jobs"
+        if readable and self.cfg.adversarial.lambda_search == "halving" and "adversarial" in self._stages(specs):
+            from aal_k8s.halving import job_plan
+
+            jobs = job_plan(exp, self.cfg, specs)  # one Job per run and rung: the next rung's are shown
+            todo = [t for t in todo if t[0].stage != "adversarial"] + jobs.next
+            count = f"{len(todo)} Jobs now, {jobs.total - len(jobs.next) + len(todo)} over the whole halving search,"
         header = (
-            f"aal-k8s: {len(todo)} Jobs for stage {stages} of experiment {exp.experiment} "
+            f"aal-k8s: {count} for stage {stages} of experiment {exp.experiment} "
             f"({len(committed)} runs already complete in {self.cfg.store.uri} are left out).\n"
             f"To inspect only: do not kubectl apply these. Each Job's worker reads its run's spec from the\n"
             f"store, which only `aal-k8s submit` writes; create them with aal-k8s submit (namespace {self.ns})."
         )
-        return to_yaml([job_manifest(s, self.cfg, self._pack_bytes(exp)) for s in todo], header)
+        return to_yaml([job_manifest(s, self.cfg, self._pack_bytes(exp), until) for s, until in todo], header)
 
     def submit(self, specs: list[RunSpec], exp, until_epoch: int = 0) -> SubmitReport:
         with self._rung(until_epoch):

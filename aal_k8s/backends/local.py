@@ -1,7 +1,8 @@
 """Run a stage's runs as parallel ``aal-k8s worker`` processes on this machine.
 
 Parallelism defaults to the number of CPU cores (one run per GPU when CUDA is present), and each
-run gets ``cores / parallel`` torch threads so runs do not oversubscribe the CPU. Each worker's
+run gets ``cores / parallel`` torch threads so runs do not oversubscribe the CPU. With
+``executor.runs_per_job`` N > 1, runs that can share a pack (aal_k8s.packs) go N to a worker process. Each worker's
 output is kept in the store beside the run (``runs/<id>/local.log``).
 """
 
@@ -56,39 +57,44 @@ class LocalBackend(Backend):
         threads = self.cfg.train.threads or max(1, (os.cpu_count() or 1) // par)
         return par, threads
 
-    def worker_command(self, spec: RunSpec, exp, until_epoch: int = 0) -> list[str]:
+    def worker_command(self, pack: list[RunSpec], exp, until_epoch: int = 0) -> list[str]:
+        """``aal-k8s worker`` for one run, or for a pack of runs trained together (aal_k8s.packs)."""
         return [
             sys.executable, "-m", "aal_k8s", "worker",
-            "--store", exp.store.uri, "--experiment", exp.experiment, "--run", spec.run_id,
+            "--store", exp.store.uri, "--experiment", exp.experiment, *[x for s in pack for x in ("--run", s.run_id)],
             *(["--until-epoch", str(until_epoch)] if until_epoch else []),
         ]  # fmt: skip
 
-    def _run_one(self, spec: RunSpec, exp, threads: int, until_epoch: int = 0) -> tuple[str, int, str]:
+    def _run_one(self, pack: list[RunSpec], exp, threads: int, until_epoch: int = 0) -> list[tuple[str, int, str]]:
+        """Run one worker process for ``pack`` (usually one run); (run id, exit code, last log line)
+        per member. A pack's members share its process, its exit code and its log."""
         from aal_k8s.store import store_options_env
 
+        ids = [s.run_id for s in pack]
         env = dict(os.environ, AAL_K8S_THREADS=str(threads), OMP_NUM_THREADS=str(threads))
         env.update(store_options_env(self.cfg.store))  # endpoint, retries, checkpoint_keep (no secrets)
         with self._lock:  # checked and registered under the lock: a stop never misses a new worker
             if self._stopping:
-                return spec.run_id, -1, "not started: the stage was stopped"
+                return [(r, -1, "not started: the stage was stopped") for r in ids]
             # its own session: Ctrl-C reaches only this process, which stops the workers in order
             proc = subprocess.Popen(
-                self.worker_command(spec, exp, until_epoch), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, env=env,
+                self.worker_command(pack, exp, until_epoch), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, env=env,
                 start_new_session=True,
             )  # fmt: skip
             self._procs.add(proc)
-            self._queued.discard(spec.run_id)
-            self._running.add(spec.run_id)
+            self._queued.difference_update(ids)
+            self._running.update(ids)
         try:
             output, _ = proc.communicate()
         finally:
             with self._lock:
                 self._procs.discard(proc)
-                self._running.discard(spec.run_id)
+                self._running.difference_update(ids)
         text = output.decode(errors="replace")
-        exp.store.put_bytes(exp.run_key(spec.run_id, LOG_NAME), output)
+        for r in ids:
+            exp.store.put_bytes(exp.run_key(r, LOG_NAME), output)
         last = next((ln for ln in reversed(text.strip().splitlines()) if ln.strip()), "")
-        return spec.run_id, proc.returncode, last
+        return [(r, proc.returncode, last) for r in ids]
 
     def submit(self, specs: list[RunSpec], exp, until_epoch: int = 0) -> SubmitReport:
         """``until_epoch``: a halving rung (aal_k8s.halving); a run that reached it is skipped."""
@@ -104,19 +110,22 @@ class LocalBackend(Backend):
                 todo.append(spec)
         if not todo:
             return report
-        par, threads = self._parallel(len(todo))
+        from aal_k8s.packs import group_packs
+
+        packs = group_packs(todo, self.cfg.executor.runs_per_job)
+        par, threads = self._parallel(len(packs))
         with self._lock:
             self._queued.update(s.run_id for s in todo)
         bar = _progress(len(todo), self.progress)
         pool = ThreadPoolExecutor(max_workers=par)
         try:
-            futures = [pool.submit(self._run_one, s, exp, threads, until_epoch) for s in todo]
+            futures = [pool.submit(self._run_one, p, exp, threads, until_epoch) for p in packs]
             for fut in as_completed(futures):
-                run_id, code, last = fut.result()
-                report.submitted.append(run_id)
-                if code != 0:
-                    report.failed[run_id] = f"exit {code}: {last}"
-                bar.update(1)
+                for run_id, code, last in fut.result():
+                    report.submitted.append(run_id)
+                    if code != 0:
+                        report.failed[run_id] = f"exit {code}: {last}"
+                    bar.update(1)
                 bar.set_postfix(failed=len(report.failed))
         except BaseException:  # Ctrl-C, SIGTERM (aal_k8s.cli), or a bug: stop the stage now
             pool.shutdown(wait=False, cancel_futures=True)  # queued runs never start

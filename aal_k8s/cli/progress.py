@@ -19,7 +19,7 @@ import threading
 import time
 from dataclasses import dataclass, field
 
-from aal_k8s.backends import STATES
+from aal_k8s.backends import STATES, mark_stopped
 
 TOP = 3  # slowest and failed runs listed
 
@@ -82,7 +82,7 @@ class Tracker:
                 continue
             row = StageProgress(stage, counts={s: 0 for s in STATES})
             secs = []
-            for run_id, st in self.backend.states(specs, self.exp).items():
+            for run_id, st in mark_stopped(self.exp, self.cfg, specs, self.backend.states(specs, self.exp)).items():
                 row.counts[st.state] += 1
                 if st.state == "complete":
                     total, wall = self._run_seconds(run_id)
@@ -137,9 +137,10 @@ def stage_line(row: StageProgress) -> str:
         return f"{row.stage}: {row.waiting}"
     c = row.counts
     eta = f"; ETA {duration(row.eta_seconds)}" if row.left else ""
+    stopped = f", {c['stopped']} stopped by halving" if c.get("stopped") else ""
     return (
         f"{row.stage}: {c['complete']}/{row.total} complete, {c['running']} running, {c['pending']} pending, "
-        f"{c['failed']} failed, {c['not_submitted']} not submitted; {row.run_seconds:.0f} run-s{eta}"
+        f"{c['failed']} failed, {c['not_submitted']} not submitted{stopped}; {row.run_seconds:.0f} run-s{eta}"
     )
 
 
@@ -156,16 +157,19 @@ def render(progress: Progress, title: str):
     for name, style in (("done", "green"), ("running", "cyan"), ("pending", "yellow"), ("failed", "red")):
         table.add_column(name, justify="right", style=style)
     table.add_column("not submitted", justify="right", style="dim")
+    stopped = any(row.counts.get("stopped") for row in progress.stages)  # by halving, at a rung
+    if stopped:
+        table.add_column("stopped", justify="right", style="dim")
     table.add_column("run-s", justify="right")
     table.add_column("ETA", justify="right")
     for row in progress.stages:
         if row.waiting:
-            table.add_row(row.stage, *[""] * 5, "", row.waiting, style="dim")
+            table.add_row(row.stage, *[""] * (6 if stopped else 5), "", row.waiting, style="dim")
             continue
         c = row.counts
         table.add_row(
             row.stage, f"{c['complete']}/{row.total}", str(c["running"]), str(c["pending"]), str(c["failed"]),
-            str(c["not_submitted"]), f"{row.run_seconds:.0f}", duration(row.eta_seconds) if row.left else "",
+            str(c["not_submitted"]), *([str(c["stopped"])] if stopped else []), f"{row.run_seconds:.0f}", duration(row.eta_seconds) if row.left else "",
         )  # fmt: skip
     parts = [table]
     if progress.slowest:

@@ -1,4 +1,5 @@
-"""Per stage: how many runs are complete (in the store), running, pending, failed, not submitted.
+"""Per stage: how many runs are complete (in the store), running, pending, failed, not submitted,
+stopped (by halving, at a rung: listed with it).
 
 Pending runs are grouped by reason (k8s: Unschedulable / FailedScheduling, image pulls, Kueue
 admission...); failed runs are listed with their reasons. Completion is read from the store, so
@@ -7,7 +8,7 @@ the counts are true whichever backend executed the runs.
 
 from __future__ import annotations
 
-from aal_k8s.backends import STATES, RunState, get_backend
+from aal_k8s.backends import STATES, RunState, get_backend, mark_stopped
 from aal_k8s.cli.common import add_config_args, examples, open_experiment
 from aal_k8s.cli.stages import plan
 from aal_k8s.errors import StageOrderError
@@ -28,14 +29,14 @@ def run(args) -> int:
     header = f"{'stage':<12}" + "".join(f"{s:>14}" for s in STATES)
     print(f"experiment {exp.experiment} in {exp.store.uri} ({backend.name} backend)")
     print(header)
-    failures, waiting = [], {}
+    failures, stopped, waiting = [], [], {}
     for stage in [args.stage] if args.stage else STAGES:
         try:
             specs = plan(cfg, exp, stage)
         except StageOrderError:
             print(f"{stage:<12}" + f"{'(waits for reduce)':>{14 * len(STATES)}}")
             continue
-        states = backend.states(specs, exp)
+        states = mark_stopped(exp, cfg, specs, backend.states(specs, exp))
         for spec in specs:  # a record that fails verification is no completion, whatever the backend saw
             problem = exp.record_problem(spec.run_id)
             if problem:
@@ -45,6 +46,8 @@ def run(args) -> int:
             counts[st.state] += 1
             if st.state == "failed":
                 failures.append(f"  {stage} {st.run_id}: {st.reason or 'no reason recorded'}")
+            elif st.state == "stopped":
+                stopped.append(f"  {stage} {st.run_id}: {st.reason}")
             elif st.state == "pending" and st.reason:
                 waiting.setdefault((stage, st.reason), []).append(st.run_id)
         print(f"{stage:<12}" + "".join(f"{counts[s]:>14}" for s in STATES))
@@ -54,6 +57,8 @@ def run(args) -> int:
         for (stage, reason), ids in sorted(waiting.items(), key=order):
             more = f", +{len(ids) - 3} more" if len(ids) > 3 else ""
             print(f"  {stage} {len(ids)} runs: {reason} [{', '.join(sorted(ids)[:3])}{more}]")
+    if stopped:
+        print("\n".join(["", "stopped by halving (not trained further, never committed):", *stopped]))
     if failures:
         print("\n".join(["", "failed runs:", *failures]))
     return 0

@@ -11,7 +11,8 @@ EXAMPLES = examples("aal-k8s worker --store s3://bucket/aal --experiment celeba 
 def add_arguments(p) -> None:
     p.add_argument("--store", required=True, metavar="URI")
     p.add_argument("--experiment", required=True, metavar="NAME")
-    p.add_argument("--run", required=True, metavar="RUN_ID")
+    p.add_argument("--run", required=True, metavar="RUN_ID", action="append",
+                   help="the run; given several times: a pack, trained together (executor.runs_per_job)")
     p.add_argument(
         "--until-epoch", type=int, default=0, metavar="N",
         help="a halving rung: stop after epoch N's checkpoint and record the rung (no commit)",
@@ -30,4 +31,8 @@ def run(args) -> int:
     if args.until_epoch < 0:
         print(f"--until-epoch: must be >= 0, got {args.until_epoch}", file=sys.stderr)
         return 2
-    return execute(args.store, args.experiment, args.run, log=sys.stderr, until_epoch=args.until_epoch)
+    if len(args.run) > 1:
+        from aal_k8s.pack_worker import execute_pack
+
+        return execute_pack(args.store, args.experiment, args.run, log=sys.stderr, until_epoch=args.until_epoch)
+    return execute(args.store, args.experiment, args.run[0], log=sys.stderr, until_epoch=args.until_epoch)

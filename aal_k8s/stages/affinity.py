@@ -1,13 +1,11 @@
 """affinity: one multi-task run over all M attributes that also measures lookahead inter-task
 affinity (partners without the pairwise stage; see aal_k8s.affinity)."""
 
-from aal_k8s.modes import AffinityOptions
+from aal_k8s.modes import AffinityOptions, default_every
 from aal_k8s.stages.base import DISCOVERY, PlanInputs, Stage
 
 
 def plan(inputs: PlanInputs):
-    from aal_k8s.affinity import default_every  # here: it imports torch, and --help imports this module
-
     aff = inputs.cfg.affinity
     every = aff.every or default_every(len(inputs.all_names))  # resolved here: the run id holds the number
     options = AffinityOptions(every=every, window=aff.window, measure_on=aff.measure_on)

@@ -12,10 +12,9 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Callable
 
-if TYPE_CHECKING:
+if TYPE_CHECKING:  # (aal_k8s.runspec.RunSpec is not imported: runspec imports this package)
     from aal_k8s.config import Config
     from aal_k8s.modes import Options
-    from aal_k8s.runspec import RunSpec
 
 #: Protocol phases, in order: partner discovery (planned from the config alone), the adversarial
 #: grid (needs reduce's partners), the ablations (need its chosen lambdas, so a second reduce), the

@@ -15,7 +15,7 @@ def main() -> int:
     from aal_k8s.backends.local import LocalBackend
     from aal_k8s.cli import main as cli
 
-    LocalBackend.worker_command = lambda self, spec, exp, until_epoch=0: [sys.executable, "-c", FAKE_WORKER, started]
+    LocalBackend.worker_command = lambda self, pack, exp, until_epoch=0: [sys.executable, "-c", FAKE_WORKER, started]
     return cli(sys.argv[sep + 1 :])
 
 

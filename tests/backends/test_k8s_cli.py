@@ -113,7 +113,7 @@ def test_status_counts_runs_and_shows_pending_reasons_apart_and_failures(cli_clu
     out = capsys.readouterr().out
     rows = {ln.split()[0]: ln.split()[1:] for ln in out.splitlines() if ln.startswith(("stage", "single"))}
     assert dict(zip(rows["stage"], map(int, rows["single"]))) == {
-        "complete": 1, "running": 1, "pending": 3, "failed": 1, "not_submitted": 0,
+        "complete": 1, "running": 1, "pending": 3, "failed": 1, "not_submitted": 0, "stopped": 0,
     }  # fmt: skip
     assert f"  single 2 runs: Unschedulable: {unsched} [" in out
     assert "  single 1 runs: FailedScheduling: 0/4 nodes are available: 4 node(s) had untolerated taint." in out

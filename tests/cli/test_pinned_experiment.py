@@ -48,7 +48,7 @@ def test_read_only_commands_need_no_config_flags(tiny_overrides, tiny_cfg, tmp_p
     capsys.readouterr()
     assert main(["status", "-e", "exp1", "--store", store, "--stage", "single"]) == 0
     row = [ln for ln in capsys.readouterr().out.splitlines() if ln.startswith("single")][0]
-    assert row.split()[1:] == ["1", "0", "0", "0", "5"]  # complete, running, pending, failed, not submitted
+    assert row.split()[1:] == ["1", "0", "0", "0", "5", "0"]  # complete, running, pending, failed, not submitted, stopped
 
 
 def test_override_pinned_applies_the_change_and_records_it(tiny_overrides, tmp_path, capsys):

@@ -4,7 +4,7 @@
 from report_samples import sample
 
 from aal_k8s.reduce import Provenance, ReduceOutput
-from aal_k8s.report import render_markdown
+from aal_k8s.report import render_report
 
 
 def _row(text: str, prefix: str) -> list[str]:
@@ -19,7 +19,7 @@ def test_summary_says_what_improved_by_how_much_on_test_and_how_sure():
     out.paired_test = {"single": {"images": 64, "attributes": 6, "only_final": 9, "only_baseline": 1, "p": 0.021484375,
                                   "diff": 0.00667, "ci_low": 0.001, "ci_high": 0.0125}}  # fmt: skip
     out.partner_tests = {"ring": {"cross": {"drop": 0.05, "only_alone": 4, "only_with": 1, "p": 0.375}}}
-    summary = render_markdown(out, "exp").split("\n\n")[1]
+    summary = render_report(out, "exp").markdown.split("\n\n")[1]
     assert summary == (
         "**Summary.** Final model set: mean test accuracy 89.33% over 6 attributes, +0.67 points over single-task "
         "training (95% bootstrap interval over test images [+0.10, +1.25]; McNemar p = 0.021484: significant at 0.05). "
@@ -30,13 +30,13 @@ def test_summary_says_what_improved_by_how_much_on_test_and_how_sure():
 
 
 def test_summary_falls_back_to_the_z_test_without_predictions():
-    summary = render_markdown(sample(), "exp").split("\n\n")[1]
+    summary = render_report(sample(), "exp").markdown.split("\n\n")[1]
     assert "+0.67 points over single-task training (the paper's z-test: p = " in summary
 
 
 def test_summary_of_an_empty_experiment_says_there_is_no_result_yet():
     out = ReduceOutput(dataset="synthetic", attributes=["square", "ring"])
-    assert "**Summary.** No complete result yet" in render_markdown(out, "exp")
+    assert "**Summary.** No complete result yet" in render_report(out, "exp").markdown
 
 
 def test_provenance_names_code_data_config_and_dates():
@@ -52,7 +52,7 @@ def test_provenance_names_code_data_config_and_dates():
         split_sizes={"train": 3000, "val": 1000, "test": 2000},
         first_commit="2026-12-01T10:00:00Z", last_commit="2026-12-01T10:07:00Z",
     )  # fmt: skip
-    para = next(p for p in render_markdown(out, "exp").split("\n\n") if p.startswith("**Provenance.**"))
+    para = next(p for p in render_report(out, "exp").markdown.split("\n\n") if p.startswith("**Provenance.**"))
     assert para == (
         "**Provenance.** Code: aal-k8s 0.1.0 (git abc1234). Data: synthetic, 3000 train / 1000 val / 2000 test images "
         "(seed 0). Config: small_cnn (none init), lr 0.002, 6 epochs, batch 64, λ grid [0.01, 0.1], partners from "
@@ -62,16 +62,16 @@ def test_provenance_names_code_data_config_and_dates():
 
 
 def test_no_provenance_paragraph_for_a_reduce_output_without_one():
-    assert "**Provenance.**" not in render_markdown(sample(), "exp")
+    assert "**Provenance.**" not in render_report(sample(), "exp").markdown
 
 
 def test_title_names_the_dataset_once_when_the_experiment_is_named_after_it():
-    assert render_markdown(sample(), "synthetic").startswith("# AAL report: synthetic\n")
-    assert render_markdown(sample(), "rerun").startswith("# AAL report: rerun (synthetic)\n")
+    assert render_report(sample(), "synthetic").markdown.startswith("# AAL report: synthetic\n")
+    assert render_report(sample(), "rerun").markdown.startswith("# AAL report: rerun (synthetic)\n")
 
 
 def test_lambda_table_shows_every_runs_validation_accuracy_and_the_chosen_one_in_bold():
-    md = render_markdown(sample(), "exp")
+    md = render_report(sample(), "exp").markdown
     section = md[md.index("## Validation accuracy against λ") :]
     header = _row(section, "| # |")
     assert header[3:] == ["Single", "λ=0.01", "λ=0.1", "λ=0.3", "λ=0.5", "λ=1"]
@@ -105,24 +105,15 @@ def test_reduce_records_code_version_result_config_split_sizes_and_commit_times(
     assert (prov.first_commit, prov.last_commit) == ("2026-12-01T10:00:00Z", "2026-12-01T10:05:00Z")
 
 
-def test_the_heatmap_explains_hatching_only_when_a_cell_is_hatched():
-    from aal_k8s.figures import pairwise_legend, relative_matrix
-
-    out = sample()  # every pairwise run committed
-    assert pairwise_legend(out, relative_matrix(out)) == "boxes: each attribute's partner (pairwise)"
-    del out.pair_val["square"]["ring"]
-    assert pairwise_legend(out, relative_matrix(out)).endswith("; hatched: run missing")
-
-
 def test_a_wgan_stage_never_run_has_no_ablation_row_but_a_note():
-    md = render_markdown(sample(), "exp")  # the sample has no wgan runs
+    md = render_report(sample(), "exp").markdown  # the sample has no wgan runs
     section = md[md.index("## Ablations") :]
     assert "| Pairwise adversarial with Wasserstein-GAN loss |" not in section
     assert "Not run: Pairwise adversarial with Wasserstein-GAN loss" in section
 
 
 def _comparison_row(out, method):
-    md = render_markdown(out, "exp")
+    md = render_report(out, "exp").markdown
     return _row(md[md.index("## Partner discovery") :], f"| {method} |")
 
 
@@ -138,7 +129,7 @@ def test_a_method_whose_adversarial_runs_were_never_submitted_reads_not_run_not_
 def test_training_curves_of_the_final_classifiers_mark_the_epoch_kept():
     out = sample()
     out.final_curves = {"square": {"val": [0.70, 0.83, 0.80], "best_epoch": 2}, "ring": {"val": [0.75, 0.80], "best_epoch": 2}}
-    md = render_markdown(out, "exp")
+    md = render_report(out, "exp").markdown
     section = md[md.index("## Training curves of the final classifiers") :]
     assert _row(section, "| 1 | square |")[2:] == ["adversarial", "70.00", "**83.00**", "80.00"]
     assert _row(section, "| 2 | ring |")[2:] == ["single", "75.00", "**80.00**", ""]

@@ -17,10 +17,10 @@ from report_samples import FAILED_ADV, FAILURE, celeba_like, sample
 from aal_k8s.cli import main
 from aal_k8s.config import load_config
 from aal_k8s.reduce import ReduceOutput
-from aal_k8s.report import accuracy_csv, relative_csv, render_markdown, render_report
+from aal_k8s.report import render_report
 from aal_k8s.store import ExperimentStore, LocalStore
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 
 @pytest.fixture(scope="module")
@@ -80,7 +80,7 @@ def test_improvement_counts_over_single_and_multi(md):
 def test_mean_is_blank_while_an_attribute_has_no_adversarial_run():
     out = sample()
     del out.adversarial["cross"], out.chosen_lambda["cross"]
-    line = next(ln for ln in render_markdown(out, "e").splitlines() if "| **Mean** |" in ln)
+    line = next(ln for ln in render_report(out, "e").markdown.splitlines() if "| **Mean** |" in ln)
     assert line == "|  | **Mean** |  | 89.67 | 86.75 |  | -2.92 |  |  |  |  |"
 
 
@@ -107,13 +107,13 @@ def test_ablation_missing_counts_needed_runs_and_not_run_needs_no_entries():
     out = sample()
     del out.ablations["group"]["ring"]  # ring lowers cross and blue_tint: its run is needed
     out.ablations["wgan"] = {"square": {"val": 0.8, "test": 0.79, "run_id": "w", "auxiliary": [], "lam": 0.1}}
-    md = render_markdown(out, "e")
+    md = render_report(out, "e").markdown
     assert _row(md, "| Multiple adversarial attributes |")[1:] == ["", "", "missing (1 of 4 runs not committed)"]
     assert _row(md, "| Pairwise adversarial with Wasserstein-GAN loss |")[3] == "missing (3 of 4 runs not committed)"
     out.group_partners = {"square": ["ring"]}  # only square needs a group run now
-    assert _row(render_markdown(out, "e"), "| Multiple adversarial attributes |")[3] == "complete"
+    assert _row(render_report(out, "e").markdown, "| Multiple adversarial attributes |")[3] == "complete"
     out.ablations = {}
-    md = render_markdown(out, "e")
+    md = render_report(out, "e").markdown
     for stage in ("GAN loss", "Wasserstein-GAN loss", "shared CNN representation"):  # never run: no row
         assert f"| Pairwise adversarial with {stage} |" not in md
     assert "Not run: Pairwise adversarial with GAN loss; Pairwise adversarial with Wasserstein-GAN loss;" in md
@@ -125,7 +125,7 @@ def test_ablation_missing_counts_needed_runs_and_not_run_needs_no_entries():
 
 @pytest.fixture(scope="module")
 def celeba_md():
-    return render_markdown(celeba_like(), "celeba-exp")
+    return render_report(celeba_like(), "celeba-exp").markdown
 
 
 def test_synthetic_has_no_celeba_sections_or_paper_column(md):
@@ -233,7 +233,7 @@ def test_comparison_is_shown_only_with_two_or_more_partner_sources(sources, show
     out = sample()
     full = out.partner_sources
     out.partner_sources = {m: full[m] for m in sources}
-    md = render_markdown(out, "e")
+    md = render_report(out, "e").markdown
     assert ("## Partner discovery methods compared" in md) == shown
     assert "figures/affinity.png" in md  # the affinity heatmap stays whenever there is an affinity matrix
 
@@ -265,17 +265,17 @@ def test_significance_is_na_without_image_counts_or_with_a_perfect_baseline():
     out = sample()
     out.eval_images = {}
     out.single_val = {a: 1.0 for a in out.attributes}
-    section = _section(render_markdown(out, "e"), "## Statistical significance")
+    section = _section(render_report(out, "e").markdown, "## Statistical significance")
     assert _row(section, "| val | Single task per attribute |")[4:] == ["n/a", "n/a", "n/a", "n/a"]
     out.eval_images = {"val": 64, "test": 64}
-    section = _section(render_markdown(out, "e"), "## Statistical significance")
+    section = _section(render_report(out, "e").markdown, "## Statistical significance")
     assert _row(section, "| val | Single task per attribute |")[4:] == ["384", "n/a", "n/a", "n/a"]  # P0 = 1
 
 
 def test_without_a_final_model_set_ours_is_the_adv_column():
     out = sample()
     out.final = {}
-    section = _section(render_markdown(out, "e"), "## Statistical significance")
+    section = _section(render_report(out, "e").markdown, "## Statistical significance")
     assert "Ours (P1) = Adv column" in section
     assert _row(section, "| val | Pairwise adversarial (gradient reversal) |")[5:] == ["0.00", "1.000000", "no"]
 
@@ -312,18 +312,20 @@ def test_correlation_section_reports_pearson_r_or_is_skipped_without_labels(md):
     r = np.corrcoef(xs, ys)[0, 1]
     assert len(xs) == 30 and f"Pearson r of the scatter: {r:.3f} over 30 ordered pairs" in md
     out.label_corr = {}
-    md_empty = render_markdown(out, "e")
+    md_empty = render_report(out, "e").markdown
     assert "Skipped: the reduce output has no label correlations" in md_empty
     assert "correlation_scatter.png" not in md_empty
 
 
 def test_pairwise_csvs_are_relative_points_and_the_papers_table_4():
-    out = sample()
-    rel, acc = relative_csv(out).splitlines(), accuracy_csv(out).splitlines()
+    rep = render_report(sample(), "e")
+    rel, acc = rep.files["pairwise_relative.csv"].splitlines(), rep.files["pairwise_accuracy.csv"].splitlines()
     assert rel[0] == acc[0] == "attribute,square,ring,h_stripes,cross,red_tint,blue_tint"
     assert rel[1] == "square,,-2.0000,1.0000,1.0000,-10.0000,1.0000"
     assert acc[1] == "square,80.0000,78.0000,81.0000,81.0000,70.0000,81.0000"
-    assert "`pairwise_relative.csv`" in render_markdown(out, "e")
+    assert rel[3] == "h_stripes,1.0000,1.0000,,1.0000,1.0000,1.0000"  # blank diagonal
+    assert rel[5] == "red_tint,1.0000,1.0000,1.0000,1.0000,,-0.5000"
+    assert "`pairwise_relative.csv`" in rep.markdown
 
 
 def test_an_early_reduce_output_renders_with_notes_instead_of_sections():
@@ -340,7 +342,20 @@ def test_an_early_reduce_output_renders_with_notes_instead_of_sections():
     assert "| Pairwise adversarial (gradient reversal) |" not in rep.markdown  # not run: a note, no row
     assert "Skipped: our method has no complete result yet" in rep.markdown
     assert list(rep.figures) == ["accuracy_bars"] and rep.html.endswith("</html>\n")
-    assert render_markdown(out, "early") == rep.markdown  # same sections without rendering figures
+
+
+def test_the_markdown_draws_no_figure(monkeypatch):
+    import aal_k8s.report.figures as figures
+
+    def no_drawing(*args):
+        raise AssertionError("a figure was drawn for the Markdown")
+
+    monkeypatch.setattr(figures, "_render", no_drawing)
+    rep = render_report(sample(), "exp")
+    md = rep.markdown  # links every figure without drawing one (`aal-k8s report` draws them once, for the store)
+    assert all(f"figures/{name}.png" in md for name in figures.FIGURES)
+    with pytest.raises(AssertionError, match="was drawn"):
+        rep.figures
 
 
 # -- determinism, HTML, Markdown --------------------------------------------------------------------
@@ -350,7 +365,7 @@ def test_rendering_twice_gives_identical_bytes(rendered):
     again = render_report(sample(), "exp")
     assert again.markdown == rendered.markdown and again.html == rendered.html
     assert again.figures == rendered.figures and again.files == rendered.files
-    assert render_markdown(sample(), "exp") == rendered.markdown
+    assert render_report(sample(), "exp").markdown == rendered.markdown
 
 
 def test_a_fresh_interpreter_renders_identical_bytes(rendered, tmp_path):
@@ -411,6 +426,27 @@ def test_html_escapes_text_and_markdown_links_the_figures(rendered):
     assert "data:image" not in rendered.markdown
 
 
+def test_html_shows_store_text_literally_with_the_entities_html_escape_writes():
+    out = sample()  # a failure message is text from a pod: no link, no raw HTML, quotes as before (&#x27;)
+    out.failed[FAILED_ADV] = "pod 'x' said \"no\" <b>[see](http://x) & retry"
+    item = (
+        "<li>adversarial: <code>adv-red_tint-lam1</code> (failed: pod &#x27;x&#x27; said &quot;no&quot; "
+        "&lt;b&gt;[see](http://x) &amp; retry)</li>"
+    )
+    html = render_report(out, "o'neil & <co>").html
+    assert item in html
+    assert "<title>AAL report: o&#x27;neil &amp; &lt;co&gt; (synthetic)</title>" in html  # escaped once, not twice
+    assert 'alt="Affinity Z(b → a): row a, column b; blue: a step on b&#x27;s loss' in html
+
+
+def test_a_table_without_rows_keeps_its_blank_body_line():
+    out = sample()
+    out.halving = {"square": {"rungs": [1], "eta": 2, "decisions": [], "survivors": None}}
+    html = render_report(out, "e").html
+    body = html[html.index('id="lambda-by-successive-halving"') :]
+    assert "<tbody>\n\n</tbody>" in body[: body.index("</table>")]
+
+
 # -- aal-k8s report --------------------------------------------------------------------------------
 
 
@@ -454,3 +490,15 @@ def test_cli_report_without_output_writes_only_to_the_store(tmp_path, monkeypatc
     assert os.listdir(work) == []
     assert exp.store.exists(exp.key("report", "report.html"))
     assert not exp.store.exists(exp.key("report", "figures", "affinity.png"))
+
+
+def test_every_template_is_shipped_as_package_data():
+    """A template missing from pyproject's package-data is absent from the wheel (and the image)."""
+    import fnmatch
+    from pathlib import Path
+
+    tomllib = pytest.importorskip("tomllib")  # Python 3.11+
+    globs = tomllib.loads(Path(ROOT, "pyproject.toml").read_text())["tool"]["setuptools"]["package-data"]["aal_k8s.report"]
+    package = Path(ROOT, "aal_k8s", "report")
+    templates = [p.relative_to(package).as_posix() for p in (package / "templates").iterdir()]
+    assert templates and all(any(fnmatch.fnmatch(t, g) for g in globs) for t in templates), (templates, globs)

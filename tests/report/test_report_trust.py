@@ -3,7 +3,7 @@ tests of the final set on test are shown, and the final set is never compared wi
 
 from report_samples import sample
 
-from aal_k8s.report import render_markdown
+from aal_k8s.report import render_report
 
 
 def _section(md: str, title: str) -> str:
@@ -27,14 +27,14 @@ def _tested():
 
 
 def test_a_partner_whose_drop_is_not_significant_is_marked_in_table_3():
-    md = render_markdown(_tested(), "exp")
+    md = render_report(_tested(), "exp").markdown
     table = _section(md, "## Validation accuracy")
     assert _row(table, "| 1 | square |")[2] == "5 (red_tint) †"
     assert _row(table, "| 2 | ring |")[2] == "4 (cross)"  # significant: unmarked
 
 
 def test_partner_drops_section_lists_lost_and_gained_images_with_mcnemar_p():
-    section = _section(render_markdown(_tested(), "exp"), "## Partner drops")
+    section = _section(render_report(_tested(), "exp").markdown, "## Partner drops")
     assert _row(section, "| 1 | square |")[3:] == ["17.50", "12", "5", "0.143463", "no †"]
     assert _row(section, "| 2 | ring |")[3:] == ["15.00", "6", "0", "0.031250", "yes"]
     assert "1 of 2 partners' drops are not significant" in section
@@ -42,7 +42,7 @@ def test_partner_drops_section_lists_lost_and_gained_images_with_mcnemar_p():
 
 
 def test_without_per_image_predictions_nothing_is_marked():
-    md = render_markdown(sample(), "exp")
+    md = render_report(sample(), "exp").markdown
     assert "## Partner drops" not in md and "†" not in md and "Paired tests" not in md
 
 
@@ -54,7 +54,7 @@ def test_paired_tests_on_test_images_sit_beside_the_z_test():
         "multi_all": {"images": 64, "attributes": 6, "only_final": 3, "only_baseline": 3, "p": 1.0,
                       "diff": 0.0, "ci_low": -0.01, "ci_high": 0.01},
     }  # fmt: skip
-    section = _section(render_markdown(out, "exp"), "## Statistical significance")
+    section = _section(render_report(out, "exp").markdown, "## Statistical significance")
     paired = section[section.index("### Paired tests on the test images") :]
     assert _row(paired, "| Single task per attribute |")[1:] == ["+2.08", "[+0.50, +3.65]", "10", "2", "0.038600", "yes"]
     assert _row(paired, "| Multi-task with all attributes |")[1:] == ["+0.00", "[-1.00, +1.00]", "3", "3", "1.000000", "no"]
@@ -64,6 +64,6 @@ def test_paired_tests_on_test_images_sit_beside_the_z_test():
 def test_no_significance_row_compares_the_final_set_with_itself():
     out = sample()
     out.final_same_as = ["adversarial"]
-    section = _section(render_markdown(out, "exp"), "## Statistical significance")
+    section = _section(render_report(out, "exp").markdown, "## Statistical significance")
     assert "Pairwise adversarial (gradient reversal)" not in section
     assert "| test | Single task per attribute |" in section
