@@ -50,7 +50,8 @@ from aal_k8s.data.pipeline import pipeline_for_run
 from aal_k8s.errors import AALError
 from aal_k8s.heads import head_coefficients, head_losses
 from aal_k8s.model import AttributeNet
-from aal_k8s.runspec import ADVERSARIAL_MODES, RunSpec
+from aal_k8s.runspec import RunSpec
+from aal_k8s.stages import ADVERSARIAL_MODES
 from aal_k8s.train.checkpoint import CHECKPOINT_FORMAT
 from aal_k8s.train.checkpoint import to_cpu as _cpu
 from aal_k8s.train.device import pick_device
