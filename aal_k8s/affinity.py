@@ -39,17 +39,10 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from aal_k8s.modes import default_every  # noqa: F401 - the affinity stage's default, with its options
 from aal_k8s.partners import most_negative_partner  # the rule reduce applies to every partner source
 
 STATE_FORMAT = 1
-
-
-def default_every(n_tasks: int) -> int:
-    """Steps between measurements for the config's ``affinity.every: 0``: ``2 * n_tasks``.
-
-    A measurement costs about K forward+backward passes (K training steps), so measuring every 2K
-    steps adds about half a run."""
-    return 2 * n_tasks
 
 
 def most_negative_source(z: list[list[float]], tasks: list[str], target: str) -> str | None:

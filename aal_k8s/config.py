@@ -46,6 +46,23 @@ class AugmentConfig:
     flip: bool = True  # random horizontal flip
 
 
+#: Set in each Kubernetes pod to where it puts the pack when dataset.pack_to is auto
+#: (aal_k8s.backends.k8s_manifests.pack_destination; read by aal_k8s.data.pack).
+PACK_TO_ENV = "AAL_K8S_PACK_TO"
+
+
+def pod_pack_destination(cfg: "Config") -> str:
+    """Where a Kubernetes pod puts the dataset pack: ``dataset.pack_to``, or with auto on disk when
+    a cache volume is mounted (shared: fetched once per node or cluster), else in memory, streamed
+    from the store (aal_k8s.data.pack.stream). Memory is the default because it needs nothing the
+    cluster may not have: no hostPath (refused by the restricted Pod Security profile), no
+    ReadWriteMany volume, no pack-sized node disk per pod; the pipeline holds the splits in memory
+    anyway. Here, not in the backend: the plan (aal_k8s.cost) sizes the same pods."""
+    if cfg.dataset.pack_to != "auto":
+        return cfg.dataset.pack_to
+    return "disk" if cfg.k8s.cache_host_path or cfg.k8s.cache_volume_claim else "memory"
+
+
 @dataclass
 class DatasetConfig:
     name: str = "synthetic"  # one of DATASET_PRESETS
@@ -55,6 +72,10 @@ class DatasetConfig:
     # -- real datasets (docs/datasets.md) ---------------------------------------------------------
     pack: str = "auto"  # auto: the store's packs/<name>/ if prepared, else decode from root | none | a pack's folder or URI
     cache_dir: str = ""  # local folder packs are downloaded to; "" = $AAL_K8S_CACHE or ~/.cache/aal-k8s
+    # where a worker puts the pack: disk (cache_dir, memory-mapped, one download per machine or
+    # shared cache) | memory (streamed from the store into RAM, verified shard by shard; nothing on
+    # disk) | auto: $AAL_K8S_PACK_TO (a k8s Job sets it: memory unless a cache volume is mounted), else disk
+    pack_to: str = "auto"
     val_fraction: float = 0.1  # duke: share of train identities held out as validation (seeded by seed)
     strict_counts: bool = True  # require the official image counts; false accepts a subset
     workers: int = 4  # decode processes (DataLoader workers) when training from unpacked image files
@@ -105,6 +126,9 @@ class AdversarialConfig:
     lambda_search: str = "grid"
     halving_eta: int = 3  # halving: keep the best floor(n/eta) (at least 1) at every rung
     halving_rungs: list[int] = field(default_factory=list)  # epochs of the rungs; [] = Hyperband's geometric ones
+    # the final comparison over N seeds (stage "seeds", --seeds N): the final classifiers and the
+    # single-task baselines trained with N-1 more seeds; the report gives a mean and an interval
+    seeds: int = 1
 
 
 @dataclass
@@ -261,6 +285,10 @@ class PlanConfig:
     # ``aal-k8s plan`` and the confirmation of submit/pipeline on Kubernetes (aal_k8s.cost).
     device_class: str = "h100-target"  # rates when no committed run calibrates them (aal_k8s.rates.DEVICE_RATES)
     gpu_hour_price: float = 3.0  # price of one GPU-hour (any currency) for the plan's cost line
+    # seconds a k8s Job holds its GPU before the worker process starts (volumes, image pull, container
+    # creation), added per Job: the worker cannot measure it (aal_k8s.cost); e.g. from `kubectl get pod
+    # -o yaml` (status.startTime to the container's startedAt) on your cluster
+    pod_startup_seconds: float = 0.0
     confirm_above_jobs: int = 50  # k8s submit/pipeline ask before creating more Jobs than this (--yes skips)
 
 
@@ -299,6 +327,7 @@ CHOICES = {
     "dataset.name": tuple(DATASET_PRESETS),
     "model.backbone": ("resnet18", "small_cnn"),
     "train.heads_impl": ("auto", "fused", "reference"),
+    "dataset.pack_to": ("auto", "disk", "memory"),
     "train.device": ("auto", "cpu", "cuda"),
     "train.precision": ("auto", "bf16", "fp32"),
     "adversarial.final_selection": ("best_on_val", "adversarial"),
@@ -517,6 +546,10 @@ def validate(cfg: Config) -> list[str]:
         problems.append(f"plan.device_class: {cfg.plan.device_class!r} is not one of {', '.join(DEVICE_RATES)}")
     if isinstance(cfg.plan.gpu_hour_price, float) and cfg.plan.gpu_hour_price < 0:
         problems.append(f"plan.gpu_hour_price: must be >= 0, got {cfg.plan.gpu_hour_price}")
+    if isinstance(cfg.adversarial.seeds, int) and cfg.adversarial.seeds < 1:
+        problems.append(f"adversarial.seeds: must be >= 1, got {cfg.adversarial.seeds}")
+    if isinstance(cfg.plan.pod_startup_seconds, float) and cfg.plan.pod_startup_seconds < 0:
+        problems.append(f"plan.pod_startup_seconds: must be >= 0, got {cfg.plan.pod_startup_seconds}")
     if isinstance(cfg.plan.confirm_above_jobs, int) and cfg.plan.confirm_above_jobs < 0:
         problems.append(f"plan.confirm_above_jobs: must be >= 0, got {cfg.plan.confirm_above_jobs}")
     finite = _non_finite(cfg)

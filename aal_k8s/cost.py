@@ -3,9 +3,15 @@ projected device-hours, store bytes, dataset egress and a price (``aal-k8s plan`
 
 Device-hours come from measured rates, and the plan says which:
 
-* a **calibration**: the wall-clock seconds (``timings.total``) of this experiment's committed
-  runs; a stage with committed runs is projected from its own mean, the others from the mean of
-  every committed run (affinity runs scaled by ``AFFINITY_COST``);
+* a **calibration**: what this experiment's committed runs cost their worker: the seconds from the
+  worker process's start to its commit (``timings.process``: interpreter start-up, imports, the
+  pack download or cache hit, data loading, training and evaluation), or for records written
+  before that was kept the worker's own time (``timings.worker``, then ``timings.total``, training
+  and evaluation only). A stage with committed runs is projected from its own mean, the others
+  from the mean of every committed run (affinity runs scaled by ``AFFINITY_COST``). On Kubernetes
+  a Job also holds its GPU while its pod starts before the worker does (volumes, image pull on a
+  node that lacks it, container creation): no worker can see that, so it is
+  ``plan.pod_startup_seconds`` per Job, added and named in the plan;
 * otherwise the figures recorded for a **device class** (``plan.device_class``, ``DEVICE_RATES``),
   each naming where it comes from (BENCHMARKS.md), applied to the images one run reads:
   ``epochs x train + epochs x val + test``.
@@ -26,6 +32,9 @@ from aal_k8s.runspec import RunSpec
 AFFINITY_COST = 1.73
 #: Committed runs per stage whose seconds calibrate the plan.
 CALIBRATION_SAMPLE = 50
+#: What one committed run cost, most complete first: its worker process from start to commit
+#: (aal_k8s.worker.process_seconds), the worker's own time, training and evaluation alone.
+RUN_COST_TIMINGS = ("process", "worker", "total")
 
 
 @dataclass
@@ -88,7 +97,7 @@ class Plan:
         for s in self.stages:
             runs = f"<={s.runs}" if s.upper_bound else str(s.runs)
             lines.append(
-                f"{s.stage:<12}{runs:>8}{s.committed:>11}{s.to_run:>8}{s.seconds_per_run:>9.0f}"
+                f"{s.stage:<12}{runs:>8}{s.committed:>11}{s.to_run:>8}{seconds(s.seconds_per_run):>9}"
                 f"{self.hours(s):>11.1f}{s.to_run * self.run_bytes / 1e9:>10.2f}"
             )
         total_h = sum(self.hours(s) for s in self.stages)
@@ -123,6 +132,12 @@ class Plan:
 
     def _downloads_count(self) -> int:
         return self.jobs if self.downloads == "per run" else 1 if self.jobs else 0
+
+
+def seconds(x: float) -> str:
+    """Seconds per run with three significant digits up to 100 s (a sub-second calibration run is
+    "0.42", not "0"), whole seconds above."""
+    return f"{x:.0f}" if x >= 99.95 else f"{x:.3g}" if x >= 0.001 else "0" if x == 0 else "<0.001"
 
 
 def split_sizes(cfg: Config) -> tuple[int, int, int]:
@@ -195,9 +210,12 @@ def _committed_seconds(exp, specs: list[RunSpec]) -> dict[str, float]:
             rec = exp.read_metrics(s.run_id)
         except CorruptRecordError:
             continue
-        total = ((rec or {}).get("timings") or {}).get("total")
-        if isinstance(total, (int, float)) and total > 0:
-            out[s.run_id] = float(total)
+        timings = (rec or {}).get("timings") or {}
+        for name in RUN_COST_TIMINGS:  # the most complete figure the record has
+            value = timings.get(name)
+            if isinstance(value, (int, float)) and value > 0:
+                out[s.run_id] = float(value)
+                break
     return out
 
 
@@ -213,7 +231,11 @@ def build_plan(cfg: Config, exp, stages: list[str], plan_fn) -> Plan:
         try:
             specs = plan_fn(stage)
         except (StageOrderError, StoreError):  # partners not known yet, or not readable from here
-            bound = m * len(cfg.adversarial.lambdas) if stage == "adversarial" else m
+            bound = (
+                m * len(cfg.adversarial.lambdas) if stage == "adversarial"
+                else 2 * m * (cfg.adversarial.seeds - 1) if stage == "seeds"  # a single and an adversarial run per seed
+                else m
+            )  # fmt: skip
             rows.append(StagePlan(stage, bound, 0, upper_bound=True))
             continue
         done = {s.run_id for s in specs if s.run_id in committed}
@@ -232,7 +254,8 @@ def build_plan(cfg: Config, exp, stages: list[str], plan_fn) -> Plan:
     measured = [v for st, secs in seconds.items() if st != "affinity" for v in secs.values()]
     if measured:
         n = sum(len(v) for v in seconds.values())
-        source = f"calibration: {n} committed runs of this experiment (mean wall-clock seconds per run)"
+        source = (f"calibration: {n} committed runs of this experiment (mean seconds from worker process start "
+                  "to commit)")  # fmt: skip
         base = sum(measured) / len(measured)
     else:
         rates = DEVICE_RATES[cfg.plan.device_class]
@@ -254,9 +277,20 @@ def build_plan(cfg: Config, exp, stages: list[str], plan_fn) -> Plan:
             row.seconds_per_run *= halving_fraction(cfg)  # a lambda trains that share of the grid's epochs on average
     local = cfg.executor.backend == "local"
     k = cfg.k8s
+    startup = 0.0 if local else cfg.plan.pod_startup_seconds
+    if startup:
+        for row in rows:
+            row.seconds_per_run += startup
+        source += f"; plus {startup:g} s of pod start-up per Job (plan.pod_startup_seconds)"
+    elif not local:
+        source += "; pod start-up before the worker is not included (plan.pod_startup_seconds=0)"
     downloads = "once" if local or k.cache_volume_claim else "per node" if k.cache_host_path else "per run"
     if not local and downloads == "per run" and cfg.dataset.name != "synthetic":
-        warnings.append("every pod downloads the whole pack: set k8s.cache_host_path (one download per node)")
+        from aal_k8s.config import pod_pack_destination
+
+        where = "into memory (its memory request grows by the pack)" if pod_pack_destination(cfg) == "memory" else "to its /tmp"
+        warnings.append(f"every pod streams the whole pack from the store {where}: a cache volume "
+                        "(k8s.cache_volume_claim, or k8s.cache_host_path where hostPath is allowed) fetches it once")  # fmt: skip
     # local runs use one device each (a GPU, or the CPU); a k8s pod k8s.gpus GPUs (0: a CPU pod)
     unit = "device-h" if local else "GPU-h" if k.gpus else "CPU-pod-h"
     gpus = 1 if local else max(k.gpus, 1)

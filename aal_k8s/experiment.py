@@ -11,6 +11,10 @@ Two ways past that error: another ``--experiment`` name (a new experiment, pinne
 ``--override-pinned``, which applies the change and records it (when, which keys, old and new
 values) in the record's ``overrides`` list. Keys that only change how fast or where a run goes
 (``aal_k8s.runspec.EXECUTION_ONLY``) and the store/executor/k8s sections are never pinned.
+
+``SELECTION_KEYS`` (how partners and the final classifiers are chosen) need no override: a writing
+command applies a change of them to the record and logs it there (``overrides``, marked
+``selection``), so later commands without flags follow the latest choice.
 """
 
 from __future__ import annotations
@@ -32,6 +36,20 @@ PINNED_SHA = "record_sha256"  # the record's checksum of itself (aal_k8s.checksu
 #: The config sections whose values change what an experiment's runs compute (less EXECUTION_ONLY):
 #: the runs' own sections, and those that choose partners, lambdas and the final classifiers.
 PINNED_SECTIONS = ("dataset", "model", "train", "adversarial", "affinity")
+
+
+#: Keys that choose among committed runs rather than change what any run computes: reduce picks
+#: partners (by method, test and minimum drop) from the discovery runs already in the store, and
+#: final picks each attribute's classifier. A run's id and result do not depend on them (they are
+#: not in RESULT_KEYS_V1), and reduce keeps every method's partners side by side, so switching,
+#: e.g. ``--partners-from affinity`` after pairwise, orphans nothing: it plans the adversarial runs
+#: of the new partners and keeps the others. The lambda grid, by contrast, defines the protocol
+#: and stays pinned.
+#: ``adversarial.seeds`` likewise adds replicate runs (stage seeds) and changes none that exist.
+SELECTION_KEYS = (
+    "adversarial.partners_from", "adversarial.partner_test", "adversarial.min_drop", "adversarial.final_selection",
+    "adversarial.seeds",
+)  # fmt: skip
 
 
 class DriftError(AALError):
@@ -82,7 +100,13 @@ def new_record(cfg: Config) -> dict[str, Any]:
 
 
 def drift(pinned: dict[str, Any], cfg: Config) -> list[tuple[str, Any, Any]]:
-    """(key, pinned value, new value) for every result-changing key where ``cfg`` differs.
+    """(key, pinned value, new value) for every result-changing key where ``cfg`` differs (a
+    change of ``SELECTION_KEYS`` is not drift: see ``pinned_changes``)."""
+    return [c for c in pinned_changes(pinned, cfg) if c[0] not in SELECTION_KEYS]
+
+
+def pinned_changes(pinned: dict[str, Any], cfg: Config) -> list[tuple[str, Any, Any]]:
+    """(key, pinned value, new value) for every pinned key where ``cfg`` differs.
 
     A key the record lacks (added to the config since it was pinned) is pinned at its default."""
     defaults = Config().to_dict()
@@ -143,12 +167,13 @@ def ensure_pinned(exp, cfg: Config) -> None:
         if changes:
             raise DriftError(drift_message(exp, changes))
         return
-    changes = drift(record["config"], cfg)
-    if changes:
+    found = pinned_changes(record["config"], cfg)
+    if found:
         record["config"] = pinned_config(cfg)
-        record.setdefault("overrides", []).append(
-            {"at": _now(), "changes": {k: {"old": old, "new": new} for k, old, new in changes}}
-        )
+        entry = {"at": _now(), "changes": {k: {"old": old, "new": new} for k, old, new in found}}
+        if all(k in SELECTION_KEYS for k, _, _ in found):
+            entry["selection"] = True  # applied without --override-pinned: it chooses runs, computes none
+        record.setdefault("overrides", []).append(entry)
         exp.store.put_bytes(pinned_key(exp), _dump(record))
 
 
@@ -157,7 +182,7 @@ def _check_unpinned_runs(exp, cfg: Config) -> None:
     with flags that its runs were made with (some committed run is one of the flags' discovery
     runs), not with a forgotten flag that would orphan all of them."""
     from aal_k8s.planner import plan_stage
-    from aal_k8s.runspec import DISCOVERY_STAGES
+    from aal_k8s.stages import DISCOVERY_STAGES
 
     committed = exp.committed_ids()
     if not committed:

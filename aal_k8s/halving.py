@@ -8,7 +8,7 @@ Run identity. A halving run *is* the grid run with the same λ: same RunSpec, sa
 does not change what a run computes: the lr schedule, the data order and the epochs counted are
 those of the full run (``train.epochs``, decay at ``train.lr_decay_epoch``), the rung only stops
 the worker after an epoch, and a resumed run ends bitwise as an uninterrupted one on CPU (the
-trainer's checkpoint contract). So a survivor's result is exactly the grid run's, and the two
+checkpoint contract of ``aal_k8s.train``). So a survivor's result is exactly the grid run's, and the two
 searches share their committed runs and checkpoints: switching an experiment from halving to grid
 only trains the stopped λ's remaining epochs, from their rung checkpoints. A run stopped at a rung
 is never committed (it has no result), only its checkpoints and rung record stay.

@@ -131,10 +131,29 @@ def download_final(exp: ExperimentStore, dest: str, attrs: list[str] | None = No
         exp.download_verified(exp.key("final", m["file"]), m["sha256"], m["size"], path)
         fetched += 1
         _say(log, f"{m['attribute']}: {local[-1]['file']} ({m['size']} bytes) downloaded and verified")
+    _download_card(exp, dest, len(manifest["models"]), len(chosen), log)
     out = seal(dict(manifest, models=local, source={"store": exp.store.uri, "experiment": exp.experiment}), MANIFEST_SHA)
     atomic_write(os.path.join(dest, MANIFEST), json.dumps(out, indent=1, sort_keys=True).encode())
     _say(log, f"{len(chosen)} classifiers in {dest} ({fetched} downloaded, {skipped} already there)")
     return out
+
+
+def _download_card(exp: ExperimentStore, dest: str, n_set: int, n_chosen: int, log) -> None:
+    """Copy ``final/MODEL_CARD.md`` beside the classifiers (before the manifest, which marks a
+    complete download). The card is written after the manifest by `aal-k8s final` and carries no
+    checksum of its own, so it is copied as stored; a set made before cards existed has none."""
+    from aal_k8s.modelcard import CARD_NAME
+
+    key = exp.key("final", CARD_NAME)
+    path = os.path.join(dest, CARD_NAME)
+    if not exp.store.exists(key):
+        if os.path.exists(path):
+            os.unlink(path)  # a card of another set must not sit beside these classifiers
+        _say(log, f"{CARD_NAME}: none in {exp.store.url(exp.key('final'))} (run `aal-k8s final` again to write one)")
+        return
+    atomic_write(path, exp.store.get_bytes(key))
+    scope = f" (it describes all {n_set} classifiers of the set)" if n_chosen < n_set else ""
+    _say(log, f"{CARD_NAME}: model card downloaded{scope}")
 
 
 def _say(log, text: str) -> None:

@@ -41,7 +41,7 @@ opt.step()`` per batch then updates both players *simultaneously* from the same 
 (each sees the other as it was before the step), rather than alternating the two minimisations of
 eq. 4/5 with separate forward passes or taking several critic steps per feature step (Arjovsky et
 al. 2017 use 5). We chose this because it costs one forward/backward per batch like the gradient
-reversal mode and fits the trainer's single optimizer; alternating schedules are not implemented.
+reversal mode and fits the training loop's single optimizer; alternating schedules are not implemented.
 
 Accumulation is in fp32 (fp64 for fp64 inputs, so tests can be exact), as in ``aal_k8s.heads``.
 """

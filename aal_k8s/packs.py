@@ -5,7 +5,7 @@ train side by side in one process, one fused model whose every convolution is a 
 with one group per member and whose batch norms normalise each member's channels apart (per-member
 BN). One input batch feeds every member; each keeps its own labels, heads, λ, optimizer state and
 initialisation, and commits as a separate run would: same run id, same store records, a checkpoint
-per member in ``train_run``'s format, so any member resumes alone (``aal_k8s.trainer``) or in any
+per member in ``train_run``'s format, so any member resumes alone (``aal_k8s.train``) or in any
 other pack.
 
 How the fusion works: each member keeps its own ``AttributeNet`` and Adam, exactly as ``train_run``
@@ -50,17 +50,12 @@ from aal_k8s.data.pipeline import pipeline_for_run
 from aal_k8s.errors import AALError
 from aal_k8s.heads import head_coefficients, head_losses
 from aal_k8s.model import AttributeNet
-from aal_k8s.runspec import ADVERSARIAL_MODES, RunSpec
-from aal_k8s.trainer import (
-    CHECKPOINT_FORMAT,
-    RunResult,
-    _check_finite,
-    _cpu,
-    _scheduled_lambda,
-    label_correlation,
-    lr_at,
-    pick_device,
-)
+from aal_k8s.runspec import RunSpec
+from aal_k8s.stages import ADVERSARIAL_MODES
+from aal_k8s.train.checkpoint import CHECKPOINT_FORMAT
+from aal_k8s.train.checkpoint import to_cpu as _cpu
+from aal_k8s.train.device import pick_device
+from aal_k8s.train.loop import RunResult, _check_finite, label_correlation, lr_at, mode_of
 
 PACKABLE_MODES = ("single", "multi", "adversarial")
 
@@ -294,6 +289,7 @@ def _train(members: list[_Member], pipe, cfg, device, end: int, on_epoch_end, on
     backbones = FusedBackbones([m.model.backbone for m in members])
     steps_per_epoch = max(1, -(-pipe.size("train") // t.batch_size))
     coef = [head_coefficients(len(m.spec.primary), len(m.spec.auxiliary), m.lam, device=device) for m in members]
+    modes = [mode_of(m.spec, device, t.heads_impl) for m in members]  # each member's lambda schedule
     started = time.perf_counter()
     for epoch in range(members[0].epoch + 1, end + 1):
         lr = lr_at(epoch, t.lr, t.lr_decay_epoch, t.lr_decay_factor)
@@ -311,7 +307,7 @@ def _train(members: list[_Member], pipe, cfg, device, end: int, on_epoch_end, on
             losses = []
             for i, (m, h) in enumerate(zip(members, hs)):
                 n_aux = len(m.spec.auxiliary)
-                lam_t = _scheduled_lambda(m.spec, m.lam, m.step / (t.epochs * steps_per_epoch)) if n_aux else 0.0
+                lam_t = modes[i].lam_at(m.step / (t.epochs * steps_per_epoch)) if n_aux else 0.0
                 if lam_t != m.lam:
                     coef[i] = head_coefficients(len(m.spec.primary), n_aux, lam_t, device=device)
                 loss, _ = head_losses(h, m.model.head_weight, m.model.head_bias, y[:, m.cols], *coef[i], impl=t.heads_impl)
@@ -354,24 +350,22 @@ def _train(members: list[_Member], pipe, cfg, device, end: int, on_epoch_end, on
         total_s = (time.perf_counter() - started) / k
         for m in members:
             if on_checkpoint is not None:
-                on_checkpoint(m.spec.run_id, _checkpoint(m, cfg, epoch, lr, m.seconds_before + total_s))
+                on_checkpoint(m.spec.run_id, _checkpoint(m, epoch, m.seconds_before + total_s))
             if on_epoch_end is not None:
                 on_epoch_end(m.spec.run_id, epoch, m.history[-1])
     for m in members:
         m.seconds_before += (time.perf_counter() - started) / k
 
 
-def _checkpoint(m: _Member, cfg, epoch: int, lr: float, total: float) -> dict:
-    """``train_run``'s checkpoint of the member: it resumes alone as well as in a pack."""
-    t = cfg.train
+def _checkpoint(m: _Member, epoch: int, total: float) -> dict:
+    """``train_run``'s checkpoint of the member (``train.checkpoint.make_state``'s entries, with the
+    member's own RNG state): it resumes alone as well as in a pack."""
     return {
         "format": CHECKPOINT_FORMAT,
         "run_id": m.spec.run_id,
         "epoch": epoch,
         "model": _cpu(m.model.state_dict()),
         "optimizer": _cpu(m.opt.state_dict()),
-        "scheduler": {"kind": "step", "lr": lr, "base_lr": t.lr, "decay_epoch": t.lr_decay_epoch, "factor": t.lr_decay_factor},
-        "grl": {"mode": m.spec.mode, "lambda": m.lam, "n_primary": len(m.spec.primary), "n_auxiliary": len(m.spec.auxiliary)},
         "rng": {"torch_cpu": m.rng, "torch_cuda": [], "shuffle": m.shuffle},
         "best": {"score": m.best_score, "epoch": m.best_epoch, "state": _cpu(m.best_state), "val_correct": _cpu(m.best_val_correct)},
         "history": m.history,

@@ -27,6 +27,12 @@ TABLE1_CELEBA_VAL: dict[str, float] = {
 TABLE1_SOURCE = f"{PAPER}, Table 1 (CelebA validation)"
 
 
+def table1_celeba_val(key: str) -> float | None:
+    """The paper's Table 1 value of the report's row ``key`` (a stage's ``table1_key``,
+    ``aal_k8s.stages``); None for a row the paper has not got (an ablation added since)."""
+    return TABLE1_CELEBA_VAL.get(key)
+
+
 # Table 2 ("Mean attribute classification accuracy (%) on CelebA test set"): (method, citation, value).
 # The first three are the paper's own rows; our test means stand next to them in the report.
 TABLE2_CELEBA_TEST: tuple[tuple[str, str, float], ...] = (

@@ -1,28 +1,17 @@
-"""Stage -> RunSpecs.
-
-  single       M runs, one attribute each
-  pairwise     M(M-1)/2 two-head runs; one run gives "a trained with b" and "b trained with a"
-  multi        one run over all M attributes
-  affinity     one multi-task run over all M attributes that also measures lookahead inter-task
-               affinity (partners without the pairwise stage; see aal_k8s.affinity)
-  adversarial  each attribute with a negative partner x every lambda of the grid
-               (partners come from the reduce output; attributes without one get no run)
-  gan, wgan,   the paper's ablations (Table 1): one run per attribute with a partner, at the lambda
-  shared       chosen on validation for its gradient-reversal run (so after adversarial + reduce);
-               shared starts from the multi stage's CNN, frozen
-  group        each attribute against every attribute that lowered it in the pairwise stage
-               (Table 5), eq. 10/11, at its chosen lambda
-"""
+"""Stage -> RunSpecs: each stage (``aal_k8s.stages``) plans its runs; this module checks it has
+what it needs (the reduce outputs of earlier stages) and builds its RunSpecs from the config."""
 
 from __future__ import annotations
 
-import itertools
+from dataclasses import asdict
 
-from aal_k8s.affinity import default_every
+from aal_k8s import stages
 from aal_k8s.config import Config
 from aal_k8s.data import attribute_names
-from aal_k8s.errors import AALError, StageOrderError
-from aal_k8s.runspec import RUN_SECTIONS, STAGES, RunSpec
+from aal_k8s.errors import StageOrderError
+from aal_k8s.modes import Options
+from aal_k8s.runspec import RUN_SECTIONS, RunSpec
+from aal_k8s.stages.base import GROUPS, LAMBDAS, PARTNERS, PlanInputs
 
 def job_packs(specs: list[RunSpec], runs_per_job: int) -> list[list[RunSpec]]:
     """The runs of each Kubernetes Job (``executor.runs_per_job``; aal_k8s.packs): the specs
@@ -39,46 +28,54 @@ def job_packs(specs: list[RunSpec], runs_per_job: int) -> list[list[RunSpec]]:
 
 #: The stages ``aal-k8s pipeline`` runs by default (the paper's protocol), in order; reduce sits
 #: between multi and adversarial, and again after adversarial.
-PIPELINE = ("single", "pairwise", "multi", "adversarial")
+PIPELINE = stages.PAPER_STAGES
 #: ``aal-k8s pipeline --stages all``: the protocol, partner discovery by affinity, the ablations.
-ALL = STAGES
+ALL = stages.STAGES
 
 
-def _spec(cfg: Config, stage: str, primary, auxiliary=(), mode="single", lam=0.0, options=None, init_from="") -> RunSpec:
+def _builder(cfg: Config, stage: stages.Stage):
     names = attribute_names(cfg.dataset.name)
-    return RunSpec(
-        experiment=cfg.experiment_name,
-        stage=stage,
-        dataset=cfg.dataset.name,
-        primary=tuple(primary),
-        auxiliary=tuple(auxiliary),
-        mode=mode,
-        lam=float(lam),
-        seed=cfg.train.seed,
-        attr_index=tuple(names.index(a) + 1 for a in (*primary, *auxiliary)),
-        config={section: _plain(getattr(cfg, section)) for section in RUN_SECTIONS},
-        options=dict(options or {}),
-        init_from=init_from,
-    )
+
+    def spec(primary, auxiliary=(), lam=0.0, options: Options | None = None, init_from: str = "") -> RunSpec:
+        return RunSpec(
+            experiment=cfg.experiment_name,
+            stage=stage.name,
+            dataset=cfg.dataset.name,
+            primary=tuple(primary),
+            auxiliary=tuple(auxiliary),
+            mode=stage.mode,
+            lam=float(lam),
+            seed=cfg.train.seed,
+            attr_index=tuple(names.index(a) + 1 for a in (*primary, *auxiliary)),
+            config={section: asdict(getattr(cfg, section)) for section in RUN_SECTIONS},
+            options=(options or Options()).to_dict(),
+            init_from=init_from,
+        )
+
+    return spec
 
 
-def _schedule_options(cfg: Config) -> dict:
-    """The lambda schedule, only when it is not the paper's constant (so default ids never change)."""
-    adv = cfg.adversarial
-    if adv.lambda_schedule == "constant":
-        return {}
-    return {"lambda_schedule": adv.lambda_schedule, "dann_alpha": adv.dann_alpha}
-
-
-def affinity_every(cfg: Config) -> int:
-    """Steps between two affinity measurements (``affinity.every``, 0 = 2 x M)."""
-    return cfg.affinity.every or default_every(len(attribute_names(cfg.dataset.name)))
-
-
-def _plain(section) -> dict:
-    from dataclasses import asdict
-
-    return asdict(section)
+def _check_needs(stage: stages.Stage, cfg: Config, names, partners, lambdas, groups) -> None:
+    """``StageOrderError`` naming what ``stage`` lacks and the stages that make it."""
+    exp = cfg.experiment_name
+    if PARTNERS in stage.needs and partners is None:
+        raise StageOrderError(
+            f"stage {stage.name} needs the negative partners of experiment {exp!r}: "
+            f"run the stages that find them ({cfg.adversarial.partners_from}), then `aal-k8s reduce`"
+        )
+    if LAMBDAS in stage.needs:
+        lacking = [a for a in names if partners.get(a) and a not in (lambdas or {})]
+        if lacking:
+            raise StageOrderError(
+                f"stage {stage.name} runs at the lambda chosen for each attribute's adversarial run, and "
+                f"experiment {exp!r} has none yet for {', '.join(lacking)}: "
+                "finish the adversarial stage, then `aal-k8s reduce`"
+            )
+    if GROUPS in stage.needs and groups is None:
+        raise StageOrderError(
+            f"stage {stage.name} needs every negative partner from the pairwise stage of experiment "
+            f"{exp!r}: run single and pairwise, then `aal-k8s reduce`"
+        )
 
 
 def plan_stage(
@@ -93,64 +90,18 @@ def plan_stage(
     and affinity always train all of them). ``partners`` (from reduce) is required for adversarial
     and the ablations; ``lambdas`` (the lambda chosen per attribute) for the ablations; ``groups``
     (every negative partner per attribute) for group."""
-    if stage not in STAGES:
-        raise AALError(f"unknown stage {stage!r} (known: {', '.join(STAGES)})")
+    st = stages.get(stage)
     all_names = attribute_names(cfg.dataset.name)
     names = attributes or all_names
-    if stage == "single":
-        return [_spec(cfg, stage, (a,)) for a in names]
-    if stage == "pairwise":
-        chosen = set(names)
-        return [
-            _spec(cfg, stage, (a, b), mode="multi")
-            for a, b in itertools.combinations(all_names, 2)
-            if a in chosen or b in chosen
-        ]
-    if stage == "multi":
-        return [_spec(cfg, stage, tuple(all_names), mode="multi")]
-    if stage == "affinity":
-        options = {"every": affinity_every(cfg), "window": cfg.affinity.window, "measure_on": cfg.affinity.measure_on}
-        return [_spec(cfg, stage, tuple(all_names), mode="affinity", options=options)]
-    if partners is None:
-        raise StageOrderError(
-            f"stage {stage} needs the negative partners of experiment {cfg.experiment_name!r}: "
-            f"run the stages that find them ({cfg.adversarial.partners_from}), then `aal-k8s reduce`"
-        )
-    schedule = _schedule_options(cfg)
-    if stage == "adversarial":
-        return [
-            _spec(cfg, stage, (a,), (partners[a],), mode="adversarial", lam=lam, options=schedule)
-            for a in names
-            if partners.get(a)
-            for lam in cfg.adversarial.lambdas
-        ]
-    with_partner = [a for a in names if partners.get(a)]
-    lacking = [a for a in with_partner if a not in (lambdas or {})]
-    if lacking:
-        raise StageOrderError(
-            f"stage {stage} runs at the lambda chosen for each attribute's adversarial run, and "
-            f"experiment {cfg.experiment_name!r} has none yet for {', '.join(lacking)}: "
-            "finish the adversarial stage, then `aal-k8s reduce`"
-        )
-    if stage == "group":
-        if groups is None:
-            raise StageOrderError(
-                f"stage group needs every negative partner from the pairwise stage of experiment "
-                f"{cfg.experiment_name!r}: run single and pairwise, then `aal-k8s reduce`"
-            )
-        return [
-            _spec(cfg, stage, (a,), tuple(groups[a]), mode="adversarial", lam=lambdas[a], options=schedule)
-            for a in with_partner
-            if groups.get(a)
-        ]
-    options = dict(schedule)
-    init_from = ""
-    if stage == "wgan":
-        options["clip"] = cfg.adversarial.wgan_clip
-    if stage == "shared":
-        options["hidden_layers"] = cfg.adversarial.shared_hidden_layers
-        init_from = plan_stage("multi", cfg)[0].run_id
-    return [
-        _spec(cfg, stage, (a,), (partners[a],), mode=stage, lam=lambdas[a], options=options, init_from=init_from)
-        for a in with_partner
-    ]
+    _check_needs(st, cfg, names, partners, lambdas, groups)
+    inputs = PlanInputs(
+        cfg=cfg,
+        names=list(names),
+        all_names=list(all_names),
+        partners=partners or {},
+        lambdas=lambdas or {},
+        groups=groups or {},
+        spec=_builder(cfg, st),
+        run_of=lambda name: plan_stage(name, cfg)[0],
+    )
+    return st.plan(inputs)

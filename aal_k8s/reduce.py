@@ -28,14 +28,16 @@ import csv
 import io
 from dataclasses import asdict, dataclass, field
 
+from aal_k8s import stages
 from aal_k8s.config import Config
 from aal_k8s.data import attribute_names
 from aal_k8s.errors import AALError, CorruptRecordError, StageOrderError, StoreError
 # re-exported: reduce is where readers of the protocol look for the partner rules
 from aal_k8s.partners import PARTNER_METHODS, most_correlated_partner, most_negative_partner  # noqa: F401
 from aal_k8s.planner import plan_stage
-from aal_k8s.runspec import ABLATION_STAGES
 from aal_k8s.significance import ALPHA
+from aal_k8s.stages import ABLATION_STAGES
+from aal_k8s.stages.base import GROUPS
 from aal_k8s.store import ExperimentStore
 from aal_k8s.version import code_version
 
@@ -114,6 +116,11 @@ class ReduceOutput:
     provenance: Provenance = field(default_factory=Provenance)
     # -- lambda by successive halving (adversarial.lambda_search: halving; aal_k8s.halving.summary)
     halving: dict[str, dict] = field(default_factory=dict)  # a -> rungs, decisions, survivors
+    # -- the final comparison over seeds (adversarial.seeds > 1; aal_k8s.stages.seeds)
+    # str(seed) -> a -> {"final", "single"}: test accuracy of a's final-kind classifier (single or
+    # adversarial at the chosen lambda, as reduce chose it) and of its single-task baseline trained
+    # with that seed; only seeds whose runs are all committed
+    seeds: dict[str, dict[str, dict[str, float]]] = field(default_factory=dict)
 
     @property
     def partners(self) -> dict[str, str | None]:
@@ -124,8 +131,9 @@ class ReduceOutput:
     def to_json(self) -> dict:
         d = asdict(self)
         d["partners"] = dict(self.partners)  # derived, but the summary has always listed it for its readers
-        if not d["halving"]:
-            del d["halving"]  # grid: the summary stays byte for byte what it was before halving existed
+        for key in ("halving", "seeds"):
+            if not d[key]:
+                del d[key]  # not used: the summary stays byte for byte what it was before they existed
         return d
 
     @classmethod
@@ -333,6 +341,8 @@ def reduce_experiment(exp: ExperimentStore, cfg: Config) -> ReduceOutput:
             out.final[a] = adv
         else:
             out.final[a] = single
+    if cfg.adversarial.seeds > 1 and out.final and len(out.final) == len(attrs):
+        _seed_comparison(out, cfg, committed)
     out.missing = {stage: list(dict.fromkeys(ids)) for stage, ids in out.missing.items()}  # a run may serve two methods
     for a, c in out.final.items():
         history = (preds.records.get(c.run_id) or {}).get("history") or []
@@ -344,6 +354,29 @@ def reduce_experiment(exp: ExperimentStore, cfg: Config) -> ReduceOutput:
         out.final_same_as = [k for k, runs in baselines.items() if runs == final_runs]
         out.paired_test = _paired_tests(out, preds, {k: r for k, r in baselines.items() if k not in out.final_same_as})
     return out
+
+
+def _seed_comparison(out: ReduceOutput, cfg: Config, committed) -> None:
+    """``out.seeds``: the final set and the single-task baselines on test, per seed: train.seed's
+    from the protocol's runs, the others from stage seeds (each attribute keeps the kind of final
+    classifier, single or adversarial at the chosen lambda, that validation chose for it)."""
+    try:
+        specs = plan_stage("seeds", cfg, out.partners, lambdas=out.chosen_lambda)
+    except StageOrderError:
+        return
+    out.seeds[str(cfg.train.seed)] = {a: {"final": c.test, "single": out.single_test[a]} for a, c in out.final.items()}
+    by_seed: dict[str, dict[str, dict[str, float]]] = {}
+    for spec, rec in committed("seeds", specs, expected=True):
+        a = spec.primary[0]
+        by_seed.setdefault(str(spec.seed), {}).setdefault(a, {})[spec.mode] = rec["test_acc"][a]
+    for seed, runs in sorted(by_seed.items(), key=lambda kv: int(kv[0])):
+        row = {
+            a: {"final": runs[a][out.final[a].source], "single": runs[a]["single"]}
+            for a in out.attributes
+            if out.final[a].source in runs.get(a, {}) and "single" in runs.get(a, {})
+        }
+        if len(row) == len(out.attributes):
+            out.seeds[seed] = row
 
 
 class _Predictions:
@@ -428,7 +461,8 @@ def _baseline_runs(out: ReduceOutput, single_run, pair_run, multi_run) -> dict[s
         },
     }
     for stage, entries in out.ablations.items():
-        needs = (lambda a: bool(out.group_partners.get(a))) if stage == "group" else (lambda a: bool(with_partner[a]))
+        grouped = GROUPS in stages.get(stage).needs  # planned against every negative partner, not one
+        needs = (lambda a: bool(out.group_partners.get(a))) if grouped else (lambda a: bool(with_partner[a]))
         runs[stage] = {a: (entries.get(a) or {}).get("run_id") if needs(a) else single_run.get(a) for a in attrs}
     return {k: v for k, v in runs.items() if all(v.values())}  # type: ignore[misc]
 

@@ -11,22 +11,10 @@ import json
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
-#: Stages that find partners (planned from the config alone, before any reduce).
-DISCOVERY_STAGES = ("single", "pairwise", "multi", "affinity")
-#: Stages whose one run trains every attribute of the dataset.
-ALL_ATTRIBUTE_STAGES = ("multi", "affinity")
-#: The paper's ablations (Table 1): one run per attribute with a partner, at the lambda chosen for
-#: its gradient-reversal run.
-ABLATION_STAGES = ("gan", "wgan", "shared", "group")
-#: Every stage, in protocol order: discovery, reduce, adversarial, reduce, ablations.
-STAGES = (*DISCOVERY_STAGES, "adversarial", *ABLATION_STAGES)
-# single: one head; multi: several heads sharing the backbone; adversarial: gradient reversal
-# (eq. 6/10/11); gan: alternating GAN objective (eq. 4/5); wgan: Wasserstein critic as the auxiliary
-# head; shared: gradient reversal on hidden layers over a frozen multi-task CNN; affinity: multi plus
-# lookahead inter-task affinity measurements.
-MODES = ("single", "multi", "adversarial", "gan", "wgan", "shared", "affinity")
-ADVERSARIAL_MODES = ("adversarial", "gan", "wgan", "shared")  # modes with auxiliary heads and a lambda
-_STAGE_TAG = {"single": "sin", "pairwise": "pair", "multi": "mul", "adversarial": "adv", "affinity": "aff"}
+# The stage lists live with the stages (aal_k8s.stages); STAGES and ABLATION_STAGES are re-exported
+# for the report, which has always read them here.
+from aal_k8s.stages import ABLATION_STAGES, ALL_ATTRIBUTE_STAGES, STAGES  # noqa: F401
+from aal_k8s.stages import tag as stage_tag
 
 #: The run identity: what a run id hashes. A run's id must change exactly when its result would,
 #: and never because the code grew: every committed run of every store is found by its id, so an id
@@ -46,7 +34,7 @@ RESULT_KEYS_V1 = {
 #: computes: never in the id.
 EXECUTION_ONLY = (
     "train.device", "train.threads", "train.eval_batch_size", "train.heads_impl", "train.compile",
-    "dataset.root", "dataset.pack", "dataset.cache_dir", "dataset.workers",
+    "dataset.root", "dataset.pack", "dataset.cache_dir", "dataset.pack_to", "dataset.workers",
 )  # fmt: skip
 #: Version 1's RunSpec fields (the experiment name is not one: a copied experiment keeps its ids).
 _SPEC_KEYS_V1 = ("stage", "dataset", "primary", "auxiliary", "mode", "lam", "seed", "attr_index")
@@ -83,18 +71,19 @@ def _identity_of(section: dict, defaults: dict, path: str) -> dict:
 @dataclass(frozen=True)
 class RunSpec:
     experiment: str
-    stage: str  # one of STAGES
+    stage: str  # one of aal_k8s.stages.STAGES
     dataset: str
     primary: tuple[str, ...]  # attributes whose heads are trained and selected on
     auxiliary: tuple[str, ...] = ()  # adversarial heads behind gradient reversal
-    mode: str = "single"  # one of MODES
+    mode: str = "single"  # one of aal_k8s.modes.MODE_OPTIONS
     lam: float = 0.0  # gradient reversal weight (adversarial mode only)
     seed: int = 0
     attr_index: tuple[int, ...] = ()  # 1-based dataset indices of primary + auxiliary, for names
     config: dict[str, Any] = field(default_factory=dict, compare=False, hash=False)
     # ^ the resolved dataset/model/train config sections the worker trains with
     options: dict[str, Any] = field(default_factory=dict, compare=False, hash=False)
-    # ^ mode options (lambda schedule, WGAN clip, hidden layers, affinity every/window); in the id
+    # ^ the mode's typed options serialised (aal_k8s.modes: lambda schedule, WGAN clip, hidden
+    #   layers, affinity every/window/measure_on); in the id, so never a different dict
     init_from: str = ""  # run id whose best weights initialise the backbone (shared mode: the multi run)
 
     @property
@@ -117,8 +106,7 @@ class RunSpec:
             names = [f"k{len(idx)}"]
         else:
             names = [f"a{i:02d}" for i in idx[:n_p]] + [f"x{i:02d}" for i in idx[n_p:]]
-        tag = _STAGE_TAG.get(self.stage, self.stage[:6])
-        return "-".join([tag, *names, digest])
+        return "-".join([stage_tag(self.stage), *names, digest])
 
     def to_json(self) -> str:
         return json.dumps(asdict(self), sort_keys=True, indent=1)

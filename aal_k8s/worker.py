@@ -184,6 +184,23 @@ def load_checkpoint(exp, spec, log):
     return state
 
 
+def process_seconds() -> float | None:
+    """Seconds since this process started, from the kernel's record (Linux ``/proc``): what a
+    Job's pod spends on a run once its container runs, interpreter start-up and imports included,
+    which ``started`` below cannot see. None where there is no ``/proc``."""
+    import time
+
+    try:
+        with open("/proc/self/stat") as f:
+            # field 22 (starttime, clock ticks after boot); the command name (field 2) may hold spaces
+            start_ticks = int(f.read().rsplit(")", 1)[1].split()[19])
+        # the boot clock is what starttime counts from (/proc/stat's btime is whole seconds)
+        now = time.clock_gettime(time.CLOCK_BOOTTIME)
+    except (OSError, ValueError, IndexError, AttributeError):
+        return None
+    return max(0.0, now - start_ticks / os.sysconf("SC_CLK_TCK"))
+
+
 def _train_and_commit(exp, spec, log, checkpoint_keep: int = 2, until_epoch: int = 0) -> int:
     import io
     import time
@@ -194,7 +211,7 @@ def _train_and_commit(exp, spec, log, checkpoint_keep: int = 2, until_epoch: int
 
     from aal_k8s.config import config_from_dict
     from aal_k8s.data import load_dataset
-    from aal_k8s.trainer import train_run
+    from aal_k8s.train import train_run
 
     cfg = config_from_dict(spec.config)
     torch.set_num_threads(_threads(cfg.train.threads))
@@ -273,6 +290,9 @@ def commit_result(exp, spec, result, started: float, log) -> int:
     preds = predictions.pack({split: c.numpy() for split, c in result.correct.items()}, result.heads)
     metrics = result.metrics()
     metrics["timings"] = {**metrics["timings"], "worker": time.perf_counter() - started}
+    age = process_seconds()
+    if age is not None:
+        metrics["timings"]["process"] = age
     record = exp.commit_run(spec, {"best.safetensors": weights, predictions.ARTIFACT: preds}, metrics)
     if record.get("attempt") != exp.attempt:
         print(f"run {spec.run_id}: attempt {record.get('attempt')} committed it first; "

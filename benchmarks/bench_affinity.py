@@ -26,9 +26,10 @@ sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."
 from aal_k8s.config import load_config  # noqa: E402
 from aal_k8s.data import load_dataset  # noqa: E402
 from aal_k8s.data.synthetic import PLANTED  # noqa: E402
+from aal_k8s.modes import options_of  # noqa: E402
 from aal_k8s.planner import plan_stage  # noqa: E402
 from aal_k8s.reduce import _matrix, most_negative_partner  # noqa: E402
-from aal_k8s.trainer import train_run  # noqa: E402
+from aal_k8s.train import train_run  # noqa: E402
 from bench_fused_heads import _git_commit, device_label  # noqa: E402  (this folder: the script's sys.path[0])
 
 
@@ -66,12 +67,12 @@ def main(argv=None) -> int:
     matrix = _matrix(z["tasks"], z["z"], transpose=True)
     found = {a: most_negative_partner(a, 0.0, matrix[a], z["tasks"]) for a, _ in PLANTED}
 
-    opts = aff_spec.options
+    opts = options_of(aff_spec.mode, aff_spec.options, aff_spec.run_id)
     lines = [
         f"### Affinity stage cost: {datetime.date.today().isoformat()}, commit {_git_commit()}, {_device(cfg)}",
         "",
         f"Synthetic dataset, default config{' + ' + ', '.join(args.overrides) if args.overrides else ''}; "
-        f"affinity every {opts['every']} steps, {z['measurements']} measurements, measured on {opts['measure_on']}.",
+        f"affinity every {opts.every} steps, {z['measurements']} measurements, measured on {opts.measure_on}.",
         "",
         "| stage | runs | seconds | × one ordinary run | note |",
         "|---|---:|---:|---:|---|",

@@ -30,7 +30,7 @@ from aal_k8s.config import load_config  # noqa: E402
 from aal_k8s.data import load_dataset  # noqa: E402
 from aal_k8s.packs import train_pack  # noqa: E402
 from aal_k8s.planner import plan_stage  # noqa: E402
-from aal_k8s.trainer import train_run  # noqa: E402
+from aal_k8s.train import train_run  # noqa: E402
 
 
 def _cpu() -> str:

@@ -746,7 +746,7 @@ def test_adversarial_training_gives_the_same_results_with_the_fused_op_and_the_r
     from aal_k8s.config import load_config
     from aal_k8s.data import load_dataset
     from aal_k8s.planner import plan_stage
-    from aal_k8s.trainer import train_run
+    from aal_k8s.train import train_run
 
     runs = {}
     for impl in ("reference", "fused"):

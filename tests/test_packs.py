@@ -15,7 +15,7 @@ from aal_k8s.errors import AALError
 from aal_k8s.model import AttributeNet
 from aal_k8s.packs import FusedBackbones, group_packs, pack_id, train_pack
 from aal_k8s.planner import plan_stage
-from aal_k8s.trainer import train_run
+from aal_k8s.train import train_run
 
 LAMBDAS = "adversarial.lambdas=[0.1, 0.3, 1.0, 3.0]"
 

@@ -191,3 +191,55 @@ def test_ablations_group_partners_and_stage_seconds(with_affinity):
     assert out.stage_seconds["affinity"] == 25.0 and out.stage_runs["pairwise"] == 15
     assert out.stage_seconds["adversarial"] == 10.0 * 2 * len(cfg.adversarial.lambdas)
     assert out.eval_images == {"val": 10, "test": 20}
+
+
+# -- the final comparison over seeds (stage seeds, --seeds N) ---------------------------------------
+def test_seeds_pairs_each_seeds_final_kind_with_its_single_baseline_and_the_report_gives_an_interval(filled):
+    from dataclasses import replace
+
+    from aal_k8s.report.sections.significance import seed_comparison
+
+    cfg, exp = filled
+    cfg = load_config(dataset="synthetic", overrides=[f"store.uri={exp.store.root}", "adversarial.seeds=3"])
+    partners = reduce_experiment(exp, cfg).partners
+    vals = {0.01: 0.79, 0.1: 0.83, 0.3: 0.83, 0.5: 0.81, 1.0: 0.60}
+    for spec in plan_stage("adversarial", cfg, partners):
+        a = spec.primary[0]
+        v = vals[spec.lam] if a == "square" else 0.70  # square's final is adversarial at 0.1, ring's single
+        _commit(exp, spec, {a: v, spec.auxiliary[0]: 0.5}, {a: v - 0.01, spec.auxiliary[0]: 0.5})
+    out = reduce_experiment(exp, cfg)
+    specs = plan_stage("seeds", cfg, out.partners, lambdas=out.chosen_lambda)
+    # 2 more seeds x (6 single + square's and ring's adversarial run at the chosen lambda)
+    assert len(specs) == 2 * (6 + 2) and {s.seed for s in specs} == {1, 2}
+    adv = next(s for s in specs if s.mode == "adversarial" and s.primary == ("square",) and s.seed == 1)
+    grid = plan_stage("adversarial", cfg, out.partners)
+    assert replace(adv, stage="adversarial", seed=0).run_id in {s.run_id for s in grid}  # the same run, reseeded
+    assert plan_stage("seeds", load_config(dataset="synthetic"), out.partners, lambdas=out.chosen_lambda) == []
+    for spec in specs:
+        a, k = spec.primary[0], spec.seed
+        if spec.mode == "single":
+            test = SINGLE[a] - (0.03 if k == 2 else 0.0)
+        else:  # square: 0.83 with seed 1, 0.80 with seed 2; ring's is never its final kind
+            test = (0.83 if k == 1 else 0.80) if a == "square" else 0.5
+        if (a, k, spec.mode) != ("blue_tint", 2, "single"):
+            _commit(exp, spec, {h: test for h in spec.heads})
+    out = reduce_experiment(exp, cfg)
+    assert sorted(out.seeds) == ["0", "1"]  # seed 2 waits for blue_tint's baseline
+    assert out.missing["seeds"] == [s.run_id for s in specs if (s.primary[0], s.seed, s.mode) == ("blue_tint", 2, "single")]
+    assert out.seeds["1"]["square"] == {"final": 0.83, "single": 0.80}
+    assert out.seeds["1"]["ring"] == {"final": 0.80, "single": 0.80}
+    _commit(exp, next(s for s in specs if (s.primary[0], s.seed, s.mode) == ("blue_tint", 2, "single")), {"blue_tint": 0.96})
+    out = reduce_experiment(exp, cfg)
+    assert sorted(out.seeds) == ["0", "1", "2"] and "seeds" not in out.missing
+    assert "seeds" in out.to_json() and "seeds" not in reduce_experiment(exp, load_config(
+        dataset="synthetic", overrides=[f"store.uri={exp.store.root}"])).to_json()  # fmt: skip
+    # final set per seed: 5.40 / 6, 5.41 / 6, 5.23 / 6 = 90.00, 90.17, 87.17 (mean 89.11, sd 1.686);
+    # single-task 5.38 / 6, 5.38 / 6, 5.20 / 6 = 89.67, 89.67, 86.67 (mean 88.67, sd 1.732);
+    # gains 0.33, 0.50, 0.50 points (mean 0.444, sd 0.0962); t(0.975, 2) = 4.303, half width t * sd / sqrt(3)
+    table = seed_comparison(out)[-1]
+    assert table.rows[0] == ["0", "90.00", "89.67", "+0.33"]
+    assert table.rows[2] == ["2", "87.17", "86.67", "+0.50"]
+    assert table.rows[-1] == ["mean over 3 seeds [95% interval]", "89.11 [84.92, 93.30]", "88.67 [84.36, 92.97]",
+                              "+0.44 [+0.21, +0.68]"]  # fmt: skip
+    out.seeds.pop("2"), out.seeds.pop("1")
+    assert seed_comparison(out) == []  # one seed: no interval

@@ -12,7 +12,7 @@ from aal_k8s import predictions
 from aal_k8s.data import load_dataset
 from aal_k8s.planner import plan_stage
 from aal_k8s.store import ExperimentStore, LocalStore
-from aal_k8s.trainer import train_run
+from aal_k8s.train import train_run
 
 
 def test_per_image_correctness_averages_to_the_reported_accuracies(tiny_cfg):
@@ -60,6 +60,18 @@ def test_the_worker_commits_the_predictions_beside_the_weights(tiny_cfg, tmp_pat
     head = spec.primary[0]
     assert np.mean(back["val"][head]) == record["val_acc"][head]
     assert np.mean(back["test"][head]) == record["test_acc"][head]
+    # what the run cost its process (the plan's calibration): this test process started before it
+    timings = record["timings"]
+    assert timings["process"] > timings["worker"] > timings["total"] > 0
+
+
+def test_process_seconds_counts_from_the_process_start_imports_included():
+    import subprocess
+    import sys
+
+    code = "import time; time.sleep(0.6); from aal_k8s.worker import process_seconds; print(process_seconds())"
+    age = float(subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout)
+    assert 0.6 < age < 30
 
 
 def test_the_worker_writes_tensorboard_curves_of_every_epoch_into_the_store(tiny_cfg, tmp_path):

@@ -8,12 +8,14 @@ Names and labels::
     app.kubernetes.io/part-of          <experiment>
     app.kubernetes.io/component        worker
     app.kubernetes.io/managed-by       aal-k8s
-    aal-k8s/stage                      single | pairwise | multi | adversarial
+    aal-k8s/stage                      the stage (aal_k8s.stages.STAGES: single, pairwise, multi, ...)
     aal-k8s/dataset                    celeba, ...
     aal-k8s/run                        the run id (pair-a03-a07-1a2b3c4d)
-    aal-k8s/attribute                  the (first) attribute whose classifier the run trains; multi: "all"
-    aal-k8s/partner                    pairwise: the other head; adversarial: the auxiliary head
-    aal-k8s/lambda                     adversarial: the gradient reversal weight
+    aal-k8s/attribute                  the (first) attribute whose classifier the run trains;
+                                       "all" for the stages that train every attribute (multi, affinity)
+    aal-k8s/partner                    pairwise: the other head; adversarial and ablations: the
+                                       (first) auxiliary head
+    aal-k8s/lambda                     adversarial and ablations (aal_k8s.stages.ADVERSARIAL_MODES): lambda
     annotation aal-k8s/spec            the RunSpec as JSON (the worker reads the copy in the store)
 
 A pack Job (``executor.runs_per_job`` > 1; aal_k8s.packs) trains several runs in one pod: its name is
@@ -37,8 +39,10 @@ from dataclasses import asdict
 
 import yaml
 
+from aal_k8s.config import PACK_TO_ENV, pod_pack_destination
 from aal_k8s.errors import EXIT_USAGE
-from aal_k8s.runspec import ADVERSARIAL_MODES, ALL_ATTRIBUTE_STAGES, RunSpec
+from aal_k8s.runspec import RunSpec
+from aal_k8s.stages import ADVERSARIAL_MODES, ALL_ATTRIBUTE_STAGES
 
 APP = "aal-k8s"
 WORKER_CONTAINER = "worker"
@@ -141,26 +145,40 @@ def _quantity(q) -> str:
 TMP_HEADROOM_GI = 2
 
 
+def _pack_gi(pack_bytes: int) -> int:
+    return -(-pack_bytes // 2**30)  # whole GiB, rounded up
+
+
 def ephemeral_storage(cfg, pack_bytes: int) -> str:
-    """The pod's /tmp size (request and emptyDir limit): ``k8s.ephemeral_storage``, or with auto the
-    pack's size (it lands in /tmp when no cache volume is mounted) plus TMP_HEADROOM_GI."""
+    """The pod's /tmp size (request and emptyDir limit): ``k8s.ephemeral_storage``, or with auto
+    TMP_HEADROOM_GI plus the pack's size when it lands in /tmp (on disk without a cache volume)."""
     k = cfg.k8s
     if k.ephemeral_storage != "auto":
         return _quantity(k.ephemeral_storage)
-    shared = k.cache_host_path or k.cache_volume_claim
-    pack_gi = 0 if shared else -(-pack_bytes // 2**30)  # whole GiB, rounded up
-    return f"{pack_gi + TMP_HEADROOM_GI}Gi"
+    in_tmp = pod_pack_destination(cfg) == "disk" and not (k.cache_host_path or k.cache_volume_claim)
+    return f"{(_pack_gi(pack_bytes) if in_tmp else 0) + TMP_HEADROOM_GI}Gi"
 
 
-def _resources(k, tmp_size: str = "") -> dict:
-    requests = {"cpu": _quantity(k.cpu_request), "memory": _quantity(k.memory_request)}
+def _plus_gi(q, gi: int) -> str:
+    """Kubernetes quantity ``q`` plus ``gi`` GiB (``q`` itself when ``gi`` is 0)."""
+    if not gi:
+        return _quantity(q)
+    from aal_k8s.config import parse_quantity
+
+    total = int(parse_quantity(q)) + gi * 2**30
+    return f"{total // 2**30}Gi" if total % 2**30 == 0 else str(total)
+
+
+def _resources(k, tmp_size: str = "", pack_gi: int = 0) -> dict:
+    """``pack_gi``: GiB the pack adds to the memory request and limit (streamed into memory)."""
+    requests = {"cpu": _quantity(k.cpu_request), "memory": _plus_gi(k.memory_request, pack_gi)}
     if tmp_size:  # scheduled onto a node with that much disk; evicted only above the emptyDir's limit
         requests["ephemeral-storage"] = tmp_size
     limits = {}
     if k.cpu_limit != "":
         limits["cpu"] = _quantity(k.cpu_limit)
     if k.memory_limit != "":
-        limits["memory"] = _quantity(k.memory_limit)
+        limits["memory"] = _plus_gi(k.memory_limit, pack_gi)
     if k.gpus > 0:  # extended resources: request == limit, and the limit is what the scheduler needs
         requests[k.gpu_resource] = str(k.gpus)
         limits[k.gpu_resource] = str(k.gpus)
@@ -189,6 +207,7 @@ def _env(cfg) -> list[dict]:
     ]
     if k.cache_host_path or k.cache_volume_claim:
         env.append({"name": "AAL_K8S_CACHE", "value": k.cache_mount_path})  # dataset packs, shared
+    env.append({"name": PACK_TO_ENV, "value": pod_pack_destination(cfg)})  # what the requests are sized for
     env += [{"name": name, "value": str(value)} for name, value in sorted(k.env.items())]
     return env
 
@@ -229,7 +248,7 @@ def job_runs(job: dict) -> list[str]:
 
 def job_manifest(spec: RunSpec, cfg, pack_bytes: int = 0, until_epoch: int = 0) -> dict:
     """The Job that runs ``aal-k8s worker`` for ``spec`` (``cfg``: the experiment Config;
-    ``pack_bytes``: one download of the dataset pack, which sizes the pod's /tmp; ``until_epoch``:
+    ``pack_bytes``: one download of the dataset pack, which sizes the pod's /tmp or its memory; ``until_epoch``:
     a halving rung, the worker stops after that epoch)."""
     annotations = {
         SPEC_ANNOTATION: json.dumps(asdict(spec), sort_keys=True, separators=(",", ":")),
@@ -273,7 +292,7 @@ def _job(name: str, labels: dict, annotations: dict, experiment: str, run_ids: l
                  *(["--until-epoch", str(until_epoch)] if until_epoch else [])],  # fmt: skip
         "env": _env(cfg),
         "envFrom": [{"secretRef": {"name": k.store_secret}}] if k.store_secret else [],
-        "resources": _resources(k, tmp_size),
+        "resources": _resources(k, tmp_size, _pack_gi(pack_bytes) if pod_pack_destination(cfg) == "memory" else 0),
         "securityContext": {
             "runAsNonRoot": True,
             "allowPrivilegeEscalation": False,

@@ -21,6 +21,11 @@ def add_config_args(p: argparse.ArgumentParser) -> None:
         help="how negative partners are found (adversarial.partners_from; default pairwise, the paper)",
     )  # fmt: skip
     g.add_argument(
+        "--seeds", type=int, metavar="N",
+        help="the final comparison over N seeds: stage seeds retrains the final classifiers and single-task "
+             "baselines with N-1 more seeds (adversarial.seeds; default 1)",
+    )  # fmt: skip
+    g.add_argument(
         "--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
         help="override one config key, e.g. --set train.epochs=2 (repeatable)",
     )  # fmt: skip
@@ -61,6 +66,8 @@ def _overrides(args) -> list[str]:
         overrides.append(f"executor.backend={args.backend}")
     if getattr(args, "partners_from", None):
         overrides.append(f"adversarial.partners_from={args.partners_from}")
+    if getattr(args, "seeds", None) is not None:
+        overrides.append(f"adversarial.seeds={args.seeds}")
     return overrides
 
 

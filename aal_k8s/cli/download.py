@@ -2,8 +2,9 @@
 
 Every file is verified against the manifest's sha256 and written atomically (temp file, then
 rename); files already present and verified are skipped, so re-running after an interruption
-resumes. ``DIR/manifest.json`` is written last. Credentials come from the environment / Secret /
-instance role, as for every store access.
+resumes. The model card (``MODEL_CARD.md``) is copied beside them; ``DIR/manifest.json`` is
+written last. Credentials come from the environment / Secret / instance role, as for every store
+access.
 """
 
 from __future__ import annotations

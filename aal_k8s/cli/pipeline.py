@@ -14,12 +14,12 @@ import sys
 
 from aal_k8s.backends import get_backend
 from aal_k8s.cli.common import add_config_args, examples, open_experiment
-from aal_k8s.cli.plan import open_for_plan, parse_stages, protocol_plan
+from aal_k8s.cli.plan import open_for_plan, parse_stages, protocol_plan, with_seeds
 from aal_k8s.cli.report import write_report
 from aal_k8s.cost import confirm
 from aal_k8s.cli.stages import execute_stage, plan, print_failures
 from aal_k8s.experiment import ensure_pinned
-from aal_k8s.runspec import ABLATION_STAGES, DISCOVERY_STAGES
+from aal_k8s.stages import BY_NAME, PAPER_STAGES, PHASES, STAGES
 
 HELP = "run the whole protocol end to end"
 EXAMPLES = examples(
@@ -35,8 +35,8 @@ def add_arguments(p) -> None:
     p.add_argument("--output", "-o", metavar="FILE", help="also write the report here (default: <experiment>-report.md)")
     p.add_argument(
         "--stages", default="paper", metavar="LIST",
-        help="paper (default: single,pairwise,multi,adversarial), all (+ affinity and the ablations "
-        "gan,wgan,shared,group), or a comma list of stages",
+        help=f"paper (default: {','.join(PAPER_STAGES)}), all (+ "
+        f"{','.join(s for s in STAGES if s not in PAPER_STAGES)}), or a comma list of stages",
     )  # fmt: skip
     p.add_argument("--dry-run", action="store_true", help="print the plan (runs, GPU-hours, bytes, cost) and exit")
     p.add_argument("--yes", "-y", action="store_true", help="k8s: create the Jobs without asking, however many")
@@ -53,9 +53,10 @@ def run(args) -> int:
     stages = parse_stages(args.stages)
     if args.dry_run:
         cfg, exp = open_for_plan(args)
-        print(protocol_plan(cfg, exp, stages).render(), end="")
+        print(protocol_plan(cfg, exp, with_seeds(stages, cfg)).render(), end="")
         return 0
     cfg, exp = open_experiment(args)
+    stages = with_seeds(stages, cfg)
     backend = get_backend(cfg.executor.backend, cfg)
     check_source(cfg.dataset, exp.store, local=cfg.executor.backend == "local")
     backend.preflight()
@@ -74,11 +75,7 @@ def run(args) -> int:
         return not report.failed
 
     # discovery, then adversarial, then the ablations (they need its chosen lambdas): reduce between
-    phases = [
-        [n for n in stages if n in DISCOVERY_STAGES],
-        [n for n in stages if n == "adversarial"],
-        [n for n in stages if n in ABLATION_STAGES],
-    ]
+    phases = [[n for n in stages if BY_NAME[n].phase == phase] for phase in PHASES]
     out = None
     with live_view(cfg, exp, backend, stages):
         for phase in phases:

@@ -40,10 +40,18 @@ def parse_stages(text: str) -> list[str]:
     return [n for n in ALL if n in names]
 
 
+def with_seeds(stages: list[str], cfg) -> list[str]:
+    """``stages`` plus the seeds stage when ``adversarial.seeds`` asks for more than one seed and
+    the adversarial stage is run: ``--seeds N`` alone makes the pipeline's final comparison N-seeded."""
+    if cfg.adversarial.seeds > 1 and "adversarial" in stages and "seeds" not in stages:
+        return [*stages, "seeds"]
+    return stages
+
+
 def run(args) -> int:
     stages = parse_stages(args.stages)
     cfg, exp = open_for_plan(args)
-    print(protocol_plan(cfg, exp, stages).render(), end="")
+    print(protocol_plan(cfg, exp, with_seeds(stages, cfg)).render(), end="")
     return 0
 
 

@@ -32,7 +32,7 @@ def add_arguments(p) -> None:
 
 def run(args) -> int:
     from aal_k8s.modelset import format_csv, format_table, predict
-    from aal_k8s.trainer import pick_device
+    from aal_k8s.train import pick_device
 
     if args.threshold is not None and not 0.0 < args.threshold < 1.0:
         raise AALError(f"--threshold: must be within (0, 1), got {args.threshold}")

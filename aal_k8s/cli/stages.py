@@ -6,13 +6,14 @@ import sys
 
 from aal_k8s.backends import Backend, SubmitReport
 from aal_k8s.config import Config
-from aal_k8s.runspec import DISCOVERY_STAGES, RunSpec
+from aal_k8s.runspec import RunSpec
+from aal_k8s.stages import DISCOVERY_STAGES
 from aal_k8s.store import ExperimentStore
 
 
 def add_stage_args(p, attrs_help: str) -> None:
     """``--stage`` and ``--attrs``, shared by the commands that act on one stage's runs."""
-    from aal_k8s.runspec import STAGES
+    from aal_k8s.stages import STAGES
 
     p.add_argument("--stage", required=True, choices=STAGES)
     p.add_argument("--attrs", metavar="A,B,...", help=attrs_help)

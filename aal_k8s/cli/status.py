@@ -12,7 +12,7 @@ from aal_k8s.backends import STATES, RunState, get_backend, mark_stopped
 from aal_k8s.cli.common import add_config_args, examples, open_experiment
 from aal_k8s.cli.stages import plan
 from aal_k8s.errors import StageOrderError
-from aal_k8s.runspec import STAGES
+from aal_k8s.stages import STAGES
 
 HELP = "show per-stage run counts and failures"
 EXAMPLES = examples("aal-k8s status --dataset synthetic", "aal-k8s status --stage pairwise --dataset celeba --backend k8s")

@@ -19,7 +19,7 @@ EXAMPLES = examples(
 
 
 def add_arguments(p) -> None:
-    from aal_k8s.runspec import STAGES
+    from aal_k8s.stages import STAGES
 
     p.add_argument("--stage", choices=STAGES, action="append", help="only this stage (repeatable; default: all)")
     p.add_argument("--once", action="store_true", help="show the progress once and exit")
@@ -33,7 +33,7 @@ def run(args) -> int:
     from aal_k8s.backends import get_backend
     from aal_k8s.errors import AALError
     from aal_k8s.cli.progress import live_view
-    from aal_k8s.runspec import STAGES
+    from aal_k8s.stages import STAGES
 
     if args.interval is not None and not args.interval > 0:
         raise AALError(f"--interval: must be > 0 seconds, got {args.interval}")

@@ -22,6 +22,14 @@ checked against the manifest's sha256 as it arrives, each split's shards are joi
 ``<split>.images.u8`` that is memory-mapped, and a ``complete.json`` marker is written last. A
 later run on the same machine finds the marker and checks only the file sizes. Concurrent runs on
 one machine take a file lock, so one downloads and the others wait.
+
+Or they stream it into memory (``dataset.pack_to: memory``, the default of a Kubernetes pod without
+a cache volume): every file is fetched by the same threads, checked against its sha256 and copied
+into one uint8 array per split; nothing touches disk. A pod then needs no pack-sized emptyDir and
+no hostPath (which the restricted Pod Security profile forbids); its memory request and limit grow
+by the pack instead (aal_k8s.backends.k8s_manifests), and a container whose memory limit is below
+the pack is refused before anything is fetched. The training pipeline holds every split in memory
+either way (the page cache of the memory-mapped file, or in GPU memory when it fits).
 """
 
 from __future__ import annotations
@@ -38,6 +46,7 @@ import numpy as np
 import torch
 
 from aal_k8s.checksums import check_bytes, seal, sha256_hex, unseal
+from aal_k8s.config import PACK_TO_ENV
 from aal_k8s.data import DATASETS
 from aal_k8s.data.common import Part, decoded_batches, decoder_name
 from aal_k8s.errors import DatasetError
@@ -49,6 +58,8 @@ MANIFEST_SHA = "manifest_sha256"  # the manifest's checksum of itself (aal_k8s.c
 COMPLETE = "complete.json"
 DEFAULT_SHARD_SIZE = 1024  # images per shard: about 119 MB for CelebA, 101 MB for Duke
 DOWNLOAD_THREADS = 8
+#: The memory limit of this container (cgroup v2); "max" or absent = none.
+CGROUP_MEMORY_MAX = "/sys/fs/cgroup/memory.max"
 
 
 def pack_prefix(dataset: str) -> str:
@@ -290,20 +301,45 @@ class LocalPack:
 
     def parts(self) -> dict:
         """{split: Part} with the images memory-mapped (copy-on-write, never written)."""
-        img = self.manifest["image"]
-        h, w = int(img["height"]), int(img["width"])
-        m = len(self.manifest["attributes"])
+        h, w = _image_size(self.manifest)
         out = {}
         for split, e in self.manifest["splits"].items():
             n = int(e["count"])
             images = np.memmap(self._file(split, "images.u8"), dtype=np.uint8, mode="c", shape=(n, 3, h, w))
-            labels = np.fromfile(self._file(split, "labels.u8"), dtype=np.uint8).reshape(n, m)
+            labels = np.fromfile(self._file(split, "labels.u8"), dtype=np.uint8)
             with open(self._file(split, "names.txt"), encoding="utf-8") as f:
-                names = f.read().splitlines()
-            if len(names) != n:
-                raise DatasetError(f"{self._file(split, 'names.txt')}: {len(names)} names for {n} images")
-            out[split] = Part(names=names, labels=labels, images=torch.from_numpy(images))
+                names = f.read()
+            out[split] = _part(self.manifest, split, images, labels, names, self._file(split, "names.txt"))
         return out
+
+
+@dataclass
+class MemoryPack:
+    """A verified pack streamed into memory (``stream``): the same ``manifest``, ``where`` and
+    ``parts()`` as a LocalPack."""
+
+    manifest: dict
+    where: str  # the pack's URI, for messages
+    splits: dict  # {split: Part}
+
+    def parts(self) -> dict:
+        return self.splits
+
+
+def _image_size(manifest: dict) -> tuple[int, int]:
+    img = manifest["image"]
+    return int(img["height"]), int(img["width"])
+
+
+def _part(manifest: dict, split: str, images: np.ndarray, labels: np.ndarray, names: str, where: str):
+    """One split's Part from its verified files (images already [n, 3, H, W])."""
+    n, m = int(manifest["splits"][split]["count"]), len(manifest["attributes"])
+    lines = names.splitlines()
+    if len(lines) != n:
+        raise DatasetError(f"{where}: {len(lines)} names for {n} images")
+    if labels.size != n * m:
+        raise DatasetError(f"{where}: split {split}: {labels.size} labels for {n} images x {m} attributes")
+    return Part(names=lines, labels=labels.reshape(n, m), images=torch.from_numpy(images))
 
 
 def find_pack(cfg, store) -> LocalPack | None:
@@ -327,7 +363,84 @@ def find_pack(cfg, store) -> LocalPack | None:
         src, prefix = open_store(mode), ""
         if not src.exists(MANIFEST):
             raise DatasetError(f"dataset.pack {mode!r}: no pack there ({src.url(MANIFEST)} does not exist)")
+    if pack_destination(cfg) == "memory":
+        return stream(src, prefix)
     return fetch(src, prefix, cache_root(cfg))
+
+
+def pack_destination(cfg) -> str:
+    """``dataset.pack_to`` (a DatasetConfig), with auto resolved: ``$AAL_K8S_PACK_TO`` where the
+    Kubernetes backend set it for the pod, else disk."""
+    mode = getattr(cfg, "pack_to", "auto")
+    if mode != "auto":
+        return mode
+    env = os.environ.get(PACK_TO_ENV, "")
+    if env and env not in ("disk", "memory"):
+        raise DatasetError(f"${PACK_TO_ENV}={env!r}: expected disk or memory")
+    return env or "disk"
+
+
+def _get_verified(src, prefix: str, f: dict) -> bytes:
+    key = _join(prefix, f["key"])
+    data = src.get_bytes(key)
+    _check(data, f, src.url(key))
+    return data
+
+
+def memory_limit() -> int | None:
+    """This container's memory limit in bytes (cgroup v2), None when there is none or no cgroup."""
+    try:
+        with open(CGROUP_MEMORY_MAX) as f:
+            value = f.read().strip()
+    except OSError:
+        return None
+    return int(value) if value.isdigit() else None
+
+
+def stream(src, prefix: str, threads: int = DOWNLOAD_THREADS) -> MemoryPack:
+    """Fetch and verify the pack at ``prefix`` of store ``src`` straight into memory: one uint8
+    array per split, each shard checked against the manifest's sha256 as it arrives."""
+    where = src.url(prefix) if prefix else src.url("").rstrip("/")
+    raw = src.get_bytes(_join(prefix, MANIFEST))
+    manifest = parse_manifest(raw, src.url(_join(prefix, MANIFEST)))
+    total = sum(f["size"] for f in pack_files(manifest))
+    limit = memory_limit()
+    if limit is not None and total > limit:
+        raise DatasetError(
+            f"{where}: the pack ({total / 1e9:.1f} GB) does not fit in this container's memory limit "
+            f"({limit / 1e9:.1f} GB): raise k8s.memory_limit, or mount a pack cache (k8s.cache_volume_claim) "
+            "so the pack is read from disk"
+        )
+    h, w = _image_size(manifest)
+    images, small, jobs = {}, {}, []
+    for split, e in manifest["splits"].items():
+        n = int(e["count"])
+        images[split] = flat = np.empty(n * 3 * h * w, dtype=np.uint8)
+        if sum(s["size"] for s in e["images"]) != flat.size:
+            raise DatasetError(f"{where}: split {split}: its shards do not hold {n} images of 3x{h}x{w} bytes")
+        offset = 0
+        for s in e["images"]:
+            jobs.append((s, flat, offset))
+            offset += s["size"]
+        jobs += [(e["labels"], None, 0), (e["names"], None, 0)]
+
+    def one(job) -> None:
+        f, flat, offset = job
+        data = _get_verified(src, prefix, f)
+        if flat is None:
+            small[f["key"]] = data
+        else:  # into place: a shard's bytes are held once, while they are copied
+            flat[offset : offset + len(data)] = np.frombuffer(data, dtype=np.uint8)
+
+    with ThreadPoolExecutor(max_workers=max(1, threads)) as pool:
+        list(pool.map(one, jobs))
+    splits = {}
+    for split, e in manifest["splits"].items():
+        labels = np.frombuffer(bytearray(small[e["labels"]["key"]]), dtype=np.uint8)  # writable, as torch wants
+        names = small[e["names"]["key"]].decode("utf-8")
+        splits[split] = _part(manifest, split, images[split].reshape(-1, 3, h, w), labels, names,
+                              src.url(_join(prefix, e["names"]["key"])))  # fmt: skip
+    return MemoryPack(manifest, where, splits)
 
 
 def fetch(src, prefix: str, cache: str, threads: int = DOWNLOAD_THREADS) -> LocalPack:
@@ -360,9 +473,7 @@ def fetch(src, prefix: str, cache: str, threads: int = DOWNLOAD_THREADS) -> Loca
 
         def one(job):
             f, path, offset = job
-            key = _join(prefix, f["key"])
-            data = src.get_bytes(key)
-            _check(data, f, src.url(key))
+            data = _get_verified(src, prefix, f)
             if offset is None:
                 with open(path, "wb") as out:
                     out.write(data)

@@ -49,6 +49,7 @@ def _blocks(a: Analysis, title: str) -> list[Block]:
         *ablations.ablations(a),
         *ablations.published(a),
         *significance.significance(a),
+        *significance.seed_comparison(a.out),
         *discovery.discovery(a),
         *runs.halving(a),
         *runs.compute(a),

@@ -89,14 +89,29 @@ def _pod(out: str) -> dict:
     return next(d for d in yaml.safe_load_all(out) if d)["spec"]["template"]["spec"]
 
 
-def test_each_pod_requests_node_disk_for_the_pack_it_downloads_and_less_with_a_node_cache(tmp_path, capsys):
+def test_by_default_each_pod_streams_the_pack_into_memory_sized_from_the_pack_with_no_host_path(tmp_path, capsys):
     argv = ["submit", "--stage", "multi", "--dataset", "celeba", "--backend", "k8s", "--dry-run", "--store", str(tmp_path)]
     assert main(argv) == 0
     pod = _pod(capsys.readouterr().out)
-    # CelebA's pack: 202,599 images x 218 x 178 x 3 bytes = 23.6 GB = 22 GiB rounded up, + 2 GiB headroom
-    assert pod["containers"][0]["resources"]["requests"]["ephemeral-storage"] == "24Gi"
-    assert {"name": "tmp", "emptyDir": {"sizeLimit": "24Gi"}} in pod["volumes"]
+    [c] = pod["containers"]
+    env = {e["name"]: e.get("value") for e in c["env"]}
+    # CelebA's pack: 202,599 images x 218 x 178 x 3 bytes = 23.6 GB = 22 GiB rounded up, on top of 48Gi
+    assert env["AAL_K8S_PACK_TO"] == "memory" and "AAL_K8S_CACHE" not in env
+    assert c["resources"]["requests"]["memory"] == c["resources"]["limits"]["memory"] == "70Gi"  # still Guaranteed
+    assert c["resources"]["requests"]["ephemeral-storage"] == "2Gi"  # /tmp holds no pack
+    assert {"name": "tmp", "emptyDir": {"sizeLimit": "2Gi"}} in pod["volumes"]
+    assert not any("hostPath" in v or "persistentVolumeClaim" in v for v in pod["volumes"])  # restricted PSS
+    # with a node cache the pack is on disk there: neither /tmp nor memory grows
     assert main([*argv, "--set", "k8s.cache_host_path=/mnt/aal-cache"]) == 0
-    pod = _pod(capsys.readouterr().out)
-    assert pod["containers"][0]["resources"]["requests"]["ephemeral-storage"] == "2Gi"
+    [c] = _pod(capsys.readouterr().out)["containers"]
+    assert {e["name"]: e.get("value") for e in c["env"]}["AAL_K8S_PACK_TO"] == "disk"
+    assert c["resources"]["requests"]["ephemeral-storage"] == "2Gi" and c["resources"]["requests"]["memory"] == "48Gi"
+    # on disk without a cache volume, /tmp holds it: 22 + 2 GiB of node disk, memory as set
+    assert main([*argv, "--set", "dataset.pack_to=disk", "--set", "k8s.memory_limit=", "--set", "k8s.memory_request=40G"]) == 0
+    [c] = _pod(capsys.readouterr().out)["containers"]
+    assert c["resources"]["requests"]["ephemeral-storage"] == "24Gi" and c["resources"]["requests"]["memory"] == "40G"
+    # streamed into memory with a request that is no whole number of GiB
+    assert main([*argv, "--set", "k8s.memory_limit=", "--set", "k8s.memory_request=40G"]) == 0
+    [c] = _pod(capsys.readouterr().out)["containers"]
+    assert c["resources"]["requests"]["memory"] == str(40 * 10**9 + 22 * 2**30) and "memory" not in c["resources"]["limits"]
 

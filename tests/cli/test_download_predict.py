@@ -146,6 +146,21 @@ def test_download_of_some_attributes_fetches_only_those(model_set, tiny_override
     assert sorted(os.listdir(dest / "models")) == ["red_tint.safetensors", "ring.safetensors"]
 
 
+def test_download_fetches_the_model_card_beside_the_manifest(model_set, tiny_overrides, tmp_path, capsys):
+    exp, _ = model_set
+    card_key = exp.key("final", "MODEL_CARD.md")
+    dest = tmp_path / "two"
+    assert _download(tiny_overrides, dest, "--attrs", "ring") == 0
+    assert (dest / "MODEL_CARD.md").read_bytes() == exp.store.get_bytes(card_key)
+    assert "| ring |" in (dest / "MODEL_CARD.md").read_text()
+    assert "MODEL_CARD.md: model card downloaded (it describes all 6 classifiers of the set)" in capsys.readouterr().out
+    # a set finalised before cards existed: no card, and none left over from an earlier download
+    exp.store.delete(card_key)
+    assert _download(tiny_overrides, dest, "--attrs", "ring") == 0
+    assert not (dest / "MODEL_CARD.md").exists()
+    assert "MODEL_CARD.md: none in" in capsys.readouterr().out
+
+
 def test_download_of_a_corrupted_model_names_its_s3_key_and_keeps_nothing_of_it(
     s3_uri, bucket, raw_s3, tiny_overrides, tmp_path, capsys
 ):

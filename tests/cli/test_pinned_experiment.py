@@ -48,7 +48,7 @@ def test_read_only_commands_need_no_config_flags(tiny_overrides, tiny_cfg, tmp_p
     capsys.readouterr()
     assert main(["status", "-e", "exp1", "--store", store, "--stage", "single"]) == 0
     row = [ln for ln in capsys.readouterr().out.splitlines() if ln.startswith("single")][0]
-    assert row.split()[1:] == ["1", "0", "0", "0", "5"]  # complete, running, pending, failed, not submitted
+    assert row.split()[1:] == ["1", "0", "0", "0", "5", "0"]  # complete, running, pending, failed, not submitted, stopped
 
 
 def test_override_pinned_applies_the_change_and_records_it(tiny_overrides, tmp_path, capsys):
@@ -59,6 +59,28 @@ def test_override_pinned_applies_the_change_and_records_it(tiny_overrides, tmp_p
     [entry] = record["overrides"]
     assert entry["changes"] == {"train.epochs": {"old": 2, "new": 3}} and entry["at"]
     assert main(["reduce", "--store", str(tmp_path / "store")]) == 0  # the new pin holds
+
+
+def test_switching_the_partner_method_chooses_other_runs_needs_no_override_and_is_recorded(tiny_overrides, tmp_path, capsys):
+    store = str(tmp_path / "store")
+    assert main(["reduce", *_sets(tiny_overrides)]) == 0
+    assert main(["reduce", "--store", store, "--partners-from", "correlation", "--set", "adversarial.min_drop=0.01"]) == 0
+    record = yaml.safe_load((tmp_path / "store" / "synthetic" / "experiment.yaml").read_text())
+    assert record["config"]["adversarial"]["partners_from"] == "correlation"
+    [entry] = record["overrides"]
+    assert entry["selection"] is True and entry["changes"] == {
+        "adversarial.partners_from": {"old": "pairwise", "new": "correlation"},
+        "adversarial.min_drop": {"old": 0.0, "new": 0.01},
+    }
+    summary = tmp_path / "store" / "synthetic" / "reduce" / "summary.json"
+    assert main(["reduce", "--store", store]) == 0  # later commands follow the latest choice
+    assert main(["reduce", "--store", store, "--seeds", "3"]) == 0  # more seeds add runs, change none
+    assert yaml.safe_load(summary.read_text())["partners_from"] == "correlation"
+    capsys.readouterr()
+    # beside a key that changes what runs compute, only that key is refused and named
+    assert main(["reduce", "--store", store, "--partners-from", "pairwise", "--set", "train.epochs=6"]) == 2
+    err = capsys.readouterr().err
+    assert "train.epochs 2 -> 6" in err and "partners_from" not in err
 
 
 def test_a_new_experiment_name_is_pinned_afresh(tiny_overrides, tmp_path, capsys):

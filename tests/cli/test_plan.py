@@ -54,6 +54,24 @@ def test_committed_runs_calibrate_the_rates_and_count_as_committed(tiny_cfg, cap
     assert p.hours(pairwise) == pytest.approx(15 * 20 / 3600)
 
 
+def test_calibration_projects_what_a_run_cost_its_worker_process_with_meaningful_digits(tiny_overrides, capsys):
+    cfg = load_config(overrides=tiny_overrides, dataset="synthetic")
+    exp = ExperimentStore(open_store(cfg.store.uri), cfg.experiment_name)
+    single = plan_stage("single", cfg)
+    exp.commit_run(single[0], {}, {"timings": {"total": 0.2, "worker": 0.5, "process": 1.25}})
+    exp.commit_run(single[1], {}, {"timings": {"total": 0.1, "worker": 0.4}})  # recorded before "process" was
+    p = build_plan(cfg, exp, ["single"], lambda st: plan_stage(st, cfg))
+    assert p.stages[0].seconds_per_run == pytest.approx((1.25 + 0.4) / 2)
+    assert _row(p.render(), "single")[4] == "0.825"  # sub-second runs are not "0"
+    assert "from worker process start to commit" in p.rates_source
+    # on Kubernetes a Job also holds its GPU while the pod starts: added per Job, and named
+    k8s = load_config(overrides=[*tiny_overrides, "executor.backend=k8s", "plan.pod_startup_seconds=20"],
+                      dataset="synthetic")  # fmt: skip
+    p = build_plan(k8s, exp, ["single"], lambda st: plan_stage(st, k8s))
+    assert _row(p.render(), "single")[4] == "20.8"
+    assert "plus 20 s of pod start-up per Job (plan.pod_startup_seconds)" in p.render()
+
+
 def test_pipeline_dry_run_prints_the_plan_and_writes_nothing(tmp_path, capsys):
     assert main(["pipeline", "--dry-run", "--stages", "all", "--store", str(tmp_path / "s")]) == 0
     out = capsys.readouterr().out
@@ -91,3 +109,16 @@ def test_k8s_submission_above_the_threshold_asks_and_without_a_terminal_needs_ye
     local = load_config(dataset="synthetic", overrides=["plan.confirm_above_jobs=10"])
     confirm(Plan15(), local, yes=False, stdin=Pipe(), stderr=io.StringIO())  # local runs are not Jobs
 
+
+
+def test_seeds_adds_the_seeds_stage_to_the_pipeline_and_its_bound_to_the_plan(tmp_path, capsys):
+    argv = ["pipeline", "--dry-run", "--store", str(tmp_path / "s")]
+    assert main(argv) == 0
+    assert not any(ln.startswith("seeds") for ln in capsys.readouterr().out.splitlines())  # one seed: the protocol as it was
+    assert main([*argv, "--seeds", "3"]) == 0
+    out = capsys.readouterr().out
+    # partners not known yet: at most 2 more seeds x (6 single + 6 adversarial) runs
+    assert _row(out, "seeds")[1:4] == ["<=24", "0", "24"]
+    assert main([*argv, "--seeds", "0"]) == 2
+    err = capsys.readouterr().err
+    assert "adversarial.seeds: must be >= 1, got 0" in err and len(err.strip().splitlines()) == 1

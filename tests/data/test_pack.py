@@ -269,3 +269,76 @@ def test_prepare_with_decode_workers_matches(celeba_tree, tmp_path):
     for s in ma["splits"]:
         assert [x["sha256"] for x in ma["splits"][s]["images"]] == [x["sha256"] for x in mb["splits"][s]["images"]]
     assert np.frombuffer(a.get_bytes("packs/celeba/val/labels.u8"), np.uint8).shape == (2 * 40,)
+
+
+# -- streamed into memory (dataset.pack_to: memory; a Kubernetes pod's default) ---------------------
+def test_a_pack_streamed_into_memory_equals_the_cached_one_and_touches_no_disk(celeba_tree, tmp_path, monkeypatch):
+    store = CountingStore(str(tmp_path / "store"))
+    manifest = _build(celeba, celeba_tree, store)
+    n_files = sum(len(e["images"]) + 2 for e in manifest["splits"].values())
+    store.reads = 0
+    streamed = load_dataset(_cfg("celeba", celeba_tree, tmp_path, "dataset.pack_to=memory"), store=store)
+    assert store.reads == 1 + n_files  # the manifest, then every file once
+    assert not (tmp_path / "cache").exists()  # nothing on disk
+    # auto follows $AAL_K8S_PACK_TO, which the Kubernetes backend sets in each pod
+    monkeypatch.setenv("AAL_K8S_PACK_TO", "memory")
+    assert load_dataset(_cfg("celeba", celeba_tree, tmp_path), store=store).source == streamed.source
+    assert not (tmp_path / "cache").exists()
+    monkeypatch.delenv("AAL_K8S_PACK_TO")
+    cached = load_dataset(_cfg("celeba", celeba_tree, tmp_path), store=store)
+    assert (tmp_path / "cache").is_dir() and streamed.source == cached.source
+    for split in ("train", "val", "test"):
+        s, c = streamed.splits[split], cached.splits[split]
+        assert torch.equal(s.images, c.images) and torch.equal(s.labels, c.labels)
+
+
+def test_a_streamed_pack_is_verified_and_refused_above_the_containers_memory_limit(celeba_tree, tmp_path, monkeypatch):
+    from aal_k8s.data import pack
+
+    store = CountingStore(str(tmp_path / "store"))
+    manifest = _build(celeba, celeba_tree, store)
+    key = "packs/celeba/val/images-00000.u8"
+    data = bytearray(store.get_bytes(key))
+    data[7] ^= 0xFF
+    store.put_bytes(key, bytes(data))
+    with pytest.raises(DatasetError) as e:
+        load_dataset(_cfg("celeba", celeba_tree, tmp_path, "dataset.pack_to=memory"), store=store)
+    assert "val/images-00000.u8: checksum mismatch" in e.value.message and "\n" not in e.value.message
+    size = sum(f["size"] for f in pack.pack_files(manifest))
+    limit = tmp_path / "memory.max"
+    limit.write_text(f"{size - 1}\n")
+    monkeypatch.setattr(pack, "CGROUP_MEMORY_MAX", str(limit))
+    store.reads = 0
+    with pytest.raises(DatasetError) as e:
+        load_dataset(_cfg("celeba", celeba_tree, tmp_path, "dataset.pack_to=memory"), store=store)
+    assert "does not fit in this container's memory limit" in e.value.message and "k8s.memory_limit" in e.value.message
+    assert store.reads == 1  # refused after the manifest, before any shard
+    limit.write_text("max\n")  # no limit
+    monkeypatch.setenv("AAL_K8S_PACK_TO", "ram")
+    with pytest.raises(DatasetError, match=r"\$AAL_K8S_PACK_TO='ram': expected disk or memory"):
+        load_dataset(_cfg("celeba", celeba_tree, tmp_path), store=store)
+
+
+def test_a_worker_trains_from_a_streamed_pack_as_from_the_cached_one(celeba_tree, tmp_path, monkeypatch):
+    import io
+
+    from aal_k8s.planner import plan_stage
+    from aal_k8s.store import ExperimentStore
+    from aal_k8s.worker import execute
+
+    store = LocalStore(str(tmp_path / "store"))
+    _build(celeba, celeba_tree, store)
+    over = ["dataset.strict_counts=false", "model.backbone=small_cnn", "model.image_size=32", "train.epochs=1",
+            "train.batch_size=4", "train.device=cpu", "train.threads=1", f"dataset.cache_dir={tmp_path / 'cache'}"]  # fmt: skip
+    accs = {}
+    for mode in ("memory", "disk"):
+        monkeypatch.setenv("AAL_K8S_PACK_TO", mode)  # as the Kubernetes backend sets it in the pod
+        exp = ExperimentStore(store, f"celeba-{mode}")
+        spec = plan_stage("single", load_config(dataset="celeba", overrides=[*over, f"experiment=celeba-{mode}"]),
+                          attributes=["Smiling"])[0]  # fmt: skip
+        exp.write_spec(spec)
+        log = io.StringIO()
+        assert execute(store.uri, exp.experiment, spec.run_id, log=log) == 0, log.getvalue()
+        accs[mode] = exp.read_metrics(spec.run_id)["val_acc"]
+        assert (tmp_path / "cache").exists() == (mode == "disk")  # streamed: no pack on disk
+    assert accs["memory"] == accs["disk"]

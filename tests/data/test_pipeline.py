@@ -14,7 +14,7 @@ from aal_k8s.data.pipeline import InputPipeline, epoch_seed, use_bf16
 from aal_k8s.errors import DatasetError
 from aal_k8s.planner import plan_stage
 from aal_k8s.store import LocalStore
-from aal_k8s.trainer import train_run
+from aal_k8s.train import train_run
 
 cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
 

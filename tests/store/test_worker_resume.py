@@ -109,7 +109,7 @@ def test_a_restarted_worker_skips_a_damaged_newest_checkpoint(s3_uri, tiny_overr
     ref = exp.read_metrics(spec.run_id)
     # pretend the run was interrupted: drop the commit, plant checkpoints of two earlier attempts,
     # the newer one truncated (its record says otherwise)
-    from aal_k8s.trainer import train_run
+    from aal_k8s.train import train_run
 
     states = {}
     threads = torch.get_num_threads()

@@ -16,12 +16,12 @@ import uuid
 
 
 def pause_mid_epoch(signal_file: str) -> None:
-    from aal_k8s import trainer
+    from aal_k8s.train import modes
     from aal_k8s.store.layout import ExperimentStore
 
     state = {"checkpointed": False, "steps": 0}
     write_checkpoint = ExperimentStore.write_checkpoint
-    head_losses = trainer.head_losses
+    head_losses = modes.head_losses
 
     def hooked_write(self, *a, **k):
         key = write_checkpoint(self, *a, **k)
@@ -38,7 +38,7 @@ def pause_mid_epoch(signal_file: str) -> None:
         return head_losses(*a, **k)
 
     ExperimentStore.write_checkpoint = hooked_write
-    trainer.head_losses = hooked_losses
+    modes.head_losses = hooked_losses
 
 
 def barrier_before_commit(folder: str, n: int) -> None:

@@ -18,7 +18,8 @@ def ablations(a: Analysis) -> list:
             continue
         cells = [r.label, pct(r.val), pct(r.test)]
         if celeba:
-            cells.append(f"{paper.TABLE1_CELEBA_VAL[r.key]:.2f}")
+            value = paper.table1_celeba_val(r.key)  # None: an ablation the paper did not run
+            cells.append("" if value is None else f"{value:.2f}")
         rows.append(cells + [r.status or "complete"])
     notes = [
         "Means over all M attributes; an attribute without a partner (or, for multiple adversarial attributes, "

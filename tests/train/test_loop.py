@@ -2,7 +2,7 @@ import torch
 
 from aal_k8s.data import load_dataset
 from aal_k8s.planner import plan_stage
-from aal_k8s.trainer import lr_at, train_run
+from aal_k8s.train import lr_at, train_run
 
 
 def test_lr_is_divided_from_the_decay_epoch_on():
@@ -35,7 +35,7 @@ def test_adversarial_run_reports_every_head_at_the_best_epoch(tiny_cfg):
 # -- ablation modes ------------------------------------------------------------------------------
 import pytest  # noqa: E402
 
-from aal_k8s.runspec import ABLATION_STAGES  # noqa: E402
+from aal_k8s.stages import ABLATION_STAGES  # noqa: E402
 
 PARTNERS = {"square": "red_tint"}
 LAMBDAS = {"square": 0.5}
@@ -165,10 +165,10 @@ class _Stop(Exception):
 def _step(spec, data, at: int = 0, init_state=None) -> Step:
     """Run ``train_run(spec)`` up to its update number ``at`` (0-based) and return that update's
     model, batch and gradients; training stops there."""
-    from aal_k8s import trainer
+    from aal_k8s.train import loop
 
     seen: dict = {"batches": [], "updates": 0}
-    real_pipeline, real_net = trainer.pipeline_for_run, trainer.AttributeNet
+    real_pipeline, real_net = loop.pipeline_for_run, loop.AttributeNet
 
     def recording_pipeline(*args, **kwargs):
         pipe = real_pipeline(*args, **kwargs)
@@ -198,8 +198,8 @@ def _step(spec, data, at: int = 0, init_state=None) -> Step:
     handle = register_optimizer_step_pre_hook(before_update)
     try:
         with pytest.MonkeyPatch.context() as mp, pytest.raises(_Stop):
-            mp.setattr(trainer, "pipeline_for_run", recording_pipeline)
-            mp.setattr(trainer, "AttributeNet", recording_net)
+            mp.setattr(loop, "pipeline_for_run", recording_pipeline)
+            mp.setattr(loop, "AttributeNet", recording_net)
             train_run(spec, data, init_state=init_state)
     finally:
         handle.remove()
