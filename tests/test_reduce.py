@@ -243,3 +243,17 @@ def test_seeds_pairs_each_seeds_final_kind_with_its_single_baseline_and_the_repo
                               "+0.44 [+0.21, +0.68]"]  # fmt: skip
     out.seeds.pop("2"), out.seeds.pop("1")
     assert seed_comparison(out) == []  # one seed: no interval
+
+
+def test_the_seed_interval_never_reaches_past_the_possible_accuracies():
+    """Two seeds give t(0.975, 1) = 12.7: the interval is cut at 0% and 100% (and a gain at +-100 points)."""
+    from aal_k8s.reduce import ReduceOutput
+    from aal_k8s.report.sections.significance import seed_comparison
+
+    out = ReduceOutput(dataset="synthetic", attributes=["square"])
+    out.seeds = {"0": {"square": {"final": 0.99, "single": 0.60}}, "1": {"square": {"final": 0.90, "single": 0.99}}}
+    mean = seed_comparison(out)[-1].rows[-1]
+    # final: mean 94.5, sd 6.36, half width 12.706 * 6.36 / sqrt(2) = 57.2 -> [37.32, 151.7] uncut
+    assert mean[1] == "94.50 [37.32, 100.00]"
+    assert mean[2] == "79.50 [0.00, 100.00]"
+    assert mean[3] == "+15.00 [-100.00, +100.00]"

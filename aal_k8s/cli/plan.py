@@ -42,8 +42,11 @@ def parse_stages(text: str) -> list[str]:
 
 def with_seeds(stages: list[str], cfg) -> list[str]:
     """``stages`` plus the seeds stage when ``adversarial.seeds`` asks for more than one seed and
-    the adversarial stage is run: ``--seeds N`` alone makes the pipeline's final comparison N-seeded."""
-    if cfg.adversarial.seeds > 1 and "adversarial" in stages and "seeds" not in stages:
+    the adversarial stage is run: ``--seeds N`` alone makes the pipeline's final comparison N-seeded.
+    With one seed the stage plans nothing, so it is left out (``--stages all`` shows no empty row)."""
+    if cfg.adversarial.seeds <= 1:
+        return [s for s in stages if s != "seeds"]
+    if "adversarial" in stages and "seeds" not in stages:
         return [*stages, "seeds"]
     return stages
 

@@ -76,6 +76,7 @@ def test_pipeline_dry_run_prints_the_plan_and_writes_nothing(tmp_path, capsys):
     assert main(["pipeline", "--dry-run", "--stages", "all", "--store", str(tmp_path / "s")]) == 0
     out = capsys.readouterr().out
     assert _row(out, "total")[1] == "77" and "rates: device class" in out
+    assert not [ln for ln in out.splitlines() if ln.startswith("seeds")]  # one seed: no empty stage row
     assert not (tmp_path / "s").exists()
 
 
