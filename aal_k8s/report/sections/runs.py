@@ -65,7 +65,9 @@ def missing(a: Analysis) -> list:
     out = a.out
     blocks: list = [Heading(2, "Missing runs")]
     by_stage = {s: ids for s, ids in out.missing.items() if ids}
-    stages = list(STAGES) + sorted(s for s in by_stage if s not in STAGES)
+    # the stages with a committed or a missing run: a stage never planned (e.g. seeds with one
+    # seed, the ablations of a paper-only pipeline) has no row
+    stages = [s for s in STAGES if s in out.stage_runs or s in by_stage] + sorted(s for s in by_stage if s not in STAGES)
     rows = [[s, opt(out.stage_runs.get(s), "d", ""), str(len(by_stage.get(s, [])))] for s in stages]
     blocks.append(Table(["Stage", "Committed", "Missing"], "lrr", rows))
     if not by_stage:
