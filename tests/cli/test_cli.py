@@ -94,10 +94,10 @@ def test_status_counts_runs_per_stage(tiny_cfg, tiny_overrides, capsys):
     out = capsys.readouterr().out
     table, failed = out.split("\n\n")
     rows = {ln.split()[0]: ln.split()[1:] for ln in table.splitlines()[2:]}
-    # complete, running, pending, failed, not submitted
-    assert rows["single"] == ["2", "0", "0", "1", "3"]
-    assert rows["pairwise"] == ["0", "0", "0", "1", "14"]
-    assert rows["multi"] == ["0", "0", "0", "0", "1"]
+    # complete, running, pending, failed, not submitted, stopped (by halving)
+    assert rows["single"] == ["2", "0", "0", "1", "3", "0"]
+    assert rows["pairwise"] == ["0", "0", "0", "1", "14", "0"]
+    assert rows["multi"] == ["0", "0", "0", "0", "1", "0"]
     assert rows["adversarial"] == ["(waits", "for", "reduce)"]
     assert f"single {single[2].run_id}: out of memory" in failed
 
