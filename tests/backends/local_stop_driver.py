@@ -4,12 +4,17 @@ module): ``python local_stop_driver.py STARTED_DIR -- aal-k8s args...``. Each wo
 
 from __future__ import annotations
 
+import signal
 import sys
 
 FAKE_WORKER = "import os, sys, time; open(os.path.join(sys.argv[1], str(os.getpid())), 'w').close(); time.sleep(600)"
 
 
 def main() -> int:
+    # Ctrl-C comes from a terminal, where SIGINT has its default handler. A test run started in the
+    # background of a non-interactive shell (`pytest ... &`) hands every child SIGINT ignored, and
+    # the CLI rightly keeps an inherited ignore (as nohup users expect), so emulate the terminal.
+    signal.signal(signal.SIGINT, signal.default_int_handler)
     sep = sys.argv.index("--")
     started = sys.argv[1]
     from aal_k8s.backends.local import LocalBackend
