@@ -263,7 +263,10 @@ def preprocess_decoded(images, manifest: dict, device: str = "cpu"):
             img = resize_decoded(img, first)
         # one image at a time: sizes differ, and the result does not depend on the batch
         out.append(model_inputs(img[None], int(inp["image_size"]), inp["mean"], inp["std"], device))
-    return torch.cat(out)
+    # channels_last as training's evaluation batches are: a batch of one has ambiguous strides, so
+    # torch.cat of them came out NCHW or NHWC depending on how the pixels were laid out (decoded
+    # files vs a stacked uint8 batch), and the convolutions then round differently on some CPUs
+    return torch.cat(out).contiguous(memory_format=torch.channels_last)
 
 
 def predict(models_dir: str, inputs: list[str], attrs: list[str] | None = None, device: str = "cpu",
