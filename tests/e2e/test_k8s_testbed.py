@@ -394,7 +394,7 @@ def test_the_controller_role_of_rbac_yaml_is_enough_to_submit_watch_explain_and_
     code, out, err = e2e.cli("status", "--stage", "single", *e2e.sets())  # jobs, pods, events, the store
     outputs += [out, err]
     row = next(ln for ln in out.splitlines() if ln.startswith("single "))
-    assert code == 0 and row.split()[1:] == ["1", "0", "1", "1", "3"], out
+    assert code == 0 and row.split()[1:] == ["1", "0", "1", "1", "3", "0"], out
     assert "Unschedulable: 0/1 nodes are available: 1 Insufficient nvidia.com/gpu" in out
     assert f"worker: run {specs[2].run_id}: no spec at" in out
     code, out, err = e2e.cli("cancel", "--stage", "single", *e2e.sets())
