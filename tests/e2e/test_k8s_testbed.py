@@ -135,7 +135,7 @@ def test_submitted_runs_get_documented_jobs_whose_pods_commit_and_status_agrees_
         assert {p["metadata"]["labels"][RUN_LABEL] for p in pods.values()} >= {spec.run_id}
     code, out, _ = e2e.cli("status", "--stage", "single", *e2e.sets())
     row = next(ln for ln in out.splitlines() if ln.startswith("single "))
-    assert code == 0 and row.split()[1:] == ["2", "0", "0", "0", "4"]  # complete, running, pending, failed, not submitted
+    assert code == 0 and row.split()[1:] == ["2", "0", "0", "0", "4", "0"]  # complete, running, pending, failed, not submitted, stopped
 
 
 def test_submitting_again_while_the_runs_are_going_creates_no_second_job(e2e):
