@@ -27,6 +27,7 @@ from aal_k8s.worker import (
     commit_result,
     load_checkpoint,
     nothing_to_do,
+    open_experiment,
     read_spec,
     record_failure,
 )
@@ -35,7 +36,6 @@ from aal_k8s.worker import (
 def execute_pack(store_uri: str, experiment: str, run_ids: list[str], log=None, until_epoch: int = 0) -> int:
     raw = log if log is not None else sys.stderr
     log = _Scrubbed(raw)
-    from aal_k8s.store import ExperimentStore, open_store, store_options_from_env
     from aal_k8s.store.layout import check_name
 
     try:
@@ -43,8 +43,7 @@ def execute_pack(store_uri: str, experiment: str, run_ids: list[str], log=None, 
             check_name("run id", run_id)
         if len(set(run_ids)) != len(run_ids):
             raise AALError(f"--run: a run is given twice in the pack {', '.join(run_ids)}")
-        options = store_options_from_env(store_uri)
-        exp = ExperimentStore(open_store(store_uri, options), experiment)
+        exp, options = open_experiment(store_uri, experiment)
     except AALError as e:
         print(f"pack {', '.join(run_ids)}: failed: {e.message}", file=log)
         return e.exit_code

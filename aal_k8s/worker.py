@@ -60,13 +60,11 @@ def execute(store_uri: str, experiment: str, run_id: str, log=None, until_epoch:
     rung, aal_k8s.halving): stop after that epoch's checkpoint and record the rung instead."""
     raw = log if log is not None else sys.stderr  # resolved per call: a captured stream may be gone
     log = _Scrubbed(raw)  # pod logs, local.log and worker.log are read by people who must not see credentials
-    from aal_k8s.store import ExperimentStore, open_store, store_options_from_env
     from aal_k8s.store.layout import check_name
 
     try:
         check_name("run id", run_id)  # before anything is opened or written
-        options = store_options_from_env(store_uri)
-        exp = ExperimentStore(open_store(store_uri, options), experiment)
+        exp, options = open_experiment(store_uri, experiment)
     except AALError as e:
         print(f"run {run_id}: failed: {e.message}", file=log)
         return e.exit_code
@@ -78,6 +76,15 @@ def execute(store_uri: str, experiment: str, run_id: str, log=None, until_epoch:
             exp.store.put_bytes(exp.attempt_key(run_id, ATTEMPT_LOG), tee.text().encode())
         except Exception as e:  # the store itself may be what failed
             print(f"run {run_id}: could not copy the log to the store: {e}", file=log)
+
+
+def open_experiment(store_uri: str, experiment: str):
+    """``(experiment store, store options)`` as a worker opens them: the options come from the
+    environment the backend set (AAL_K8S_STORE_OPTIONS), never from a config file."""
+    from aal_k8s.store import ExperimentStore, open_store, store_options_from_env
+
+    options = store_options_from_env(store_uri)
+    return ExperimentStore(open_store(store_uri, options), experiment), options
 
 
 def _execute(exp, run_id: str, log, options, until_epoch: int = 0) -> int:
