@@ -15,48 +15,18 @@ from __future__ import annotations
 
 import argparse
 import datetime
-import io
 import json
 import os
 import shutil
-import subprocess
 import sys
 import time
-from contextlib import redirect_stderr
 
-sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
-from aal_k8s.cli import main  # noqa: E402
+from benchlib import cli as _cli, commit as _commit, cpu as _cpu  # noqa: E402
 from aal_k8s.config import load_config  # noqa: E402
 from aal_k8s.data.synthetic import PLANTED  # noqa: E402
 from aal_k8s.halving import run_epochs, rungs_for  # noqa: E402
-
-
-def _cli(argv: list[str]) -> None:
-    err = io.StringIO()
-    with redirect_stderr(err):
-        code = main(argv)
-    if code != 0:
-        sys.exit(f"aal-k8s {' '.join(argv)}: exit {code}\n{err.getvalue()[-2000:]}")
-
-
-def _commit() -> str:
-    try:
-        rev = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, check=True).stdout.strip()
-        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], capture_output=True, text=True).stdout
-        return rev + ("-dirty" if dirty.strip() else "")
-    except Exception:
-        return "unknown"
-
-
-def _cpu() -> str:
-    try:
-        for line in open("/proc/cpuinfo"):
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return "unknown CPU"
 
 
 def main_(args) -> int:
