@@ -192,6 +192,25 @@ def seconds_per_run(cfg: Config, rates: Rates) -> float:
     return training + evaluation + rates.fixed_seconds_per_run
 
 
+def halving_seconds_per_run(cfg: Config, rates: Rates) -> float:
+    """An adversarial run's mean cost under successive halving: the epochs halving trains (each
+    with its validation pass), a test pass for the survivors only (a stopped run has no result),
+    and the fixed cost per Job, of which halving starts one per run and rung: scaling a whole run
+    by the share of epochs would drop both differences."""
+    from aal_k8s.halving import jobs_and_survivors, rungs_for, run_epochs
+
+    train, val, test = split_sizes(cfg)
+    n, eta, rungs = len(cfg.adversarial.lambdas), cfg.adversarial.halving_eta, rungs_for(cfg)
+    jobs, survivors = jobs_and_survivors(n, eta, rungs)
+    epochs = run_epochs(n, cfg.train.epochs, eta, rungs)
+    per_attribute = (
+        epochs * (train / rates.train_images_per_s + val / rates.eval_images_per_s)
+        + survivors * test / rates.eval_images_per_s
+        + jobs * rates.fixed_seconds_per_run
+    )
+    return per_attribute / n
+
+
 def _committed(exp) -> set[str]:
     """Ids of the experiment's committed runs, from one listing (none when the store is unreadable:
     a plan must work without store credentials)."""
@@ -257,6 +276,7 @@ def build_plan(cfg: Config, exp, stages: list[str], plan_fn) -> Plan:
         source = (f"calibration: {n} committed runs of this experiment (mean seconds from worker process start "
                   "to commit)")  # fmt: skip
         base = sum(measured) / len(measured)
+        rates = None
     else:
         rates = DEVICE_RATES[cfg.plan.device_class]
         source = f"device class {cfg.plan.device_class}: {rates.source}"
@@ -274,7 +294,10 @@ def build_plan(cfg: Config, exp, stages: list[str], plan_fn) -> Plan:
         if row.stage == "adversarial" and cfg.adversarial.lambda_search == "halving":
             from aal_k8s.halving import halving_fraction
 
-            row.seconds_per_run *= halving_fraction(cfg)  # a lambda trains that share of the grid's epochs on average
+            if rates is not None:  # the device's rates: epochs, test passes and Jobs counted apart
+                row.seconds_per_run = halving_seconds_per_run(cfg, rates)
+            else:  # a calibration does not split a run's seconds: a lambda trains that share of the grid's epochs
+                row.seconds_per_run *= halving_fraction(cfg)
     local = cfg.executor.backend == "local"
     k = cfg.k8s
     startup = 0.0 if local else cfg.plan.pod_startup_seconds

@@ -64,6 +64,16 @@ def run_epochs(n: int, epochs: int, eta: int, rungs: list[int]) -> int:
     return total + alive * (epochs - done)
 
 
+def jobs_and_survivors(n: int, eta: int, rungs: list[int]) -> tuple[int, int]:
+    """Worker processes (Kubernetes Jobs) one attribute's ``n`` λ take, one per run and rung plus
+    the survivors' last one, and the survivors (the only runs that pay a test pass)."""
+    jobs, alive = 0, n
+    for _ in rungs:
+        jobs += alive
+        alive = keep_count(alive, eta)
+    return jobs + alive, alive
+
+
 def halving_fraction(cfg) -> float:
     """Epochs halving trains per attribute over the grid's (``aal-k8s plan`` scales by it)."""
     n, epochs, eta = len(cfg.adversarial.lambdas), cfg.train.epochs, cfg.adversarial.halving_eta
