@@ -129,10 +129,13 @@ def _se(p: float, n: int) -> float:
 def judge(r: dict) -> list[str]:
     """The issue's targets, each with its figures and its verdict."""
     lines, planted = [], dict(PLANTED)
-    paper, halv = r.get("paper"), r.get("halving")
+    # halving's cost and λ: from (b), else from (c), which takes the same decisions (a pack member
+    # is bitwise the run alone on CPU) and splits a pack's seconds over its members
+    paper, which = r.get("paper"), "halving" if "halving" in r else "packs"
+    halv = r.get(which)
     if paper and halv and paper["stage_s"].get("adversarial"):
         g, h = paper["stage_s"]["adversarial"], halv["stage_s"].get("adversarial", 0.0)
-        lines.append(f"- Halving's adversarial stage costs {h:.1f} run-seconds against the grid's {g:.1f}: "
+        lines.append(f"- Halving ({which}) adversarial stage: {h:.1f} run-seconds against the grid's {g:.1f}: "
                      f"{h / g:.2f} of it, target at most 0.50: **{'met' if h <= g / 2 else 'missed'}**.")  # fmt: skip
         # Same λ, or one within noise: the grid trained every λ, so its summary holds the val of
         # halving's λ (a survivor is the grid run, same run id); within noise = less than one
@@ -146,7 +149,7 @@ def judge(r: dict) -> list[str]:
             verdict = "same λ" if paper["lam"][a] == halv["lam"][a] else (
                 "within noise" if best - mine <= se else "outside noise")  # fmt: skip
             mark = " (planted)" if planted.get(a) == paper["partners"][a] else ""
-            lines.append(f"- λ for {a}{mark}: grid {paper['lam'][a]} (val {100 * best:.2f}), halving {halv['lam'][a]} "
+            lines.append(f"- λ for {a}{mark}: grid {paper['lam'][a]} (val {100 * best:.2f}), {which} {halv['lam'][a]} "
                          f"(its grid val {100 * mine:.2f}), one SE {100 * se:.2f} points: {verdict}.")  # fmt: skip
     if paper:
         se = _se(paper["test"], paper["n_test"])
@@ -209,6 +212,11 @@ def main_(args) -> int:
         "torch": torch.__version__,
         "command": "python " + " ".join(sys.argv),
     }
+    if args.render:  # a saved results.json (e.g. of an invocation stopped before its last configuration)
+        saved = json.load(open(args.render))
+        words = saved["meta"]["command"].split()
+        sets = saved.get("sets") or [words[i + 1] for i, w in enumerate(words[:-1]) if w == "--set"]
+        return _emit(render(saved["results"], sets, saved["meta"]), args.append)
     only = args.only.split(",") if args.only else [p.name for p in PROTOCOLS]
     unknown = set(only) - {p.name for p in PROTOCOLS}
     if unknown:
@@ -221,19 +229,26 @@ def main_(args) -> int:
             results[p.name] = run_protocol(p, args.work, args.set)
             print(f"{p.name}: done in {results[p.name]['wall_s']:.0f} s", file=sys.stderr, flush=True)
             with open(os.path.join(args.work, "results.json"), "w") as f:  # what finished, if a later one fails
-                json.dump({"meta": meta, "results": results}, f, indent=1)
-    text = render(results, args.set, meta)
+                json.dump({"meta": meta, "sets": args.set, "results": results}, f, indent=1)
+    return _emit(render(results, args.set, meta), args.append)
+
+
+def _emit(text: str, append: str | None) -> int:
     print(text)
-    if args.append:
-        with open(args.append, "a") as f:
+    if append:
+        with open(append, "a") as f:
             f.write("\n" + text)
     return 0
 
 
 if __name__ == "__main__":
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--work", required=True, help="folder for the stores, one per configuration (replaced)")
+    ap.add_argument("--work", help="folder for the stores, one per configuration (replaced), and results.json")
+    ap.add_argument("--render", metavar="RESULTS_JSON", help="only print (and --append) the tables of a saved results.json")
     ap.add_argument("--only", metavar="A,B", help="these configurations only (paper, halving, packs, affinity)")
     ap.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="config override for every configuration (repeatable)")
     ap.add_argument("--append", metavar="FILE", help="append the result (markdown) to FILE")
-    sys.exit(main_(ap.parse_args()))
+    a = ap.parse_args()
+    if not (a.work or a.render):
+        ap.error("--work or --render is required")
+    sys.exit(main_(a))
