@@ -38,7 +38,7 @@ import copy
 import hashlib
 import json
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Callable
 
 import torch
@@ -52,10 +52,10 @@ from aal_k8s.heads import head_coefficients, head_losses
 from aal_k8s.model import AttributeNet
 from aal_k8s.runspec import RunSpec
 from aal_k8s.stages import ADVERSARIAL_MODES
-from aal_k8s.train.checkpoint import CHECKPOINT_FORMAT
-from aal_k8s.train.checkpoint import to_cpu as _cpu
+from aal_k8s.train import checkpoint
 from aal_k8s.train.device import pick_device
-from aal_k8s.train.loop import RunResult, _check_finite, label_correlation, lr_at, mode_of
+from aal_k8s.train.loop import _check_finite, lr_at, mode_of
+from aal_k8s.train.progress import Progress, RunResult
 
 PACKABLE_MODES = ("single", "multi", "adversarial")
 
@@ -182,17 +182,8 @@ class _Member:
     opt: torch.optim.Optimizer
     lam: float
     rng: torch.Tensor  # the global RNG state after its init (what train_run's checkpoint records)
-    history: list[dict] = field(default_factory=list)
-    best_score: float = -1.0
-    best_epoch: int = 0
-    best_state: dict | None = None
-    best_val_correct: torch.Tensor | None = None
-    timings: dict = field(default_factory=lambda: {"train": 0.0, "eval": 0.0})
-    seconds_before: float = 0.0  # "total" of the checkpoint it resumed from
-    step: int = 0
-    epoch: int = 0  # last epoch done
-    shuffle: torch.Tensor | None = None  # the shuffle generator's state after that epoch
-    resumed_after: int = 0  # the epoch of the checkpoint it started from (0: from scratch)
+    p: Progress  # history, best epoch, timings, step: train_run's bookkeeping
+    shuffle: torch.Tensor | None = None  # the shuffle generator's state after its last epoch
 
 
 PackEpochHook = Callable[[str, int, dict], None]  # (run id, epoch, history entry)
@@ -235,8 +226,8 @@ def train_pack(
     end = min(until_epoch, t.epochs) if until_epoch else t.epochs
     # members behind the others (a crash between two members' checkpoints) catch up first
     while True:
-        epochs = sorted({m.epoch for m in members})
-        behind = [m for m in members if m.epoch == epochs[0]]
+        epochs = sorted({m.p.epoch for m in members})
+        behind = [m for m in members if m.p.epoch == epochs[0]]
         target = epochs[1] if len(epochs) > 1 else end
         if target > epochs[0]:
             _train(behind, pipe, cfg, device, target, on_epoch_end, on_checkpoint)
@@ -258,25 +249,16 @@ def _member(spec: RunSpec, data, pack_cols: list[int], device, state: dict | Non
                            fused=fused_adam)  # fmt: skip
     lam = spec.lam if spec.mode in ADVERSARIAL_MODES else 0.0
     cols = [pack_cols.index(data.attributes.index(a)) for a in spec.heads]
-    mem = _Member(spec, cols, model, opt, lam, torch.get_rng_state())
-    if state is not None:
-        if state.get("format") != CHECKPOINT_FORMAT or state.get("run_id") != spec.run_id:
-            raise AALError(f"run {spec.run_id}: checkpoint is for run {state.get('run_id')!r} format "
-                           f"{state.get('format')!r}, not this run in format {CHECKPOINT_FORMAT}")  # fmt: skip
-        model.load_state_dict(state["model"])
-        opt.load_state_dict(state["optimizer"])
-        mem.rng = state["rng"]["torch_cpu"]
-        mem.epoch = mem.resumed_after = int(state["epoch"])
-        mem.history = list(state["history"])
-        best = state["best"]
-        mem.best_score, mem.best_epoch = float(best["score"]), int(best["epoch"])
-        mem.best_state = {k: v.to(device) for k, v in best["state"].items()}
-        mem.best_val_correct = best.get("val_correct")
-        mem.timings = {k: float(v) for k, v in state["timings"].items()}
-        mem.seconds_before = mem.timings.pop("total", 0.0)
-        mem.step = int(state["step"])
-        mem.shuffle = state["rng"]["shuffle"]
-    return mem
+    if state is None:
+        return _Member(spec, cols, model, opt, lam, torch.get_rng_state(), Progress())
+    try:
+        checkpoint.check(state, spec.run_id)
+    except ValueError as e:
+        raise AALError(f"run {spec.run_id}: {e}") from None
+    model.load_state_dict(state["model"])
+    opt.load_state_dict(state["optimizer"])
+    p = Progress.resumed(state, device)
+    return _Member(spec, cols, model, opt, lam, state["rng"]["torch_cpu"], p, state["rng"]["shuffle"])
 
 
 def _train(members: list[_Member], pipe, cfg, device, end: int, on_epoch_end, on_checkpoint) -> None:
@@ -284,14 +266,14 @@ def _train(members: list[_Member], pipe, cfg, device, end: int, on_epoch_end, on
     t = cfg.train
     k = len(members)
     gen = torch.Generator().manual_seed(members[0].spec.seed)
-    if members[0].epoch:
+    if members[0].p.epoch:
         gen.set_state(members[0].shuffle)  # the same for every member after the same epoch
     backbones = FusedBackbones([m.model.backbone for m in members])
     steps_per_epoch = max(1, -(-pipe.size("train") // t.batch_size))
     coef = [head_coefficients(len(m.spec.primary), len(m.spec.auxiliary), m.lam, device=device) for m in members]
     modes = [mode_of(m.spec, device, t.heads_impl) for m in members]  # each member's lambda schedule
     started = time.perf_counter()
-    for epoch in range(members[0].epoch + 1, end + 1):
+    for epoch in range(members[0].p.epoch + 1, end + 1):
         lr = lr_at(epoch, t.lr, t.lr_decay_epoch, t.lr_decay_factor)
         for m in members:
             for group in m.opt.param_groups:
@@ -307,7 +289,7 @@ def _train(members: list[_Member], pipe, cfg, device, end: int, on_epoch_end, on
             losses = []
             for i, (m, h) in enumerate(zip(members, hs)):
                 n_aux = len(m.spec.auxiliary)
-                lam_t = modes[i].lam_at(m.step / (t.epochs * steps_per_epoch)) if n_aux else 0.0
+                lam_t = modes[i].lam_at(m.p.step / (t.epochs * steps_per_epoch)) if n_aux else 0.0
                 if lam_t != m.lam:
                     coef[i] = head_coefficients(len(m.spec.primary), n_aux, lam_t, device=device)
                 loss, _ = head_losses(h, m.model.head_weight, m.model.head_bias, y[:, m.cols], *coef[i], impl=t.heads_impl)
@@ -319,7 +301,7 @@ def _train(members: list[_Member], pipe, cfg, device, end: int, on_epoch_end, on
             for m, loss, acc in zip(members, losses, loss_sums):
                 m.opt.step()
                 acc += loss.detach()
-                m.step += 1
+                m.p.step += 1
             steps += 1
         backbones.sync_buffers()
         for m, acc in zip(members, loss_sums):
@@ -328,50 +310,26 @@ def _train(members: list[_Member], pipe, cfg, device, end: int, on_epoch_end, on
         val_hits = _evaluate(members, backbones, pipe, "val", t.eval_batch_size, device)
         t2 = time.perf_counter()
         for m, acc, hits in zip(members, loss_sums, val_hits):
-            m.timings["train"] += (t1 - t0) / k
-            m.timings["eval"] += (t2 - t1) / k
-            val_acc = (hits.double().mean(0)).tolist()
-            n_p = len(m.spec.primary)
-            score = sum(val_acc[:n_p]) / n_p
-            entry = {
-                "epoch": epoch,
-                "lr": lr,
-                "train_loss": dict(zip(m.spec.heads, (acc / max(1, steps)).tolist())),
-                "val_acc": dict(zip(m.spec.heads, val_acc)),
-                "seconds": (t2 - t0) / k,
-            }
-            m.history.append(entry)
-            m.epoch = epoch
-            if score > m.best_score:
-                m.best_score, m.best_epoch = score, epoch
-                m.best_state = copy.deepcopy(m.model.state_dict())
-                m.best_val_correct = hits
+            m.p.timings["train"] += (t1 - t0) / k
+            m.p.timings["eval"] += (t2 - t1) / k
+            m.p.record(m.spec, m.model, epoch, lr, acc / max(1, steps), hits.double().mean(0).tolist(), hits, (t2 - t0) / k)
             m.shuffle = gen.get_state()
         total_s = (time.perf_counter() - started) / k
         for m in members:
             if on_checkpoint is not None:
-                on_checkpoint(m.spec.run_id, _checkpoint(m, epoch, m.seconds_before + total_s))
+                on_checkpoint(m.spec.run_id, _checkpoint(m, epoch, m.p.seconds_before + total_s))
             if on_epoch_end is not None:
-                on_epoch_end(m.spec.run_id, epoch, m.history[-1])
+                on_epoch_end(m.spec.run_id, epoch, m.p.history[-1])
     for m in members:
-        m.seconds_before += (time.perf_counter() - started) / k
+        m.p.seconds_before += (time.perf_counter() - started) / k
 
 
 def _checkpoint(m: _Member, epoch: int, total: float) -> dict:
-    """``train_run``'s checkpoint of the member (``train.checkpoint.make_state``'s entries, with the
-    member's own RNG state): it resumes alone as well as in a pack."""
-    return {
-        "format": CHECKPOINT_FORMAT,
-        "run_id": m.spec.run_id,
-        "epoch": epoch,
-        "model": _cpu(m.model.state_dict()),
-        "optimizer": _cpu(m.opt.state_dict()),
-        "rng": {"torch_cpu": m.rng, "torch_cuda": [], "shuffle": m.shuffle},
-        "best": {"score": m.best_score, "epoch": m.best_epoch, "state": _cpu(m.best_state), "val_correct": _cpu(m.best_val_correct)},
-        "history": m.history,
-        "timings": {**m.timings, "total": total},
-        "step": m.step,
-    }  # fmt: skip
+    """``train_run``'s checkpoint of the member, with the RNG states it would have alone (no
+    mode state: packable modes keep none): it resumes alone as well as in a pack."""
+    rng = {"torch_cpu": m.rng, "torch_cuda": [], "shuffle": m.shuffle}
+    p = m.p
+    return checkpoint.make_state(m.spec.run_id, epoch, m.model, m.opt, rng, p.best(), p.history, {**p.timings, "total": total}, p.step, {})
 
 
 @torch.no_grad()
@@ -393,36 +351,13 @@ def _evaluate(members: list[_Member], backbones: FusedBackbones | None, pipe, sp
 
 
 def _result(m: _Member, data, pipe, cfg, device, k: int) -> RunResult:
+    p = m.p
     t3 = time.perf_counter()
-    m.model.load_state_dict(m.best_state)
+    m.model.load_state_dict(p.best_state)
     (test_hits,) = _evaluate([m], None, pipe, "test", cfg.train.eval_batch_size, device)
-    if m.best_val_correct is None:  # resumed from a checkpoint that did not keep it
-        (m.best_val_correct,) = _evaluate([m], None, pipe, "val", cfg.train.eval_batch_size, device)
-    m.timings["eval"] += time.perf_counter() - t3
-    m.timings["total"] = m.seconds_before + time.perf_counter() - t3
-    cols = [data.attributes.index(a) for a in m.spec.heads]
-    result = RunResult(
-        run_id=m.spec.run_id,
-        heads=m.spec.heads,
-        best_epoch=m.best_epoch,
-        val_acc=m.history[m.best_epoch - 1]["val_acc"],
-        test_acc=dict(zip(m.spec.heads, test_hits.double().mean(0).tolist())),
-        history=m.history,
-        timings=m.timings,
-        environment={
-            "torch": torch.__version__,
-            "device": str(device),
-            "threads": str(torch.get_num_threads()),
-            "input": pipe.describe(),
-            "pack": f"{k} runs",
-        },
-        state_dict={n: v.detach().cpu().contiguous() for n, v in m.best_state.items()},
-        correct={"val": m.best_val_correct.cpu(), "test": test_hits.cpu()},
-        extra={
-            "split_sizes": {name: len(split) for name, split in data.splits.items()},
-            "label_corr": label_correlation(data.splits["train"].labels[:, cols]),
-        },
-    )
-    if m.resumed_after:
-        result.environment["resumed_after_epoch"] = str(m.resumed_after)
-    return result
+    if p.best_val_correct is None:  # resumed from a checkpoint that did not keep it
+        (p.best_val_correct,) = _evaluate([m], None, pipe, "val", cfg.train.eval_batch_size, device)
+    p.timings["eval"] += time.perf_counter() - t3
+    p.timings["total"] = p.seconds_before + time.perf_counter() - t3
+    test_acc = test_hits.double().mean(0).tolist()
+    return p.result(m.spec, data, device, test_acc, test_hits, {"input": pipe.describe(), "pack": f"{k} runs"}, {})

@@ -4,8 +4,9 @@ One loop for every mode (paper section 3, appendix A.3, the ablations of section
 mode changes (its objective, frozen parts, per-step hooks, extra state) is the ``Mode`` object of
 ``aal_k8s.train.modes`` the loop calls.
 
-The best epoch is the one with the highest mean validation accuracy over the primary heads
-(earliest on ties); val and test accuracy of every head are reported at that epoch.
+What a run keeps between epochs (history, the best epoch, timings, the global step) and how it
+becomes a checkpoint's entries and the ``RunResult`` is ``aal_k8s.train.progress``, shared with
+the members of a pack (``aal_k8s.packs``).
 
 Checkpoints (``aal_k8s.train.checkpoint``): ``on_checkpoint`` receives the whole training state
 after every epoch; passing such a state back as ``resume_state`` continues after that epoch, and on
@@ -14,10 +15,8 @@ CPU the resumed run ends with bitwise the same weights and metrics as an uninter
 
 from __future__ import annotations
 
-import copy
 import math
 import time
-from dataclasses import dataclass, field
 from typing import Callable
 
 import torch
@@ -33,36 +32,7 @@ from aal_k8s.train import checkpoint
 from aal_k8s.train.device import pick_device
 from aal_k8s.train.evaluate import evaluate
 from aal_k8s.train.modes import MODES, Mode
-
-
-@dataclass
-class RunResult:
-    run_id: str
-    heads: list[str]
-    best_epoch: int  # 1-based
-    val_acc: dict[str, float]  # per head, at the best epoch
-    test_acc: dict[str, float]
-    history: list[dict]  # one entry per epoch
-    timings: dict[str, float]  # seconds
-    environment: dict[str, str]
-    state_dict: dict[str, torch.Tensor] = field(repr=False, default_factory=dict)
-    # split ("val" at the best epoch, "test") -> bool [images, heads]: decision == label, per image
-    correct: dict[str, torch.Tensor] = field(repr=False, default_factory=dict)
-    extra: dict = field(default_factory=dict)  # split_sizes, label_corr, affinity: merged into metrics
-
-    def metrics(self) -> dict:
-        """The JSON-able part (everything but the weights)."""
-        return {
-            "run_id": self.run_id,
-            "heads": self.heads,
-            "best_epoch": self.best_epoch,
-            "val_acc": self.val_acc,
-            "test_acc": self.test_acc,
-            "history": self.history,
-            "timings": self.timings,
-            "environment": self.environment,
-            **self.extra,
-        }
+from aal_k8s.train.progress import Progress, RunResult
 
 
 def lr_at(epoch: int, base_lr: float, decay_epoch: int, factor: float) -> float:
@@ -72,14 +42,6 @@ def lr_at(epoch: int, base_lr: float, decay_epoch: int, factor: float) -> float:
 
 EpochHook = Callable[[int, dict], None]
 CheckpointHook = Callable[[dict], None]
-
-
-def label_correlation(labels: torch.Tensor) -> list[list[float]]:
-    """Pearson r between the label columns of ``labels [N, K]`` (0 where a column is constant)."""
-    if labels.shape[1] < 2:
-        return [[1.0]] * labels.shape[1]
-    r = torch.corrcoef(labels.double().t())
-    return torch.nan_to_num(r, nan=0.0).tolist()
 
 
 class DivergedError(AALError):
@@ -133,7 +95,6 @@ def train_run(
     gen = torch.Generator().manual_seed(spec.seed)
 
     cols = [data.attributes.index(a) for a in spec.heads]
-    n_p = len(spec.primary)
     # a run that starts from another's CNN (the shared ablation): no point loading ImageNet weights first
     model = AttributeNet(m.backbone, "none" if spec.init_from else m.pretrained, spec.heads, hidden_layers=mode.hidden_layers())
     if spec.init_from:
@@ -157,24 +118,14 @@ def train_run(
     features = mode.features(model, t.compile)
     mode.start(model, opt, pipe, t.batch_size)
     steps_per_epoch = max(1, -(-pipe.size("train") // t.batch_size))
-    step = 0  # global training step (affinity measurements and the lambda schedule count in it)
 
-    history: list[dict] = []
-    best_score, best_epoch, best_state = -1.0, 0, None
-    best_val_correct = None  # bool [val images, heads] at the best epoch (the paired partner test's input)
-    timings = {"train": 0.0, "eval": 0.0}
+    p = Progress()
     first = 1
     if resume_state is not None:
         first = checkpoint.restore(resume_state, spec.run_id, model, opt, gen) + 1
-        history = list(resume_state["history"])
-        best = resume_state["best"]
-        best_score, best_epoch = float(best["score"]), int(best["epoch"])
-        best_state = {k: v.to(device) for k, v in best["state"].items()}
-        best_val_correct = best.get("val_correct")  # None in checkpoints of older versions: re-evaluated below
-        timings = {k: float(v) for k, v in resume_state["timings"].items()}
-        step = int(resume_state.get("step", (first - 1) * steps_per_epoch))
+        p = Progress.resumed(resume_state, device, default_step=(first - 1) * steps_per_epoch)
         mode.resume(resume_state, pipe, t.batch_size)
-    start = time.perf_counter() - timings.pop("total", 0.0)
+    start = time.perf_counter() - p.seconds_before
     for epoch in range(first, t.epochs + 1):
         lr = lr_at(epoch, t.lr, t.lr_decay_epoch, t.lr_decay_factor)
         for group in opt.param_groups:
@@ -184,8 +135,8 @@ def train_run(
         loss_sum = torch.zeros(len(cols), device=device)
         steps = 0
         for x, y in pipe.train_batches(t.batch_size, gen, epoch):
-            mode.before_step(step, x, y)
-            lam = mode.lam_at(step / (t.epochs * steps_per_epoch))
+            mode.before_step(p.step, x, y)
+            lam = mode.lam_at(p.step / (t.epochs * steps_per_epoch))
             with torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16):
                 h = features(x)
             # the heads take bf16 or fp32 features and accumulate in fp32 (outside autocast)
@@ -196,71 +147,34 @@ def train_run(
             mode.after_step(model)
             loss_sum += loss.detach()
             steps += 1
-            step += 1
+            p.step += 1
         _check_finite(spec, epoch, model, loss_sum, spec.heads)  # before anything of this epoch is kept
         t1 = time.perf_counter()
         val_hits: list = []
         val_acc = evaluate(model, pipe.eval_batches("val", t.eval_batch_size), len(cols), device, bf16, forward, val_hits)
         t2 = time.perf_counter()
-        timings["train"] += t1 - t0
-        timings["eval"] += t2 - t1
-        timings.update(mode.timings())
-        score = sum(val_acc[:n_p]) / n_p
-        entry = {
-            "epoch": epoch,
-            "lr": lr,
-            "train_loss": dict(zip(spec.heads, (loss_sum / max(1, steps)).tolist())),
-            "val_acc": dict(zip(spec.heads, val_acc)),
-            "seconds": t2 - t0,
-        }
-        history.append(entry)
-        if score > best_score:
-            best_score, best_epoch = score, epoch
-            best_state = copy.deepcopy(model.state_dict())
-            best_val_correct = torch.cat(val_hits)
+        p.timings["train"] += t1 - t0
+        p.timings["eval"] += t2 - t1
+        p.timings.update(mode.timings())
+        entry = p.record(spec, model, epoch, lr, loss_sum / max(1, steps), val_acc, torch.cat(val_hits), t2 - t0)
         if on_checkpoint is not None:
-            best = {"score": best_score, "epoch": best_epoch, "state": best_state, "val_correct": best_val_correct}
             on_checkpoint(
                 checkpoint.make_state(
-                    spec.run_id, epoch, model, opt, gen, best, history,
-                    {**timings, "total": time.perf_counter() - start}, step, mode.state_dict(),
+                    spec.run_id, epoch, model, opt, checkpoint.rng_state(gen), p.best(), p.history,
+                    {**p.timings, "total": time.perf_counter() - start}, p.step, mode.state_dict(),
                 )  # fmt: skip
             )
         if on_epoch_end is not None:
             on_epoch_end(epoch, entry)
 
-    model.load_state_dict(best_state)
+    model.load_state_dict(p.best_state)
     t3 = time.perf_counter()
     test_hits: list = []
     test_acc = evaluate(model, pipe.eval_batches("test", t.eval_batch_size), len(cols), device, bf16, forward, test_hits)
-    if best_val_correct is None:  # resumed from a checkpoint that did not keep it
+    if p.best_val_correct is None:  # resumed from a checkpoint that did not keep it
         hits: list = []
         evaluate(model, pipe.eval_batches("val", t.eval_batch_size), len(cols), device, bf16, forward, hits)
-        best_val_correct = torch.cat(hits)
-    timings["eval"] += time.perf_counter() - t3
-    timings["total"] = time.perf_counter() - start
-    result = RunResult(
-        run_id=spec.run_id,
-        heads=spec.heads,
-        best_epoch=best_epoch,
-        val_acc=history[best_epoch - 1]["val_acc"],
-        test_acc=dict(zip(spec.heads, test_acc)),
-        history=history,
-        timings=timings,
-        environment={
-            "torch": torch.__version__,
-            "device": str(device),
-            "threads": str(torch.get_num_threads()),
-            "input": pipe.describe(),
-        },
-        state_dict={k: v.detach().cpu().contiguous() for k, v in best_state.items()},
-        correct={"val": best_val_correct.cpu(), "test": torch.cat(test_hits).cpu()},
-        extra={
-            "split_sizes": {name: len(split) for name, split in data.splits.items()},
-            "label_corr": label_correlation(data.splits["train"].labels[:, cols]),
-            **mode.result_extra(),
-        },
-    )
-    if first > 1:
-        result.environment["resumed_after_epoch"] = str(first - 1)
-    return result
+        p.best_val_correct = torch.cat(hits)
+    p.timings["eval"] += time.perf_counter() - t3
+    p.timings["total"] = time.perf_counter() - start
+    return p.result(spec, data, device, test_acc, torch.cat(test_hits), {"input": pipe.describe()}, mode.result_extra())
