@@ -76,6 +76,11 @@ def mode_of(spec: RunSpec, device: torch.device, heads_impl: str) -> Mode:
     return MODES[spec.mode](spec, options, device, heads_impl)
 
 
+def steps_per_epoch(pipe, t: TrainConfig) -> int:
+    """Optimizer steps in one epoch (the last batch may be short)."""
+    return max(1, -(-pipe.size("train") // t.batch_size))
+
+
 @dataclass
 class Run:
     """A run in the epoch loop: trained alone, or a member of a pack (``aal_k8s.packs``)."""
@@ -119,7 +124,7 @@ def run_epochs(
     runs, so run-seconds add up to the time spent."""
     runs = trainer.runs
     k = len(runs)
-    steps_total = t.epochs * max(1, -(-pipe.size("train") // t.batch_size))
+    steps_total = t.epochs * steps_per_epoch(pipe, t)
     started = time.perf_counter()
     for epoch in range(runs[0].p.epoch + 1, end + 1):
         lr = lr_at(epoch, t.lr, t.lr_decay_epoch, t.lr_decay_factor)
@@ -268,7 +273,7 @@ def train_run(
     p = Progress()
     if resume_state is not None:
         epoch = checkpoint.restore(resume_state, spec.run_id, model, opt, gen)
-        p = Progress.resumed(resume_state, device, default_step=epoch * max(1, -(-pipe.size("train") // t.batch_size)))
+        p = Progress.resumed(resume_state, device, default_step=epoch * steps_per_epoch(pipe, t))
         mode.resume(resume_state, pipe, t.batch_size)
     run = Run(spec, model, opt, mode, p)
     trainer = _Alone(run, gen, device, pipe, t, features, forward)
