@@ -15,8 +15,10 @@ the fused backbone through ``torch.func.functional_call``; the backward of the c
 each member its own gradient, and each member's Adam steps its own parameters. The fused batch norms
 own the running statistics (``[members x C]``) and copy each member's slice back before anything
 reads a member's state (evaluation, the best weights, checkpoints). The heads run per member
-(``aal_k8s.heads.head_losses``: each member its own heads and λ), so the fused C++/CUDA head
-operator is used unchanged.
+(each member's ``Mode.loss``, as alone: its own heads and λ), so the fused C++/CUDA head operator
+is used unchanged. The epoch loop (lr decay, validation, best epoch, checkpoints, the result) is
+``train_run``'s own, ``aal_k8s.train.loop.run_epochs``: this module only says how a batch steps the
+members (``_Fused``).
 
 Which runs may share a pack (``pack_key``): the same resolved dataset/model/train config and seed
 (so the same batches in the same order, the same augmentation draws) and a mode whose loop is the
