@@ -44,7 +44,7 @@ class StagePlan:
     committed: int
     upper_bound: bool = False  # partners not known yet: at most this many runs
     seconds_per_run: float = 0.0
-    halving_jobs: int | None = None  # halving: Jobs still to create, one per run and rung (to_run otherwise)
+    halving_jobs: int | None = None  # halving: Jobs still to create, one per run (or pack) and rung
     pack_jobs: int | None = None  # executor.runs_per_job > 1: the packs still to train, one Job each
 
     @property
@@ -109,7 +109,8 @@ class Plan:
         )
         for s in self.stages:
             if s.halving_jobs is not None and self.backend == "k8s":
-                lines.append(f"{s.stage}: {s.halving_jobs} Jobs for {s.to_run} runs (halving: one Job per run and rung)")
+                per = "run" if self.runs_per_job <= 1 else f"pack of up to {self.runs_per_job} runs"
+                lines.append(f"{s.stage}: {s.halving_jobs} Jobs for {s.to_run} runs (halving: one Job per {per} and rung)")
             elif s.pack_jobs is not None and self.backend == "k8s":
                 lines.append(f"{s.stage}: {s.pack_jobs} Jobs for {s.to_run} runs (packs of up to {self.runs_per_job} "
                              f"runs per Job; {unit} counted per run as if each trained alone: a pack's speed-up "
