@@ -7,7 +7,8 @@ Device-hours come from measured rates, and the plan says which:
   worker process's start to its commit (``timings.process``: interpreter start-up, imports, the
   pack download or cache hit, data loading, training and evaluation), or for records written
   before that was kept the worker's own time (``timings.worker``, then ``timings.total``, training
-  and evaluation only). A stage with committed runs is projected from its own mean, the others
+  and evaluation only); a pack member's figures are its share of the pack's
+  (aal_k8s.worker.commit_result). A stage with committed runs is projected from its own mean, the others
   from the mean of every committed run (affinity runs scaled by ``AFFINITY_COST``). On Kubernetes
   a Job also holds its GPU while its pod starts before the worker does (volumes, image pull on a
   node that lacks it, container creation): no worker can see that, so it is

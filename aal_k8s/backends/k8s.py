@@ -9,6 +9,10 @@
   while its run is not committed (its commit record failed verification and was moved aside, or
   was lost) is deleted (background propagation) and created anew, so the run is trained again
   now rather than after the Job's TTL.
+* Under ``adversarial.lambda_search: halving`` each rung has its own Jobs (a run's or a pack's,
+  named with ``-e<epoch>``, labelled ``aal-k8s/rung``), whose workers stop after the rung's epoch:
+  submit and wait of a rung see only that rung's Jobs; status and cancel see every Job of a run
+  except succeeded rung Jobs (the rung record in the store has what they did).
 * ``states`` reads the store first (committed = complete), then Jobs, pods and Warning events:
   running; pending with the scheduler's reason (Unschedulable / FailedScheduling, image pulls,
   Kueue admission); failed with the Job's reason, the container's exit and the worker's message.
@@ -437,12 +441,12 @@ class KubernetesBackend(Backend):
         return next((n for n in names if job_outcome(jobs[n]) is None), names[0])
 
     def _packed(self, jobs: dict[str, dict]) -> dict[str, list[str]]:
-        """Run id -> the pack Jobs (names) whose ``aal-k8s/runs`` annotation lists it, and its Jobs of
-        halving rungs (``job_runs``). In submit/wait
-        only the Jobs of the rung at hand (``_until``; 0: to the end): a member's finished Job of an
-        earlier rung must not stand in for the next one's. Elsewhere (status, cancel) every Job of
-        the run except the rung Jobs that succeeded: their work is in the store (the rung record),
-        the run waits for a decision or its next Job, as a run whose own rung Job succeeded does."""
+        """Run id -> the Jobs (names) whose ``aal-k8s/runs`` annotation lists it: pack Jobs, and a
+        run's own Jobs of halving rungs (``job_runs``). In submit/wait only the Jobs of the rung at
+        hand (``_until``; 0: to the end): a member's finished Job of an earlier rung must not stand
+        in for the next one's. Elsewhere (status, cancel) every Job except the rung Jobs that
+        succeeded: their work is in the store (the rung record), and their runs wait for a decision
+        or their next Job, not for them."""
         out: dict[str, list[str]] = {}
         for name in sorted(jobs):
             rung = job_rung(jobs[name])
@@ -476,17 +480,19 @@ class KubernetesBackend(Backend):
         stages = ", ".join(self._stages(specs)) or "-"
         halving = readable and self.cfg.adversarial.lambda_search == "halving" and "adversarial" in self._stages(specs)
         plain = [s for s in specs if not (halving and s.stage == "adversarial")]
+        # (pack, its members to train, until_epoch): one Job each
         jobs = [(p, m, 0) for p in self._packs(plain) if (m := [s for s in p if s.run_id not in committed])]
-        n = self.cfg.executor.runs_per_job
-        runs = f" for {sum(len(m) for _, m, _ in jobs)} runs (packs of up to {n} runs per Job)" if n > 1 else ""
-        count = f"{len(jobs)} Jobs{runs}"
+        whole = None
         if halving:
             from aal_k8s.halving import job_plan
 
             plan = job_plan(exp, self.cfg, specs)  # one Job per run (or pack) and rung: the next rung's are shown
+            whole = plan.total + len(jobs)  # the other stages' Jobs, and every rung's
             jobs += plan.next
-            runs = f" for {sum(len(m) for _, m, _ in jobs)} runs (packs of up to {n} runs per Job)" if n > 1 else ""
-            count = f"{len(jobs)} Jobs now{runs}, {plan.total - len(plan.next) + len(jobs)} over the whole halving search,"
+        n = self.cfg.executor.runs_per_job
+        runs = f" for {sum(len(m) for _, m, _ in jobs)} runs (packs of up to {n} runs per Job)" if n > 1 else ""
+        count = f"{len(jobs)} Jobs{runs}" if whole is None else (
+            f"{len(jobs)} Jobs now{runs}, {whole} over the whole halving search,")  # fmt: skip
         header = (
             f"aal-k8s: {count} for stage {stages} of experiment {exp.experiment} "
             f"({len(committed)} runs already complete in {self.cfg.store.uri} are left out).\n"
