@@ -194,8 +194,9 @@ def test_packs_of_halving_rungs_one_job_per_pack_and_rung_the_same_decisions_a_r
     assert not again.failed and len(cluster.calls_to("create_namespaced_job")) == created
 
 
+@pytest.mark.parametrize("job_kept", [True, False], ids=["pack Job retrying", "pack Job gone (TTL, cancel)"])
 def test_a_rerun_after_a_crash_mid_rung_creates_no_second_pack_job_and_reaches_the_same_decisions(
-    make_backend, cluster, packed_cfg
+    make_backend, cluster, packed_cfg, job_kept
 ):
     cfg = packed_cfg
     exp = ExperimentStore(open_store(cfg.store.uri), cfg.experiment_name)
@@ -206,11 +207,16 @@ def test_a_rerun_after_a_crash_mid_rung_creates_no_second_pack_job_and_reaches_t
     # one member of a two-run pack got to the rung before its pod died: its Job is still there, retrying
     name, (done, _) = next((n, r) for n, r in first.items() if len(r) == 2)
     play(exp, done, 1, cfg.train.epochs)
+    if not job_kept:
+        del cluster.jobs[name]
     created = len(cluster.calls_to("create_namespaced_job"))
     kubelet(cluster, exp, cfg.train.epochs, [])
     run_halving(make_backend(cfg), exp, cfg, specs)  # the rerun: rung 1's Jobs are found, not made again
-    rung1 = [c for c in cluster.calls_to("create_namespaced_job")[created:] if "-e1" in c["body"]["metadata"]["name"]]
-    assert rung1 == [] and _rung_jobs(cluster, 1) == first
+    rung1 = [c["body"] for c in cluster.calls_to("create_namespaced_job")[created:] if "-e1" in c["body"]["metadata"]["name"]]
+    if job_kept:
+        assert rung1 == [] and _rung_jobs(cluster, 1) == first
+    else:  # made again under its name (the pack of every entrant), for the member still short of the rung
+        assert [(j["metadata"]["name"], _runs(j)) for j in rung1] == [(name, [r for r in first[name] if r != done])]
     (d1, d2) = halving.summary(exp, halving.brackets(cfg, specs)["square"])["decisions"]
     assert d1["survivors"] == [0.1, 1.0] and d2["survivors"] == [1.0]
 
