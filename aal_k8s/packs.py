@@ -31,7 +31,9 @@ everything else (data order, augmentation, init, heads, optimizer) is the same c
 
 Timings: the seconds the pack spends training and evaluating are split evenly over its members, so
 run-seconds add up to the wall time spent (a pack of 4 that is 2x faster shows each run at half the
-seconds of a run alone).
+seconds of a run alone); so are the worker's and the process's seconds (``timings.worker``,
+``timings.process``: aal_k8s.worker.commit_result), which the plan and the live view read as what
+one run costs.
 """
 
 from __future__ import annotations
