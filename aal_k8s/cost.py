@@ -7,7 +7,8 @@ Device-hours come from measured rates, and the plan says which:
   worker process's start to its commit (``timings.process``: interpreter start-up, imports, the
   pack download or cache hit, data loading, training and evaluation), or for records written
   before that was kept the worker's own time (``timings.worker``, then ``timings.total``, training
-  and evaluation only). A stage with committed runs is projected from its own mean, the others
+  and evaluation only); a pack member's figures are its share of the pack's
+  (aal_k8s.worker.commit_result). A stage with committed runs is projected from its own mean, the others
   from the mean of every committed run (affinity runs scaled by ``AFFINITY_COST``). On Kubernetes
   a Job also holds its GPU while its pod starts before the worker does (volumes, image pull on a
   node that lacks it, container creation): no worker can see that, so it is
@@ -44,7 +45,7 @@ class StagePlan:
     committed: int
     upper_bound: bool = False  # partners not known yet: at most this many runs
     seconds_per_run: float = 0.0
-    halving_jobs: int | None = None  # halving: Jobs still to create, one per run and rung (to_run otherwise)
+    halving_jobs: int | None = None  # halving: Jobs still to create, one per run (or pack) and rung
     pack_jobs: int | None = None  # executor.runs_per_job > 1: the packs still to train, one Job each
 
     @property
@@ -109,7 +110,8 @@ class Plan:
         )
         for s in self.stages:
             if s.halving_jobs is not None and self.backend == "k8s":
-                lines.append(f"{s.stage}: {s.halving_jobs} Jobs for {s.to_run} runs (halving: one Job per run and rung)")
+                per = "run" if self.runs_per_job <= 1 else f"pack of up to {self.runs_per_job} runs"
+                lines.append(f"{s.stage}: {s.halving_jobs} Jobs for {s.to_run} runs (halving: one Job per {per} and rung)")
             elif s.pack_jobs is not None and self.backend == "k8s":
                 lines.append(f"{s.stage}: {s.pack_jobs} Jobs for {s.to_run} runs (packs of up to {self.runs_per_job} "
                              f"runs per Job; {unit} counted per run as if each trained alone: a pack's speed-up "

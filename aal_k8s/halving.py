@@ -253,32 +253,45 @@ def stopped_at(exp, cfg, specs: list[RunSpec]) -> dict[str, int]:
 
 @dataclass
 class JobPlan:
-    """The Kubernetes Jobs the halving search still creates (one per run and rung, and one per
-    final survivor): ``next`` the ones it creates first, as (run, until_epoch; 0 = its own Job),
-    ``total`` all of them, later rungs counted by the rule (how many go on is known, not which)."""
+    """The Kubernetes Jobs the halving search still creates: one per run (``executor.runs_per_job``
+    > 1: per pack of runs, aal_k8s.planner.job_packs) and rung, then the final survivors' to the end.
+    ``next``: the ones it creates first, as (pack, its members that still need the rung,
+    until_epoch; 0 = to the end), ``total``: all of them, later rungs counted by the rule (how
+    many go on is known, not which; packs of them: that many over ``runs_per_job``, rounded up)."""
 
-    next: list[tuple[RunSpec, int]] = field(default_factory=list)
+    next: list[tuple[list[RunSpec], list[RunSpec], int]] = field(default_factory=list)
     total: int = 0
 
 
 def job_plan(exp, cfg, specs: list[RunSpec]) -> JobPlan:
-    out = JobPlan()
-    for b in brackets(cfg, _applies(cfg, specs)).values():
+    from aal_k8s.planner import job_packs
+
+    n, runs = cfg.executor.runs_per_job, _applies(cfg, specs)
+    entrants: dict[int, list[RunSpec]] = {}  # rung epoch (0: to the end) -> the runs known to enter it
+    counted: dict[int, int] = {}  # rung epoch -> how many more enter it, by the rule
+    for b in brackets(cfg, runs).values():
         p = progress(exp, b)
-        alive, first = len(p.alive), True
-        for epoch in b.rungs[len(p.decisions):]:
-            if first:  # which runs train this rung is known: those that have not reached it yet
-                todo = [s for s in p.alive if not reached(exp, s.run_id, epoch)]
-                out.next += [(s, epoch) for s in todo]
-                out.total += len(todo)
-                first = False
-            else:
-                out.total += alive
+        rest = b.rungs[len(p.decisions) :]
+        entrants.setdefault(rest[0] if rest else 0, []).extend(p.alive)
+        alive = len(p.alive)
+        for epoch in [*rest[1:], 0] if rest else []:
             alive = keep_count(alive, b.eta)
-        if first:  # every rung decided: the survivors' own Jobs
-            todo = [s for s in p.alive if not exp.is_committed(s.run_id)]
-            out.next += [(s, 0) for s in todo]
-            out.total += len(todo)
-        else:
-            out.total += alive
+            counted[epoch] = counted.get(epoch, 0) + alive
+    out = JobPlan()
+    for epoch, alive in entrants.items():
+        # packs over every run entering the rung, as run_halving submits them: the same packs (and
+        # Job names) whichever of them already got there
+        for pack in job_packs(alive, n):
+            todo = [s for s in pack if not (reached(exp, s.run_id, epoch) if epoch else exp.is_committed(s.run_id))]
+            if todo:
+                out.next.append((pack, todo, epoch))
+    # the stage's runs share one pack key (same stage, dataset, seed and config) or none (a mode that trains alone)
+    per_job = n if runs and n > 1 and _packable(runs[0]) else 1
+    out.total = len(out.next) + sum(-(-c // per_job) for c in counted.values())
     return out
+
+
+def _packable(spec: RunSpec) -> bool:
+    from aal_k8s.packs import pack_key  # torch: only when packs are asked for
+
+    return pack_key(spec) is not None

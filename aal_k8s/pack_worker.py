@@ -120,5 +120,5 @@ def _train_pack_and_commit(exp, specs, log, options, until_epoch: int) -> int:
                          until_epoch=until_epoch)  # fmt: skip
     code = 0
     for r in results:
-        code = max(code, commit_result(exp, by_id[r.run_id], r, started, log))
+        code = max(code, commit_result(exp, by_id[r.run_id], r, started, log, members=len(results)))
     return code

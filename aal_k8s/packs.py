@@ -15,8 +15,10 @@ the fused backbone through ``torch.func.functional_call``; the backward of the c
 each member its own gradient, and each member's Adam steps its own parameters. The fused batch norms
 own the running statistics (``[members x C]``) and copy each member's slice back before anything
 reads a member's state (evaluation, the best weights, checkpoints). The heads run per member
-(``aal_k8s.heads.head_losses``: each member its own heads and λ), so the fused C++/CUDA head
-operator is used unchanged.
+(each member's ``Mode.loss``, as alone: its own heads and λ), so the fused C++/CUDA head operator
+is used unchanged. The epoch loop (lr decay, validation, best epoch, checkpoints, the result) is
+``train_run``'s own, ``aal_k8s.train.loop.run_epochs``: this module only says how a batch steps the
+members (``_Fused``).
 
 Which runs may share a pack (``pack_key``): the same resolved dataset/model/train config and seed
 (so the same batches in the same order, the same augmentation draws) and a mode whose loop is the
@@ -29,33 +31,32 @@ everything else (data order, augmentation, init, heads, optimizer) is the same c
 
 Timings: the seconds the pack spends training and evaluating are split evenly over its members, so
 run-seconds add up to the wall time spent (a pack of 4 that is 2x faster shows each run at half the
-seconds of a run alone).
+seconds of a run alone); so are the worker's and the process's seconds (``timings.worker``,
+``timings.process``: aal_k8s.worker.commit_result), which the plan and the live view read as what
+one run costs.
 """
 
 from __future__ import annotations
 
 import copy
+import functools
 import hashlib
 import json
-import time
-from dataclasses import dataclass, field
-from typing import Callable
+from dataclasses import dataclass
 
 import torch
 from torch import nn
 
-from aal_k8s.config import config_from_dict
+from aal_k8s.config import TrainConfig, config_from_dict
 from aal_k8s.data import LoadedDataset
 from aal_k8s.data.pipeline import pipeline_for_run
 from aal_k8s.errors import AALError
-from aal_k8s.heads import head_coefficients, head_losses
 from aal_k8s.model import AttributeNet
 from aal_k8s.runspec import RunSpec
-from aal_k8s.stages import ADVERSARIAL_MODES
-from aal_k8s.train.checkpoint import CHECKPOINT_FORMAT
-from aal_k8s.train.checkpoint import to_cpu as _cpu
+from aal_k8s.train import checkpoint
 from aal_k8s.train.device import pick_device
-from aal_k8s.train.loop import RunResult, _check_finite, label_correlation, lr_at, mode_of
+from aal_k8s.train.loop import Run, RunCheckpointHook, RunEpochHook, finish, mode_of, run_epochs
+from aal_k8s.train.progress import Progress, RunResult
 
 PACKABLE_MODES = ("single", "multi", "adversarial")
 
@@ -175,28 +176,16 @@ class FusedBackbones:
 
 # -- training ---------------------------------------------------------------------------------------
 @dataclass
-class _Member:
-    spec: RunSpec
+class _Member(Run):
+    """A run of the pack, with what it needs beside the loop's ``Run``."""
+
     cols: list[int]  # this member's label columns in the pack's label matrix
-    model: AttributeNet
-    opt: torch.optim.Optimizer
-    lam: float
     rng: torch.Tensor  # the global RNG state after its init (what train_run's checkpoint records)
-    history: list[dict] = field(default_factory=list)
-    best_score: float = -1.0
-    best_epoch: int = 0
-    best_state: dict | None = None
-    best_val_correct: torch.Tensor | None = None
-    timings: dict = field(default_factory=lambda: {"train": 0.0, "eval": 0.0})
-    seconds_before: float = 0.0  # "total" of the checkpoint it resumed from
-    step: int = 0
-    epoch: int = 0  # last epoch done
-    shuffle: torch.Tensor | None = None  # the shuffle generator's state after that epoch
-    resumed_after: int = 0  # the epoch of the checkpoint it started from (0: from scratch)
+    shuffle: torch.Tensor | None = None  # the shuffle generator's state after its last epoch
 
 
-PackEpochHook = Callable[[str, int, dict], None]  # (run id, epoch, history entry)
-PackCheckpointHook = Callable[[str, dict], None]  # (run id, train_run's checkpoint state)
+PackEpochHook = RunEpochHook  # (run id, epoch, history entry)
+PackCheckpointHook = RunCheckpointHook  # (run id, train_run's checkpoint state)
 
 
 def check_pack(specs: list[RunSpec]) -> None:
@@ -235,16 +224,18 @@ def train_pack(
     end = min(until_epoch, t.epochs) if until_epoch else t.epochs
     # members behind the others (a crash between two members' checkpoints) catch up first
     while True:
-        epochs = sorted({m.epoch for m in members})
-        behind = [m for m in members if m.epoch == epochs[0]]
+        epochs = sorted({m.p.epoch for m in members})
+        behind = [m for m in members if m.p.epoch == epochs[0]]
         target = epochs[1] if len(epochs) > 1 else end
         if target > epochs[0]:
-            _train(behind, pipe, cfg, device, target, on_epoch_end, on_checkpoint)
+            _train(behind, pipe, t, device, target, on_epoch_end, on_checkpoint)
         if len(epochs) == 1:
             break
     if until_epoch and until_epoch < t.epochs:
         return []
-    return [_result(m, data, pipe, cfg, device, len(members)) for m in members]
+    evaluate = functools.partial(_evaluate_alone, pipe, t.eval_batch_size, device)
+    environment = {"input": pipe.describe(), "pack": f"{len(members)} runs"}
+    return [finish(m, data, device, evaluate, environment) for m in members]
 
 
 def _member(spec: RunSpec, data, pack_cols: list[int], device, state: dict | None) -> _Member:
@@ -256,122 +247,74 @@ def _member(spec: RunSpec, data, pack_cols: list[int], device, state: dict | Non
     fused_adam = True if device.type == "cuda" else None
     opt = torch.optim.Adam([p for p in model.parameters() if p.requires_grad], lr=t.lr, weight_decay=t.weight_decay,
                            fused=fused_adam)  # fmt: skip
-    lam = spec.lam if spec.mode in ADVERSARIAL_MODES else 0.0
+    mode = mode_of(spec, device, t.heads_impl)
     cols = [pack_cols.index(data.attributes.index(a)) for a in spec.heads]
-    mem = _Member(spec, cols, model, opt, lam, torch.get_rng_state())
-    if state is not None:
-        if state.get("format") != CHECKPOINT_FORMAT or state.get("run_id") != spec.run_id:
-            raise AALError(f"run {spec.run_id}: checkpoint is for run {state.get('run_id')!r} format "
-                           f"{state.get('format')!r}, not this run in format {CHECKPOINT_FORMAT}")  # fmt: skip
-        model.load_state_dict(state["model"])
-        opt.load_state_dict(state["optimizer"])
-        mem.rng = state["rng"]["torch_cpu"]
-        mem.epoch = mem.resumed_after = int(state["epoch"])
-        mem.history = list(state["history"])
-        best = state["best"]
-        mem.best_score, mem.best_epoch = float(best["score"]), int(best["epoch"])
-        mem.best_state = {k: v.to(device) for k, v in best["state"].items()}
-        mem.best_val_correct = best.get("val_correct")
-        mem.timings = {k: float(v) for k, v in state["timings"].items()}
-        mem.seconds_before = mem.timings.pop("total", 0.0)
-        mem.step = int(state["step"])
-        mem.shuffle = state["rng"]["shuffle"]
-    return mem
+    if state is None:
+        return _Member(spec, model, opt, mode, Progress(), cols, torch.get_rng_state())
+    try:
+        checkpoint.check(state, spec.run_id)
+    except ValueError as e:
+        raise AALError(f"run {spec.run_id}: {e}") from None
+    model.load_state_dict(state["model"])
+    opt.load_state_dict(state["optimizer"])
+    p = Progress.resumed(state, device)
+    return _Member(spec, model, opt, mode, p, cols, state["rng"]["torch_cpu"], state["rng"]["shuffle"])
 
 
-def _train(members: list[_Member], pipe, cfg, device, end: int, on_epoch_end, on_checkpoint) -> None:
-    """Train ``members`` (all after the same epoch) to epoch ``end``."""
-    t = cfg.train
-    k = len(members)
+def _train(members: list[_Member], pipe, t: TrainConfig, device, end: int, on_epoch_end, on_checkpoint) -> None:
+    """Train ``members`` (all after the same epoch) to epoch ``end`` through ``train_run``'s loop."""
     gen = torch.Generator().manual_seed(members[0].spec.seed)
-    if members[0].epoch:
+    if members[0].p.epoch:
         gen.set_state(members[0].shuffle)  # the same for every member after the same epoch
-    backbones = FusedBackbones([m.model.backbone for m in members])
-    steps_per_epoch = max(1, -(-pipe.size("train") // t.batch_size))
-    coef = [head_coefficients(len(m.spec.primary), len(m.spec.auxiliary), m.lam, device=device) for m in members]
-    modes = [mode_of(m.spec, device, t.heads_impl) for m in members]  # each member's lambda schedule
-    started = time.perf_counter()
-    for epoch in range(members[0].epoch + 1, end + 1):
-        lr = lr_at(epoch, t.lr, t.lr_decay_epoch, t.lr_decay_factor)
-        for m in members:
-            for group in m.opt.param_groups:
-                group["lr"] = lr
-        backbones.train()
-        t0 = time.perf_counter()
-        loss_sums = [torch.zeros(len(m.cols), device=device) for m in members]
-        steps = 0
-        for x, y in pipe.train_batches(t.batch_size, gen, epoch):
-            with torch.autocast(device.type, dtype=torch.bfloat16, enabled=pipe.bf16):
-                hs = backbones(x)
-            total = 0.0
-            losses = []
-            for i, (m, h) in enumerate(zip(members, hs)):
-                n_aux = len(m.spec.auxiliary)
-                lam_t = modes[i].lam_at(m.step / (t.epochs * steps_per_epoch)) if n_aux else 0.0
-                if lam_t != m.lam:
-                    coef[i] = head_coefficients(len(m.spec.primary), n_aux, lam_t, device=device)
-                loss, _ = head_losses(h, m.model.head_weight, m.model.head_bias, y[:, m.cols], *coef[i], impl=t.heads_impl)
-                losses.append(loss)
-                total = total + loss.sum()
-            for m in members:
-                m.opt.zero_grad(set_to_none=True)
-            total.backward()  # members share no parameter: each gets exactly its own gradient
-            for m, loss, acc in zip(members, losses, loss_sums):
-                m.opt.step()
-                acc += loss.detach()
-                m.step += 1
-            steps += 1
-        backbones.sync_buffers()
-        for m, acc in zip(members, loss_sums):
-            _check_finite(m.spec, epoch, m.model, acc, m.spec.heads)
-        t1 = time.perf_counter()
-        val_hits = _evaluate(members, backbones, pipe, "val", t.eval_batch_size, device)
-        t2 = time.perf_counter()
-        for m, acc, hits in zip(members, loss_sums, val_hits):
-            m.timings["train"] += (t1 - t0) / k
-            m.timings["eval"] += (t2 - t1) / k
-            val_acc = (hits.double().mean(0)).tolist()
-            n_p = len(m.spec.primary)
-            score = sum(val_acc[:n_p]) / n_p
-            entry = {
-                "epoch": epoch,
-                "lr": lr,
-                "train_loss": dict(zip(m.spec.heads, (acc / max(1, steps)).tolist())),
-                "val_acc": dict(zip(m.spec.heads, val_acc)),
-                "seconds": (t2 - t0) / k,
-            }
-            m.history.append(entry)
-            m.epoch = epoch
-            if score > m.best_score:
-                m.best_score, m.best_epoch = score, epoch
-                m.best_state = copy.deepcopy(m.model.state_dict())
-                m.best_val_correct = hits
-            m.shuffle = gen.get_state()
-        total_s = (time.perf_counter() - started) / k
-        for m in members:
-            if on_checkpoint is not None:
-                on_checkpoint(m.spec.run_id, _checkpoint(m, epoch, m.seconds_before + total_s))
-            if on_epoch_end is not None:
-                on_epoch_end(m.spec.run_id, epoch, m.history[-1])
+    run_epochs(_Fused(members, gen, device, pipe, t), pipe, t, end, on_checkpoint, on_epoch_end)
     for m in members:
-        m.seconds_before += (time.perf_counter() - started) / k
+        m.shuffle = gen.get_state()
 
 
-def _checkpoint(m: _Member, epoch: int, total: float) -> dict:
-    """``train_run``'s checkpoint of the member (``train.checkpoint.make_state``'s entries, with the
-    member's own RNG state): it resumes alone as well as in a pack."""
-    return {
-        "format": CHECKPOINT_FORMAT,
-        "run_id": m.spec.run_id,
-        "epoch": epoch,
-        "model": _cpu(m.model.state_dict()),
-        "optimizer": _cpu(m.opt.state_dict()),
-        "rng": {"torch_cpu": m.rng, "torch_cuda": [], "shuffle": m.shuffle},
-        "best": {"score": m.best_score, "epoch": m.best_epoch, "state": _cpu(m.best_state), "val_correct": _cpu(m.best_val_correct)},
-        "history": m.history,
-        "timings": {**m.timings, "total": total},
-        "step": m.step,
-    }  # fmt: skip
+class _Fused:
+    """``train.loop.Trainer`` of a pack: one fused backbone pass per batch feeds every member's
+    heads and loss (its mode's, as alone); each member's Adam steps its own parameters. The
+    packable modes have no per-step hooks (``before_step``/``after_step``) to call."""
+
+    def __init__(self, members: list[_Member], gen: torch.Generator, device, pipe, t: TrainConfig):
+        self.runs, self.gen, self.device, self.pipe, self.t = members, gen, device, pipe, t
+        self.backbones = FusedBackbones([m.model.backbone for m in members])
+
+    def train_mode(self) -> None:
+        self.backbones.train()
+
+    def step(self, x: torch.Tensor, y: torch.Tensor, steps_total: int) -> list[torch.Tensor]:
+        with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.pipe.bf16):
+            hs = self.backbones(x)
+        total = 0.0
+        losses = []
+        for m, h in zip(self.runs, hs):
+            loss, mine = m.mode.loss(h, m.model, y[:, m.cols], m.mode.lam_at(m.p.step / steps_total))
+            losses.append(loss.detach())
+            total = total + mine
+        for m in self.runs:
+            m.opt.zero_grad(set_to_none=True)
+        total.backward()  # members share no parameter: each gets exactly its own gradient
+        for m in self.runs:
+            m.opt.step()
+            m.p.step += 1
+        return losses
+
+    def after_train(self) -> None:
+        self.backbones.sync_buffers()
+
+    def validate(self) -> list[tuple[list[float], torch.Tensor]]:
+        hits = _evaluate(self.runs, self.backbones, self.pipe, "val", self.t.eval_batch_size, self.device)
+        return [(h.double().mean(0).tolist(), h) for h in hits]
+
+    def checkpoint(self, run: _Member, epoch: int, total: float) -> dict:
+        """``train_run``'s checkpoint of the member, with the RNG states it would have alone: it
+        resumes alone as well as in a pack."""
+        rng = {"torch_cpu": run.rng, "torch_cuda": [], "shuffle": self.gen.get_state()}
+        p = run.p
+        return checkpoint.make_state(
+            run.spec.run_id, epoch, run.model, run.opt, rng, p.best(), p.history, {**p.timings, "total": total}, p.step, run.mode.state_dict()
+        )
 
 
 @torch.no_grad()
@@ -392,37 +335,7 @@ def _evaluate(members: list[_Member], backbones: FusedBackbones | None, pipe, sp
     return [torch.cat(h) for h in hits]
 
 
-def _result(m: _Member, data, pipe, cfg, device, k: int) -> RunResult:
-    t3 = time.perf_counter()
-    m.model.load_state_dict(m.best_state)
-    (test_hits,) = _evaluate([m], None, pipe, "test", cfg.train.eval_batch_size, device)
-    if m.best_val_correct is None:  # resumed from a checkpoint that did not keep it
-        (m.best_val_correct,) = _evaluate([m], None, pipe, "val", cfg.train.eval_batch_size, device)
-    m.timings["eval"] += time.perf_counter() - t3
-    m.timings["total"] = m.seconds_before + time.perf_counter() - t3
-    cols = [data.attributes.index(a) for a in m.spec.heads]
-    result = RunResult(
-        run_id=m.spec.run_id,
-        heads=m.spec.heads,
-        best_epoch=m.best_epoch,
-        val_acc=m.history[m.best_epoch - 1]["val_acc"],
-        test_acc=dict(zip(m.spec.heads, test_hits.double().mean(0).tolist())),
-        history=m.history,
-        timings=m.timings,
-        environment={
-            "torch": torch.__version__,
-            "device": str(device),
-            "threads": str(torch.get_num_threads()),
-            "input": pipe.describe(),
-            "pack": f"{k} runs",
-        },
-        state_dict={n: v.detach().cpu().contiguous() for n, v in m.best_state.items()},
-        correct={"val": m.best_val_correct.cpu(), "test": test_hits.cpu()},
-        extra={
-            "split_sizes": {name: len(split) for name, split in data.splits.items()},
-            "label_corr": label_correlation(data.splits["train"].labels[:, cols]),
-        },
-    )
-    if m.resumed_after:
-        result.environment["resumed_after_epoch"] = str(m.resumed_after)
-    return result
+def _evaluate_alone(pipe, batch_size: int, device, m: _Member, split: str) -> tuple[list[float], torch.Tensor]:
+    """A member's per-head accuracy and correctness on ``split`` through its own model."""
+    (hits,) = _evaluate([m], None, pipe, split, batch_size, device)
+    return hits.double().mean(0).tolist(), hits

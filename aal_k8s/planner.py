@@ -11,7 +11,7 @@ from aal_k8s.data import attribute_names
 from aal_k8s.errors import StageOrderError
 from aal_k8s.modes import Options
 from aal_k8s.runspec import RUN_SECTIONS, RunSpec
-from aal_k8s.stages.base import GROUPS, LAMBDAS, PARTNERS, PlanInputs
+from aal_k8s.stages.base import FINALS, GROUPS, LAMBDAS, PARTNERS, PlanInputs
 
 def job_packs(specs: list[RunSpec], runs_per_job: int) -> list[list[RunSpec]]:
     """The runs of each Kubernetes Job (``executor.runs_per_job``; aal_k8s.packs): the specs
@@ -55,7 +55,7 @@ def _builder(cfg: Config, stage: stages.Stage):
     return spec
 
 
-def _check_needs(stage: stages.Stage, cfg: Config, names, partners, lambdas, groups) -> None:
+def _check_needs(stage: stages.Stage, cfg: Config, names, partners, lambdas, groups, finals) -> None:
     """``StageOrderError`` naming what ``stage`` lacks and the stages that make it."""
     exp = cfg.experiment_name
     if PARTNERS in stage.needs and partners is None:
@@ -76,6 +76,13 @@ def _check_needs(stage: stages.Stage, cfg: Config, names, partners, lambdas, gro
             f"stage {stage.name} needs every negative partner from the pairwise stage of experiment "
             f"{exp!r}: run single and pairwise, then `aal-k8s reduce`"
         )
+    if FINALS in stage.needs:
+        lacking = [a for a in names if a not in (finals or {})]
+        if lacking:
+            raise StageOrderError(
+                f"stage {stage.name} replicates each attribute's final classifier, and experiment {exp!r} "
+                f"has none chosen yet for {', '.join(lacking)}: finish the protocol's stages, then `aal-k8s reduce`"
+            )
 
 
 def plan_stage(
@@ -85,15 +92,17 @@ def plan_stage(
     attributes: list[str] | None = None,
     lambdas: dict[str, float] | None = None,
     groups: dict[str, list[str]] | None = None,
+    finals: dict[str, str] | None = None,
 ) -> list[RunSpec]:
     """The runs of ``stage``. ``attributes`` restricts the per-attribute stages to a subset (multi
     and affinity always train all of them). ``partners`` (from reduce) is required for adversarial
     and the ablations; ``lambdas`` (the lambda chosen per attribute) for the ablations; ``groups``
-    (every negative partner per attribute) for group."""
+    (every negative partner per attribute) for group; ``finals`` (single or adversarial, the final
+    classifier validation chose per attribute) for seeds."""
     st = stages.get(stage)
     all_names = attribute_names(cfg.dataset.name)
     names = attributes or all_names
-    _check_needs(st, cfg, names, partners, lambdas, groups)
+    _check_needs(st, cfg, names, partners, lambdas, groups, finals)
     inputs = PlanInputs(
         cfg=cfg,
         names=list(names),
@@ -101,6 +110,7 @@ def plan_stage(
         partners=partners or {},
         lambdas=lambdas or {},
         groups=groups or {},
+        finals=finals or {},
         spec=_builder(cfg, st),
         run_of=lambda name: plan_stage(name, cfg)[0],
     )

@@ -28,7 +28,7 @@ def pack(correct: dict[str, np.ndarray], heads: list[str]) -> bytes:
         meta[f"images.{split}"] = str(arr.shape[0])
         for j, head in enumerate(heads):
             tensors[f"{split}/{head}"] = np.packbits(arr[:, j])
-    return save(tensors, metadata=meta)
+    return _canonical(save(tensors, metadata=meta))
 
 
 def unpack(data: bytes) -> dict[str, dict[str, np.ndarray]]:
@@ -44,6 +44,19 @@ def unpack(data: bytes) -> dict[str, dict[str, np.ndarray]]:
         n = int(meta[f"images.{split}"])
         out.setdefault(split, {})[head] = np.unpackbits(packed, count=n).astype(bool)
     return out
+
+
+def _canonical(data: bytes) -> bytes:
+    """``data`` with its header's keys sorted: safetensors keeps ``__metadata__`` in a Rust hash
+    map whose order changes from call to call, so the same predictions gave different bytes (and
+    checksums) from one run to the next. The tensors' offsets are relative to the end of the header,
+    so re-serialising it (padded with spaces to 8 bytes, as safetensors does) moves no tensor."""
+    import json
+
+    n = int.from_bytes(data[:8], "little")
+    header = json.dumps(json.loads(data[8 : 8 + n]), sort_keys=True, separators=(",", ":")).encode()
+    header += b" " * (-len(header) % 8)
+    return len(header).to_bytes(8, "little") + header + data[8 + n :]
 
 
 def _metadata(data: bytes) -> dict[str, str]:

@@ -128,6 +128,10 @@ class ReduceOutput:
         (``partners_from``) entry of ``partner_sources``; empty until that method's inputs are complete."""
         return self.partner_sources.get(self.partners_from, {})
 
+    def final_sources(self) -> dict[str, str]:
+        """Each attribute's kind of final classifier ("single" | "adversarial"), what stage seeds replicates."""
+        return {a: c.source for a, c in self.final.items()}
+
     def to_json(self) -> dict:
         d = asdict(self)
         d["partners"] = dict(self.partners)  # derived, but the summary has always listed it for its readers
@@ -361,7 +365,7 @@ def _seed_comparison(out: ReduceOutput, cfg: Config, committed) -> None:
     from the protocol's runs, the others from stage seeds (each attribute keeps the kind of final
     classifier, single or adversarial at the chosen lambda, that validation chose for it)."""
     try:
-        specs = plan_stage("seeds", cfg, out.partners, lambdas=out.chosen_lambda)
+        specs = plan_stage("seeds", cfg, out.partners, lambdas=out.chosen_lambda, finals=out.final_sources())
     except StageOrderError:
         return
     out.seeds[str(cfg.train.seed)] = {a: {"final": c.test, "single": out.single_test[a]} for a, c in out.final.items()}
@@ -519,6 +523,7 @@ class PlanInputs:
     partners: dict[str, str | None]
     lambdas: dict[str, float]
     groups: dict[str, list[str]] | None
+    finals: dict[str, str]  # attribute -> "single" | "adversarial", where reduce has chosen
 
 
 _DISCOVERY = {
@@ -545,7 +550,8 @@ def load_plan_inputs(exp: ExperimentStore, cfg: Config, stage: str) -> PlanInput
             f"experiment {exp.experiment!r} was made with {summary.get('partners_from')} partners: "
             f"run `aal-k8s reduce --partners-from {method}` first"
         )
-    return PlanInputs(partners, summary.get("chosen_lambda") or {}, summary.get("group_partners") or None)
+    finals = {a: c["source"] for a, c in (summary.get("final") or {}).items()}
+    return PlanInputs(partners, summary.get("chosen_lambda") or {}, summary.get("group_partners") or None, finals)
 
 
 def pairwise_cells(out: ReduceOutput) -> list[list[float | None]]:

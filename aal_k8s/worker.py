@@ -284,9 +284,13 @@ def _train_and_commit(exp, spec, log, checkpoint_keep: int = 2, until_epoch: int
     return commit_result(exp, spec, result, started, log)
 
 
-def commit_result(exp, spec, result, started: float, log) -> int:
+def commit_result(exp, spec, result, started: float, log, members: int = 1) -> int:
     """Commit ``result`` as run ``spec`` (its weights, per-image predictions, metrics); the worker's
-    exit code. ``started``: perf_counter at the start of the attempt (``timings.worker``)."""
+    exit code. ``started``: perf_counter at the start of the attempt (``timings.worker``).
+    ``members``: the runs the process trained together (a pack, aal_k8s.packs): its worker and
+    process seconds are split evenly over them, as its training and evaluation seconds are, so
+    that a record says what its run cost and every reader (the plan's calibration, the live
+    view's ETA) reads it as it reads a run trained alone."""
     import time
 
     from safetensors.torch import save as save_safetensors
@@ -296,10 +300,10 @@ def commit_result(exp, spec, result, started: float, log) -> int:
     weights = save_safetensors(result.state_dict, metadata={"run_id": spec.run_id})
     preds = predictions.pack({split: c.numpy() for split, c in result.correct.items()}, result.heads)
     metrics = result.metrics()
-    metrics["timings"] = {**metrics["timings"], "worker": time.perf_counter() - started}
+    metrics["timings"] = {**metrics["timings"], "worker": (time.perf_counter() - started) / members}
     age = process_seconds()
     if age is not None:
-        metrics["timings"]["process"] = age
+        metrics["timings"]["process"] = age / members
     record = exp.commit_run(spec, {"best.safetensors": weights, predictions.ARTIFACT: preds}, metrics)
     if record.get("attempt") != exp.attempt:
         print(f"run {spec.run_id}: attempt {record.get('attempt')} committed it first; "

@@ -153,6 +153,30 @@ def test_the_worker_runs_a_pack_through_a_rung_and_each_member_commits_as_the_ru
     assert "pack" not in exps["pack"].read_metrics(specs[2].run_id).get("environment", {})  # left as it was
 
 
+def test_a_members_worker_and_process_seconds_are_its_share_of_the_packs(tmp_path, tiny_overrides, monkeypatch):
+    """Each member's record says what its run cost: the pack's wall time split over the members,
+    as its train and eval seconds are; the whole pack's wall in every member's record made the
+    plan and the live view count a pack of k k times over."""
+    import time
+
+    from aal_k8s.cli import main
+    from aal_k8s.store import ExperimentStore, LocalStore
+
+    cfg = load_config(overrides=[*tiny_overrides, LAMBDAS], dataset="synthetic")
+    specs = plan_stage("adversarial", cfg, {"square": "red_tint"}, attributes=["square"])[:2]
+    exp = ExperimentStore(LocalStore(cfg.store.uri), cfg.experiment_name)
+    for s in specs:
+        exp.write_spec(s)
+    monkeypatch.setattr("aal_k8s.worker.process_seconds", lambda: 100.0)  # the pod's process, since its start
+    t0 = time.perf_counter()
+    assert main(["worker", "--store", cfg.store.uri, "--experiment", exp.experiment,
+                 *[x for s in specs for x in ("--run", s.run_id)]]) == 0  # fmt: skip
+    wall = time.perf_counter() - t0
+    timings = [exp.read_metrics(s.run_id)["timings"] for s in specs]
+    assert [t["process"] for t in timings] == [50.0, 50.0]
+    assert sum(t["worker"] for t in timings) <= wall and all(t["worker"] > 0 for t in timings)
+
+
 def test_the_local_backend_runs_a_pack_per_worker_process_and_one_run_per_process_by_default(tiny_overrides):
     from aal_k8s.backends.local import LocalBackend
     from aal_k8s.store import ExperimentStore, LocalStore

@@ -68,6 +68,13 @@ def test_predictions_round_trip_one_bit_per_image():
     assert {k: v.nbytes for k, v in load(data).items()} == {"val/a": 2, "val/b": 2, "test/a": 2, "test/b": 2}  # ceil(13/8), ceil(9/8)
 
 
+def test_the_same_predictions_give_the_same_bytes_every_time():
+    # safetensors keeps the header metadata in a hash map whose order changes between calls; the
+    # artifact's bytes (and the checksums that name it) must not
+    correct = {"val": np.eye(9, 3, dtype=bool), "test": np.ones((5, 3), dtype=bool)}
+    assert len({predictions.pack(correct, ["a", "b", "c"]) for _ in range(20)}) == 1
+
+
 # -- reduce on hand-made runs with predictions ------------------------------------------------------
 
 N = 40  # val and test images

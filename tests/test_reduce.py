@@ -208,19 +208,21 @@ def test_seeds_pairs_each_seeds_final_kind_with_its_single_baseline_and_the_repo
         v = vals[spec.lam] if a == "square" else 0.70  # square's final is adversarial at 0.1, ring's single
         _commit(exp, spec, {a: v, spec.auxiliary[0]: 0.5}, {a: v - 0.01, spec.auxiliary[0]: 0.5})
     out = reduce_experiment(exp, cfg)
-    specs = plan_stage("seeds", cfg, out.partners, lambdas=out.chosen_lambda)
-    # 2 more seeds x (6 single + square's and ring's adversarial run at the chosen lambda)
-    assert len(specs) == 2 * (6 + 2) and {s.seed for s in specs} == {1, 2}
+    assert out.final_sources() == {a: "adversarial" if a == "square" else "single" for a in ATTRS}
+    specs = plan_stage("seeds", cfg, out.partners, lambdas=out.chosen_lambda, finals=out.final_sources())
+    # 2 more seeds x (6 single + square's adversarial run at the chosen lambda): ring has a partner
+    # too, but its final classifier is its single-task run, so no adversarial replicate of ring
+    assert len(specs) == 2 * (6 + 1) and {s.seed for s in specs} == {1, 2}
     adv = next(s for s in specs if s.mode == "adversarial" and s.primary == ("square",) and s.seed == 1)
     grid = plan_stage("adversarial", cfg, out.partners)
     assert replace(adv, stage="adversarial", seed=0).run_id in {s.run_id for s in grid}  # the same run, reseeded
-    assert plan_stage("seeds", load_config(dataset="synthetic"), out.partners, lambdas=out.chosen_lambda) == []
+    assert plan_stage("seeds", load_config(dataset="synthetic"), out.partners, lambdas=out.chosen_lambda, finals=out.final_sources()) == []
     for spec in specs:
         a, k = spec.primary[0], spec.seed
         if spec.mode == "single":
             test = SINGLE[a] - (0.03 if k == 2 else 0.0)
-        else:  # square: 0.83 with seed 1, 0.80 with seed 2; ring's is never its final kind
-            test = (0.83 if k == 1 else 0.80) if a == "square" else 0.5
+        else:  # only square's: 0.83 with seed 1, 0.80 with seed 2
+            test = 0.83 if k == 1 else 0.80
         if (a, k, spec.mode) != ("blue_tint", 2, "single"):
             _commit(exp, spec, {h: test for h in spec.heads})
     out = reduce_experiment(exp, cfg)

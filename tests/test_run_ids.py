@@ -75,7 +75,11 @@ def all_ids(cfg) -> dict[str, list[str]]:
     partners = {a: names[(i + 1) % len(names)] if i % 3 else None for i, a in enumerate(names)}
     lambdas = {a: 0.1 for a in names}
     groups = {a: [names[(i + 1) % len(names)], names[(i + 2) % len(names)]] for i, a in enumerate(names)}
-    ids = {st: [s.run_id for s in plan_stage(st, cfg, partners, lambdas=lambdas, groups=groups)] for st in STAGES}
+    finals = {a: "adversarial" for a in names}  # seeds then replicates every partnered attribute's run
+    ids = {
+        st: [s.run_id for s in plan_stage(st, cfg, partners, lambdas=lambdas, groups=groups, finals=finals)]
+        for st in STAGES
+    }
     return {st: v for st, v in ids.items() if v}  # seeds plans nothing with one seed (the default)
 
 

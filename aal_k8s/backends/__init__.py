@@ -135,13 +135,16 @@ def run_halving(backend, exp, cfg, specs: list[RunSpec], log=None):
         open_ = [p for p in prog.values() if len(p.decisions) == i]
         if not open_:
             continue  # decided before (a rerun)
-        todo = [s for p in open_ for s in p.alive if not reached(exp, s.run_id, epoch)]
-        print(f"stage adversarial: halving rung {i + 1} (epoch {epoch}): {sum(len(p.alive) for p in open_)} runs, "
+        entrants = [s for p in open_ for s in p.alive]
+        todo = [s for s in entrants if not reached(exp, s.run_id, epoch)]
+        print(f"stage adversarial: halving rung {i + 1} (epoch {epoch}): {len(entrants)} runs, "
               f"{len(todo)} to train", file=log)  # fmt: skip
-        if todo:  # Kubernetes: one Job per run and rung; the decision waits for all of them
-            merge(backend.submit(todo, exp, until_epoch=epoch))
+        if todo:  # Kubernetes: one Job per run (or pack) and rung; the decision waits for all of them
+            # every entrant, not only those still to train: a backend skips the ones at the rung, and
+            # packs made over all of them keep their names (and find their Jobs) after a crash
+            merge(backend.submit(entrants, exp, until_epoch=epoch))
             if not report.failed:
-                for run_id, st in backend.wait(todo, exp, until_epoch=epoch).items():
+                for run_id, st in backend.wait(entrants, exp, until_epoch=epoch).items():
                     if st.state == "failed":
                         report.failed[run_id] = st.reason or "failed"
             if report.failed:

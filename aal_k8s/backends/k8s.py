@@ -9,6 +9,10 @@
   while its run is not committed (its commit record failed verification and was moved aside, or
   was lost) is deleted (background propagation) and created anew, so the run is trained again
   now rather than after the Job's TTL.
+* Under ``adversarial.lambda_search: halving`` each rung has its own Jobs (a run's or a pack's,
+  named with ``-e<epoch>``, labelled ``aal-k8s/rung``), whose workers stop after the rung's epoch:
+  submit and wait of a rung see only that rung's Jobs; status and cancel see every Job of a run
+  except succeeded rung Jobs (the rung record in the store has what they did).
 * ``states`` reads the store first (committed = complete), then Jobs, pods and Warning events:
   running; pending with the scheduler's reason (Unschedulable / FailedScheduling, image pulls,
   Kueue admission); failed with the Job's reason, the container's exit and the worker's message.
@@ -42,8 +46,8 @@ from aal_k8s.backends.k8s_manifests import (
     KUEUE_QUEUE_LABEL,
     PACK_LABEL,
     WORKER_CONTAINER,
-    job_manifest,
     job_name,
+    job_rung,
     job_runs,
     pack_job_name,
     pack_manifest,
@@ -269,7 +273,9 @@ class KubernetesBackend(Backend):
         self.clock = clock or time.monotonic
         self.wall = wall or time.time
         self._log = log
-        self._until = 0  # the halving rung being submitted or waited for (0: none)
+        # the halving rung being submitted or waited for (0: the runs' Jobs to the end); None
+        # outside submit/wait (status, cancel, logs): a run's Jobs of any rung count
+        self._until: int | None = None
 
     # -- plumbing ----------------------------------------------------------------------------
     @property
@@ -417,22 +423,13 @@ class KubernetesBackend(Backend):
         return exp.is_committed(run_id)
 
     def _job_name(self, experiment: str, run_id: str) -> str:
-        return rung_job_name(experiment, run_id, self._until)
+        return rung_job_name(experiment, run_id, self._until or 0)
 
     # -- packs: several runs in one Job (executor.runs_per_job) -------------------------------------
     def _packs(self, specs: list[RunSpec]) -> list[list[RunSpec]]:
         from aal_k8s.planner import job_packs
 
         return job_packs(specs, self.cfg.executor.runs_per_job)
-
-    def _refuse_halving_packs(self, specs: list[RunSpec]) -> None:
-        """Packs of halving rungs would need rung-aware pack Jobs (which member reached which rung):
-        refused, not run one Job per run behind the user's back."""
-        if (self.cfg.executor.runs_per_job > 1 and self.cfg.adversarial.lambda_search == "halving"
-                and any(s.stage == "adversarial" for s in specs)):  # fmt: skip
-            raise AALError(f"executor.runs_per_job={self.cfg.executor.runs_per_job} with adversarial.lambda_search="
-                           "halving: the k8s backend does not pack halving rungs yet; set executor.runs_per_job=1 "
-                           "for the adversarial stage (or lambda_search=grid)")  # fmt: skip
 
     def _owner(self, jobs: dict[str, dict], packed: dict[str, list[str]], experiment: str, run_id: str) -> str | None:
         """The name of the Job that trains ``run_id``: its own Job, or a pack Job listing it
@@ -443,11 +440,21 @@ class KubernetesBackend(Backend):
             return None
         return next((n for n in names if job_outcome(jobs[n]) is None), names[0])
 
-    @staticmethod
-    def _packed(jobs: dict[str, dict]) -> dict[str, list[str]]:
-        """Run id -> the pack Jobs (names) whose ``aal-k8s/runs`` annotation lists it."""
+    def _packed(self, jobs: dict[str, dict]) -> dict[str, list[str]]:
+        """Run id -> the Jobs (names) whose ``aal-k8s/runs`` annotation lists it: pack Jobs, and a
+        run's own Jobs of halving rungs (``job_runs``). In submit/wait only the Jobs of the rung at
+        hand (``_until``; 0: to the end): a member's finished Job of an earlier rung must not stand
+        in for the next one's. Elsewhere (status, cancel) every Job except the rung Jobs that
+        succeeded: their work is in the store (the rung record), and their runs wait for a decision
+        or their next Job, not for them."""
         out: dict[str, list[str]] = {}
         for name in sorted(jobs):
+            rung = job_rung(jobs[name])
+            if self._until is not None:
+                if rung != self._until:
+                    continue
+            elif rung and job_outcome(jobs[name]) == "complete":
+                continue
             for run_id in job_runs(jobs[name]):
                 out.setdefault(run_id, []).append(name)
         return out
@@ -470,30 +477,29 @@ class KubernetesBackend(Backend):
             self.log(f"warning: cannot read the store ({_one_line(str(e), 200)}): rendering every run")
             committed = None
         readable, committed = committed is not None, committed or set()
-        self._refuse_halving_packs(specs)
-        todo = [(s, 0) for s in specs if s.run_id not in committed]
         stages = ", ".join(self._stages(specs)) or "-"
-        count = f"{len(todo)} Jobs"
-        if self.cfg.executor.runs_per_job > 1:
-            packs = [(p, m) for p in self._packs(specs) if (m := [s for s in p if s.run_id not in committed])]
-            header = (
-                f"aal-k8s: {len(packs)} Jobs for {len(todo)} runs (packs of up to {self.cfg.executor.runs_per_job} "
-                f"runs per Job) for stage {stages} of experiment {exp.experiment} ({len(committed)} runs already "
-                f"complete in {self.cfg.store.uri} are left out).\n{_NOT_APPLY.format(ns=self.ns)}"
-            )
-            return to_yaml([pack_manifest(p, m, self.cfg, self._pack_bytes(exp)) for p, m in packs], header)
-        if readable and self.cfg.adversarial.lambda_search == "halving" and "adversarial" in self._stages(specs):
+        halving = readable and self.cfg.adversarial.lambda_search == "halving" and "adversarial" in self._stages(specs)
+        plain = [s for s in specs if not (halving and s.stage == "adversarial")]
+        # (pack, its members to train, until_epoch): one Job each
+        jobs = [(p, m, 0) for p in self._packs(plain) if (m := [s for s in p if s.run_id not in committed])]
+        whole = None
+        if halving:
             from aal_k8s.halving import job_plan
 
-            jobs = job_plan(exp, self.cfg, specs)  # one Job per run and rung: the next rung's are shown
-            todo = [t for t in todo if t[0].stage != "adversarial"] + jobs.next
-            count = f"{len(todo)} Jobs now, {jobs.total - len(jobs.next) + len(todo)} over the whole halving search,"
+            plan = job_plan(exp, self.cfg, specs)  # one Job per run (or pack) and rung: the next rung's are shown
+            whole = plan.total + len(jobs)  # the other stages' Jobs, and every rung's
+            jobs += plan.next
+        n = self.cfg.executor.runs_per_job
+        runs = f" for {sum(len(m) for _, m, _ in jobs)} runs (packs of up to {n} runs per Job)" if n > 1 else ""
+        count = f"{len(jobs)} Jobs{runs}" if whole is None else (
+            f"{len(jobs)} Jobs now{runs}, {whole} over the whole halving search,")  # fmt: skip
         header = (
             f"aal-k8s: {count} for stage {stages} of experiment {exp.experiment} "
             f"({len(committed)} runs already complete in {self.cfg.store.uri} are left out).\n"
             + _NOT_APPLY.format(ns=self.ns)
         )
-        return to_yaml([job_manifest(s, self.cfg, self._pack_bytes(exp), until) for s, until in todo], header)
+        pack = self._pack_bytes(exp)
+        return to_yaml([pack_manifest(p, m, self.cfg, pack, until) for p, m, until in jobs], header)
 
     def submit(self, specs: list[RunSpec], exp, until_epoch: int = 0) -> SubmitReport:
         with self._rung(until_epoch):
@@ -501,7 +507,6 @@ class KubernetesBackend(Backend):
 
     def _submit(self, specs: list[RunSpec], exp) -> SubmitReport:
         self._check_store()
-        self._refuse_halving_packs(specs)
         report = SubmitReport()
         committed = self._committed(exp, specs)
         report.skipped = [s.run_id for s in specs if s.run_id in committed]
@@ -540,8 +545,7 @@ class KubernetesBackend(Backend):
             if job is None:
                 for s in members:
                     exp.write_spec(s)  # the worker reads it: always before the Job exists
-                manifest = (pack_manifest(pack, members, self.cfg, self._pack_bytes(exp)) if len(pack) > 1
-                            else job_manifest(members[0], self.cfg, self._pack_bytes(exp), self._until))  # fmt: skip
+                manifest = pack_manifest(pack, members, self.cfg, self._pack_bytes(exp), self._until)
                 try:
                     self.call(f"{self.ns}/{name}: create Job", self.apis.batch.create_namespaced_job, self.ns, manifest)
                     created += 1

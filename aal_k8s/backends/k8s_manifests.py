@@ -24,6 +24,12 @@ and dataset labels, ``aal-k8s/pack: <pack id>`` instead of the per-run labels, a
 ``aal-k8s/runs`` lists the run ids it trains (comma-separated), which is how the backend maps the
 Job back to each member run.
 
+A Job of a halving rung (``adversarial.lambda_search: halving``; aal_k8s.halving) stops its worker
+after the rung's epoch: its name ends in ``-e<epoch>`` (a run's or a pack's), and it carries
+``aal-k8s/rung: <epoch>``, which is how the backend tells one rung's pack Jobs from another's
+(a pack Job without it trains its members to the end); a run's rung Job also carries the
+``aal-k8s/runs`` annotation (its run), so status and cancel find it without knowing the rung.
+
 so ``kubectl get jobs -l aal-k8s/stage=pairwise`` lists a stage, and pods carry the same labels.
 Credentials reach the worker only through ``envFrom`` of the Secret named by ``k8s.store_secret``;
 no manifest ever holds a secret value.
@@ -53,6 +59,7 @@ STAGE_LABEL = LABEL_PREFIX + "stage"
 RUN_LABEL = LABEL_PREFIX + "run"
 PACK_LABEL = LABEL_PREFIX + "pack"
 RUNS_ANNOTATION = LABEL_PREFIX + "runs"
+RUNG_LABEL = LABEL_PREFIX + "rung"
 PART_OF_LABEL = "app.kubernetes.io/part-of"
 SPEC_ANNOTATION = LABEL_PREFIX + "spec"
 EXPERIMENT_ANNOTATION = LABEL_PREFIX + "experiment"
@@ -241,9 +248,20 @@ def pack_job_name(experiment: str, pack: list[RunSpec], until_epoch: int = 0) ->
 
 
 def job_runs(job: dict) -> list[str]:
-    """The run ids a pack Job trains (its ``aal-k8s/runs`` annotation); [] for a run's own Job."""
+    """The run ids a pack Job, or a run's Job of a halving rung, trains (its ``aal-k8s/runs``
+    annotation); [] for a run's own Job to the end (found by its name, ``job_name``)."""
     text = ((job.get("metadata") or {}).get("annotations") or {}).get(RUNS_ANNOTATION) or ""
     return [r for r in text.split(",") if r]
+
+
+def job_rung(job: dict) -> int:
+    """The halving rung (its until-epoch) a Job trains to; 0: to the end (its ``aal-k8s/rung`` label)."""
+    text = ((job.get("metadata") or {}).get("labels") or {}).get(RUNG_LABEL) or "0"
+    return int(text) if text.isdigit() else 0
+
+
+def _rung_labels(until_epoch: int) -> dict[str, str]:
+    return {RUNG_LABEL: str(until_epoch)} if until_epoch else {}
 
 
 def job_manifest(spec: RunSpec, cfg, pack_bytes: int = 0, until_epoch: int = 0) -> dict:
@@ -255,25 +273,30 @@ def job_manifest(spec: RunSpec, cfg, pack_bytes: int = 0, until_epoch: int = 0) 
         EXPERIMENT_ANNOTATION: spec.experiment,
         LABEL_PREFIX + "store": cfg.store.uri,
     }
+    if until_epoch:  # the name depends on the rung, which status and cancel do not know: they read this
+        annotations[RUNS_ANNOTATION] = spec.run_id
     name = rung_job_name(spec.experiment, spec.run_id, until_epoch)
-    return _job(name, run_labels(spec), annotations, spec.experiment, [spec.run_id], cfg, pack_bytes, until_epoch)
+    labels = {**run_labels(spec), **_rung_labels(until_epoch)}
+    return _job(name, labels, annotations, spec.experiment, [spec.run_id], cfg, pack_bytes, until_epoch)
 
 
-def pack_manifest(pack: list[RunSpec], members: list[RunSpec], cfg, pack_bytes: int = 0) -> dict:
+def pack_manifest(pack: list[RunSpec], members: list[RunSpec], cfg, pack_bytes: int = 0, until_epoch: int = 0) -> dict:
     """The Job of ``pack`` (named from all of it) that trains ``members`` (its runs not committed
-    yet) in one ``aal-k8s worker --run A --run B ...``; a pack of one is ``job_manifest``."""
+    yet, or not at the rung) in one ``aal-k8s worker --run A --run B ...``, to the end or to the
+    halving rung ``until_epoch``; a pack of one is ``job_manifest``."""
     if len(pack) == 1:
-        return job_manifest(members[0], cfg, pack_bytes)
+        return job_manifest(members[0], cfg, pack_bytes, until_epoch)
     from aal_k8s.packs import pack_id
 
     ids = [s.run_id for s in members]
-    labels = {**_common_labels(pack[0]), PACK_LABEL: label_value(pack_id(pack))}
+    labels = {**_common_labels(pack[0]), PACK_LABEL: label_value(pack_id(pack)), **_rung_labels(until_epoch)}
     annotations = {
         RUNS_ANNOTATION: ",".join(ids),  # run ids never hold a comma (aal_k8s.store.layout.check_name)
         EXPERIMENT_ANNOTATION: pack[0].experiment,
         LABEL_PREFIX + "store": cfg.store.uri,
     }
-    return _job(pack_job_name(pack[0].experiment, pack), labels, annotations, pack[0].experiment, ids, cfg, pack_bytes)
+    name = pack_job_name(pack[0].experiment, pack, until_epoch)
+    return _job(name, labels, annotations, pack[0].experiment, ids, cfg, pack_bytes, until_epoch)
 
 
 def _job(name: str, labels: dict, annotations: dict, experiment: str, run_ids: list[str], cfg, pack_bytes: int,

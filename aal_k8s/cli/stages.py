@@ -39,7 +39,9 @@ def plan(cfg: Config, exp: ExperimentStore, stage: str, attributes: list[str] | 
     if stage in DISCOVERY_STAGES:
         return plan_stage(stage, cfg, attributes=attributes)
     given = load_plan_inputs(exp, cfg, stage)
-    return plan_stage(stage, cfg, given.partners, attributes, lambdas=given.lambdas, groups=given.groups)
+    return plan_stage(
+        stage, cfg, given.partners, attributes, lambdas=given.lambdas, groups=given.groups, finals=given.finals
+    )
 
 
 def execute_stage(backend: Backend, exp: ExperimentStore, stage: str, specs: list[RunSpec]) -> SubmitReport:

@@ -26,6 +26,7 @@ PHASES = (DISCOVERY, ADVERSARIAL, ABLATION, REPLICATES)
 PARTNERS = "partners"  # the most negative partner per attribute
 LAMBDAS = "lambdas"  # the lambda chosen on validation per attribute
 GROUPS = "groups"  # every negative partner per attribute (pairwise stage)
+FINALS = "finals"  # the kind of final classifier validation chose per attribute: single | adversarial
 
 
 @dataclass(frozen=True)
@@ -38,6 +39,7 @@ class PlanInputs:
     partners: dict[str, str | None]
     lambdas: dict[str, float]
     groups: dict[str, list[str]]
+    finals: dict[str, str]
     spec: Callable[..., "RunSpec"]  # (primary, auxiliary=(), lam=0.0, options=None, init_from="")
     run_of: Callable[[str], "RunSpec"]  # the one run of an all-attribute stage, e.g. "multi"
 
@@ -53,7 +55,7 @@ class Stage:
     mode: str  # training mode (aal_k8s.modes), which decides the objective
     phase: str  # one of PHASES
     plan: Callable[[PlanInputs], list["RunSpec"]]
-    needs: tuple[str, ...] = ()  # of PARTNERS, LAMBDAS, GROUPS, checked in that order by the planner
+    needs: tuple[str, ...] = ()  # of PARTNERS, LAMBDAS, GROUPS, FINALS, checked in that order by the planner
     all_attributes: bool = False  # one run over every attribute (run ids and labels say k<M>, "all")
     paper_protocol: bool = False  # in ``aal-k8s pipeline``'s default (the paper's protocol)
     table1_key: str = ""  # the report's row id in the paper's Table 1 ablation; "" = no row

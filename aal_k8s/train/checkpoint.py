@@ -26,22 +26,28 @@ def to_cpu(tree):
     return tree
 
 
+def rng_state(gen: torch.Generator) -> dict:
+    """This process's RNG states and the shuffle generator's, as a checkpoint records them."""
+    return {
+        "torch_cpu": torch.get_rng_state(),
+        "torch_cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_initialized() else [],
+        "shuffle": gen.get_state(),
+    }
+
+
 def make_state(
-    run_id: str, epoch: int, model, opt, gen: torch.Generator, best: dict, history: list, timings: dict, step: int, mode_state: dict
+    run_id: str, epoch: int, model, opt, rng: dict, best: dict, history: list, timings: dict, step: int, mode_state: dict
 ) -> dict:
-    """The checkpoint after ``epoch``. ``best``: score, epoch, state (weights) and val_correct
-    (bool [val images, heads]) of the best epoch so far; ``timings`` with their running total."""
+    """The checkpoint after ``epoch``. ``rng``: as ``rng_state`` gives them (a pack member: the
+    states it would have alone); ``best``: score, epoch, state (weights) and val_correct (bool
+    [val images, heads]) of the best epoch so far; ``timings`` with their running total."""
     return {
         "format": CHECKPOINT_FORMAT,
         "run_id": run_id,
         "epoch": epoch,
         "model": to_cpu(model.state_dict()),
         "optimizer": to_cpu(opt.state_dict()),
-        "rng": {
-            "torch_cpu": torch.get_rng_state(),
-            "torch_cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_initialized() else [],
-            "shuffle": gen.get_state(),
-        },
+        "rng": rng,
         "best": {k: to_cpu(v) for k, v in best.items()},
         "history": history,
         "timings": timings,
@@ -50,11 +56,16 @@ def make_state(
     }
 
 
-def restore(state: dict, run_id: str, model, opt, gen: torch.Generator) -> int:
-    """Load a checkpoint of run ``run_id`` into model/optimizer/RNGs; returns its epoch."""
+def check(state: dict, run_id: str) -> None:
+    """ValueError unless ``state`` is a checkpoint of run ``run_id`` in this format."""
     if state.get("format") != CHECKPOINT_FORMAT or state.get("run_id") != run_id:
         raise ValueError(f"checkpoint is for run {state.get('run_id')!r} format {state.get('format')!r}, "
                          f"not run {run_id!r} format {CHECKPOINT_FORMAT}")  # fmt: skip
+
+
+def restore(state: dict, run_id: str, model, opt, gen: torch.Generator) -> int:
+    """Load a checkpoint of run ``run_id`` into model/optimizer/RNGs; returns its epoch."""
+    check(state, run_id)
     model.load_state_dict(state["model"])
     opt.load_state_dict(state["optimizer"])
     rng = state["rng"]

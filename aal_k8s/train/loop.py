@@ -1,11 +1,14 @@
 """Train one RunSpec: Adam, step lr decay, per-epoch validation, best epoch kept, test reported.
 
-One loop for every mode (paper section 3, appendix A.3, the ablations of section 4.2.1): what a
-mode changes (its objective, frozen parts, per-step hooks, extra state) is the ``Mode`` object of
-``aal_k8s.train.modes`` the loop calls.
+One epoch loop (``run_epochs``) for every mode (paper section 3, appendix A.3, the ablations of
+section 4.2.1) and for a pack of runs trained as one fused model (``aal_k8s.packs``): it trains
+the ``Run``s of a ``Trainer``, which says how a batch updates them, how they are validated and
+what a run's checkpoint is. ``train_run``'s trainer is one run whose mode (its objective, frozen
+parts, per-step hooks, extra state) is the ``Mode`` object of ``aal_k8s.train.modes``; the pack's
+steps its members' fused backbone.
 
-The best epoch is the one with the highest mean validation accuracy over the primary heads
-(earliest on ties); val and test accuracy of every head are reported at that epoch.
+What a run keeps between epochs (history, the best epoch, timings, the global step) and how it
+becomes a checkpoint's entries and the ``RunResult`` is ``aal_k8s.train.progress``.
 
 Checkpoints (``aal_k8s.train.checkpoint``): ``on_checkpoint`` receives the whole training state
 after every epoch; passing such a state back as ``resume_state`` continues after that epoch, and on
@@ -14,15 +17,14 @@ CPU the resumed run ends with bitwise the same weights and metrics as an uninter
 
 from __future__ import annotations
 
-import copy
 import math
 import time
-from dataclasses import dataclass, field
-from typing import Callable
+from dataclasses import dataclass
+from typing import Callable, Protocol
 
 import torch
 
-from aal_k8s.config import config_from_dict
+from aal_k8s.config import TrainConfig, config_from_dict
 from aal_k8s.data import LoadedDataset
 from aal_k8s.data.pipeline import pipeline_for_run
 from aal_k8s.errors import AALError
@@ -33,36 +35,7 @@ from aal_k8s.train import checkpoint
 from aal_k8s.train.device import pick_device
 from aal_k8s.train.evaluate import evaluate
 from aal_k8s.train.modes import MODES, Mode
-
-
-@dataclass
-class RunResult:
-    run_id: str
-    heads: list[str]
-    best_epoch: int  # 1-based
-    val_acc: dict[str, float]  # per head, at the best epoch
-    test_acc: dict[str, float]
-    history: list[dict]  # one entry per epoch
-    timings: dict[str, float]  # seconds
-    environment: dict[str, str]
-    state_dict: dict[str, torch.Tensor] = field(repr=False, default_factory=dict)
-    # split ("val" at the best epoch, "test") -> bool [images, heads]: decision == label, per image
-    correct: dict[str, torch.Tensor] = field(repr=False, default_factory=dict)
-    extra: dict = field(default_factory=dict)  # split_sizes, label_corr, affinity: merged into metrics
-
-    def metrics(self) -> dict:
-        """The JSON-able part (everything but the weights)."""
-        return {
-            "run_id": self.run_id,
-            "heads": self.heads,
-            "best_epoch": self.best_epoch,
-            "val_acc": self.val_acc,
-            "test_acc": self.test_acc,
-            "history": self.history,
-            "timings": self.timings,
-            "environment": self.environment,
-            **self.extra,
-        }
+from aal_k8s.train.progress import Progress, RunResult
 
 
 def lr_at(epoch: int, base_lr: float, decay_epoch: int, factor: float) -> float:
@@ -70,16 +43,10 @@ def lr_at(epoch: int, base_lr: float, decay_epoch: int, factor: float) -> float:
     return base_lr / factor if epoch >= decay_epoch else base_lr
 
 
-EpochHook = Callable[[int, dict], None]
-CheckpointHook = Callable[[dict], None]
-
-
-def label_correlation(labels: torch.Tensor) -> list[list[float]]:
-    """Pearson r between the label columns of ``labels [N, K]`` (0 where a column is constant)."""
-    if labels.shape[1] < 2:
-        return [[1.0]] * labels.shape[1]
-    r = torch.corrcoef(labels.double().t())
-    return torch.nan_to_num(r, nan=0.0).tolist()
+EpochHook = Callable[[int, dict], None]  # (epoch, history entry)
+CheckpointHook = Callable[[dict], None]  # (checkpoint state)
+RunEpochHook = Callable[[str, int, dict], None]  # (run id, epoch, history entry)
+RunCheckpointHook = Callable[[str, dict], None]  # (run id, checkpoint state)
 
 
 class DivergedError(AALError):
@@ -90,10 +57,10 @@ class DivergedError(AALError):
     exit_code = 1
 
 
-def _check_finite(spec: RunSpec, epoch: int, model, loss_sum: torch.Tensor, heads: list[str]) -> None:
+def _check_finite(spec: RunSpec, epoch: int, model, loss_sum: torch.Tensor) -> None:
     """``DivergedError`` naming the first non-finite head loss or tensor. Once per epoch, not
     per step: one device sync, and a diverged step cannot become finite again."""
-    bad = [name for name, v in zip(heads, loss_sum.tolist()) if not math.isfinite(v)]
+    bad = [name for name, v in zip(spec.heads, loss_sum.tolist()) if not math.isfinite(v)]
     if bad:
         raise DivergedError(f"run {spec.run_id}: training diverged in epoch {epoch}: the loss of {', '.join(bad)} "
                             f"is not finite (lower train.lr?); nothing was committed")  # fmt: skip
@@ -107,6 +74,154 @@ def mode_of(spec: RunSpec, device: torch.device, heads_impl: str) -> Mode:
     """The ``Mode`` a run trains in, its typed options checked (one line naming the run if not)."""
     options = options_of(spec.mode, spec.options, spec.run_id)
     return MODES[spec.mode](spec, options, device, heads_impl)
+
+
+def steps_per_epoch(pipe, t: TrainConfig) -> int:
+    """Optimizer steps in one epoch (the last batch may be short)."""
+    return max(1, -(-pipe.size("train") // t.batch_size))
+
+
+@dataclass
+class Run:
+    """A run in the epoch loop: trained alone, or a member of a pack (``aal_k8s.packs``)."""
+
+    spec: RunSpec
+    model: AttributeNet
+    opt: torch.optim.Optimizer
+    mode: Mode
+    p: Progress  # history, best epoch, timings, global step
+
+
+class Trainer(Protocol):
+    """What differs between one run and a fused pack of them; ``run_epochs`` calls it."""
+
+    runs: list[Run]  # all after the same epoch
+    gen: torch.Generator  # the shuffle generator: one input stream for every run
+    device: torch.device
+
+    def train_mode(self) -> None:
+        """At the start of every epoch's training pass."""
+
+    def step(self, x: torch.Tensor, y: torch.Tensor, steps_total: int) -> list[torch.Tensor]:
+        """One update of every run on batch (x, y), counted in its ``p.step``; each run's
+        per-head losses [K], detached. ``steps_total``: the steps of the whole training."""
+
+    def after_train(self) -> None:
+        """After an epoch's training pass, before anything reads a run's weights."""
+
+    def validate(self) -> list[tuple[list[float], torch.Tensor]]:
+        """Each run's per-head validation accuracy and bool [val images, heads] correctness."""
+
+    def checkpoint(self, run: Run, epoch: int, total: float) -> dict:
+        """``run``'s checkpoint after ``epoch`` (``total``: its running seconds)."""
+
+
+def run_epochs(
+    trainer: Trainer, pipe, t: TrainConfig, end: int, on_checkpoint: RunCheckpointHook | None, on_epoch_end: RunEpochHook | None
+) -> None:
+    """Train ``trainer.runs`` to epoch ``end``: after every epoch each run is checked finite,
+    validated, recorded (best epoch kept) and checkpointed. The wall time is split evenly over the
+    runs, so run-seconds add up to the time spent."""
+    runs = trainer.runs
+    k = len(runs)
+    steps_total = t.epochs * steps_per_epoch(pipe, t)
+    started = time.perf_counter()
+    for epoch in range(runs[0].p.epoch + 1, end + 1):
+        lr = lr_at(epoch, t.lr, t.lr_decay_epoch, t.lr_decay_factor)
+        for r in runs:
+            for group in r.opt.param_groups:
+                group["lr"] = lr
+        trainer.train_mode()
+        t0 = time.perf_counter()
+        loss_sums = [torch.zeros(len(r.spec.heads), device=trainer.device) for r in runs]
+        steps = 0
+        for x, y in pipe.train_batches(t.batch_size, trainer.gen, epoch):
+            for acc, loss in zip(loss_sums, trainer.step(x, y, steps_total)):
+                acc += loss
+            steps += 1
+        trainer.after_train()
+        for r, acc in zip(runs, loss_sums):
+            _check_finite(r.spec, epoch, r.model, acc)  # before anything of this epoch is kept
+        t1 = time.perf_counter()
+        validated = trainer.validate()
+        t2 = time.perf_counter()
+        for r, acc, (val_acc, val_correct) in zip(runs, loss_sums, validated):
+            r.p.timings["train"] += (t1 - t0) / k
+            r.p.timings["eval"] += (t2 - t1) / k
+            r.p.timings.update(r.mode.timings())
+            r.p.record(r.spec, r.model, epoch, lr, acc / max(1, steps), val_acc, val_correct, (t2 - t0) / k)
+        total = (time.perf_counter() - started) / k
+        for r in runs:
+            if on_checkpoint is not None:
+                on_checkpoint(r.spec.run_id, trainer.checkpoint(r, epoch, r.p.seconds_before + total))
+            if on_epoch_end is not None:
+                on_epoch_end(r.spec.run_id, epoch, r.p.history[-1])
+    for r in runs:
+        r.p.seconds_before += (time.perf_counter() - started) / k
+
+
+EvaluateAlone = Callable[[Run, str], tuple[list[float], torch.Tensor]]  # (run, split) -> (accuracy per head, correctness)
+
+
+def finish(run: Run, data: LoadedDataset, device: torch.device, evaluate: EvaluateAlone, environment: dict[str, str]) -> RunResult:
+    """``run``'s result: its best weights loaded and tested through its own model (validated too
+    when it resumed from a checkpoint that did not keep the best epoch's per-image correctness)."""
+    p = run.p
+    t3 = time.perf_counter()
+    run.model.load_state_dict(p.best_state)
+    test_acc, test_correct = evaluate(run, "test")
+    if p.best_val_correct is None:
+        _, p.best_val_correct = evaluate(run, "val")
+    p.timings["eval"] += time.perf_counter() - t3
+    p.timings["total"] = p.seconds_before + time.perf_counter() - t3
+    return p.result(run.spec, data, device, test_acc, test_correct, environment, run.mode.result_extra())
+
+
+class _Alone:
+    """``Trainer`` of one run on its own model: its mode's hooks around every step."""
+
+    def __init__(self, run: Run, gen: torch.Generator, device: torch.device, pipe, t: TrainConfig, features, forward):
+        self.runs, self.gen, self.device = [run], gen, device
+        self.pipe, self.t, self.features, self.forward = pipe, t, features, forward
+
+    def train_mode(self) -> None:
+        (r,) = self.runs
+        r.mode.train_mode(r.model)
+
+    def step(self, x: torch.Tensor, y: torch.Tensor, steps_total: int) -> list[torch.Tensor]:
+        (r,) = self.runs
+        r.mode.before_step(r.p.step, x, y)
+        lam = r.mode.lam_at(r.p.step / steps_total)
+        with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.pipe.bf16):
+            h = self.features(x)
+        # the heads take bf16 or fp32 features and accumulate in fp32 (outside autocast)
+        loss, total = r.mode.loss(h, r.model, y, lam)
+        r.opt.zero_grad(set_to_none=True)
+        total.backward()
+        r.opt.step()
+        r.mode.after_step(r.model)
+        r.p.step += 1
+        return [loss.detach()]
+
+    def after_train(self) -> None:
+        pass  # the model's own batch norms hold its statistics
+
+    def validate(self) -> list[tuple[list[float], torch.Tensor]]:
+        return [self.evaluate_alone(self.runs[0], "val")]
+
+    def evaluate_alone(self, run: Run, split: str) -> tuple[list[float], torch.Tensor]:
+        """Accuracy per head and per-image correctness of ``run`` on ``split`` (``EvaluateAlone``)."""
+        hits: list = []
+        batches = self.pipe.eval_batches(split, self.t.eval_batch_size)
+        acc = evaluate(run.model, batches, len(run.spec.heads), self.device, self.pipe.bf16, self.forward, hits)
+        return acc, torch.cat(hits)
+
+    def checkpoint(self, run: Run, epoch: int, total: float) -> dict:
+        p = run.p
+        return checkpoint.make_state(
+            run.spec.run_id, epoch, run.model, run.opt, checkpoint.rng_state(self.gen), p.best(), p.history,
+            {**p.timings, "total": total}, p.step, run.mode.state_dict(),
+        )  # fmt: skip
 
 
 def train_run(
@@ -133,7 +248,6 @@ def train_run(
     gen = torch.Generator().manual_seed(spec.seed)
 
     cols = [data.attributes.index(a) for a in spec.heads]
-    n_p = len(spec.primary)
     # a run that starts from another's CNN (the shared ablation): no point loading ImageNet weights first
     model = AttributeNet(m.backbone, "none" if spec.init_from else m.pretrained, spec.heads, hidden_layers=mode.hidden_layers())
     if spec.init_from:
@@ -150,117 +264,22 @@ def train_run(
     # input pipeline (aal_k8s.data.pipeline): splits resident on the device when decoded, batches
     # augmented there; bf16 autocast on CUDA by default (train.precision)
     pipe = pipeline_for_run(data, cols, cfg, device, spec.seed)
-    bf16 = pipe.bf16
     if device.type == "cuda":
         torch.backends.cudnn.benchmark = True
     forward = torch.compile(model.forward) if t.compile else model
     features = mode.features(model, t.compile)
     mode.start(model, opt, pipe, t.batch_size)
-    steps_per_epoch = max(1, -(-pipe.size("train") // t.batch_size))
-    step = 0  # global training step (affinity measurements and the lambda schedule count in it)
 
-    history: list[dict] = []
-    best_score, best_epoch, best_state = -1.0, 0, None
-    best_val_correct = None  # bool [val images, heads] at the best epoch (the paired partner test's input)
-    timings = {"train": 0.0, "eval": 0.0}
-    first = 1
+    p = Progress()
     if resume_state is not None:
-        first = checkpoint.restore(resume_state, spec.run_id, model, opt, gen) + 1
-        history = list(resume_state["history"])
-        best = resume_state["best"]
-        best_score, best_epoch = float(best["score"]), int(best["epoch"])
-        best_state = {k: v.to(device) for k, v in best["state"].items()}
-        best_val_correct = best.get("val_correct")  # None in checkpoints of older versions: re-evaluated below
-        timings = {k: float(v) for k, v in resume_state["timings"].items()}
-        step = int(resume_state.get("step", (first - 1) * steps_per_epoch))
+        epoch = checkpoint.restore(resume_state, spec.run_id, model, opt, gen)
+        p = Progress.resumed(resume_state, device, default_step=epoch * steps_per_epoch(pipe, t))
         mode.resume(resume_state, pipe, t.batch_size)
-    start = time.perf_counter() - timings.pop("total", 0.0)
-    for epoch in range(first, t.epochs + 1):
-        lr = lr_at(epoch, t.lr, t.lr_decay_epoch, t.lr_decay_factor)
-        for group in opt.param_groups:
-            group["lr"] = lr
-        mode.train_mode(model)
-        t0 = time.perf_counter()
-        loss_sum = torch.zeros(len(cols), device=device)
-        steps = 0
-        for x, y in pipe.train_batches(t.batch_size, gen, epoch):
-            mode.before_step(step, x, y)
-            lam = mode.lam_at(step / (t.epochs * steps_per_epoch))
-            with torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16):
-                h = features(x)
-            # the heads take bf16 or fp32 features and accumulate in fp32 (outside autocast)
-            loss, total = mode.loss(h, model, y, lam)
-            opt.zero_grad(set_to_none=True)
-            total.backward()
-            opt.step()
-            mode.after_step(model)
-            loss_sum += loss.detach()
-            steps += 1
-            step += 1
-        _check_finite(spec, epoch, model, loss_sum, spec.heads)  # before anything of this epoch is kept
-        t1 = time.perf_counter()
-        val_hits: list = []
-        val_acc = evaluate(model, pipe.eval_batches("val", t.eval_batch_size), len(cols), device, bf16, forward, val_hits)
-        t2 = time.perf_counter()
-        timings["train"] += t1 - t0
-        timings["eval"] += t2 - t1
-        timings.update(mode.timings())
-        score = sum(val_acc[:n_p]) / n_p
-        entry = {
-            "epoch": epoch,
-            "lr": lr,
-            "train_loss": dict(zip(spec.heads, (loss_sum / max(1, steps)).tolist())),
-            "val_acc": dict(zip(spec.heads, val_acc)),
-            "seconds": t2 - t0,
-        }
-        history.append(entry)
-        if score > best_score:
-            best_score, best_epoch = score, epoch
-            best_state = copy.deepcopy(model.state_dict())
-            best_val_correct = torch.cat(val_hits)
-        if on_checkpoint is not None:
-            best = {"score": best_score, "epoch": best_epoch, "state": best_state, "val_correct": best_val_correct}
-            on_checkpoint(
-                checkpoint.make_state(
-                    spec.run_id, epoch, model, opt, gen, best, history,
-                    {**timings, "total": time.perf_counter() - start}, step, mode.state_dict(),
-                )  # fmt: skip
-            )
-        if on_epoch_end is not None:
-            on_epoch_end(epoch, entry)
-
-    model.load_state_dict(best_state)
-    t3 = time.perf_counter()
-    test_hits: list = []
-    test_acc = evaluate(model, pipe.eval_batches("test", t.eval_batch_size), len(cols), device, bf16, forward, test_hits)
-    if best_val_correct is None:  # resumed from a checkpoint that did not keep it
-        hits: list = []
-        evaluate(model, pipe.eval_batches("val", t.eval_batch_size), len(cols), device, bf16, forward, hits)
-        best_val_correct = torch.cat(hits)
-    timings["eval"] += time.perf_counter() - t3
-    timings["total"] = time.perf_counter() - start
-    result = RunResult(
-        run_id=spec.run_id,
-        heads=spec.heads,
-        best_epoch=best_epoch,
-        val_acc=history[best_epoch - 1]["val_acc"],
-        test_acc=dict(zip(spec.heads, test_acc)),
-        history=history,
-        timings=timings,
-        environment={
-            "torch": torch.__version__,
-            "device": str(device),
-            "threads": str(torch.get_num_threads()),
-            "input": pipe.describe(),
-        },
-        state_dict={k: v.detach().cpu().contiguous() for k, v in best_state.items()},
-        correct={"val": best_val_correct.cpu(), "test": torch.cat(test_hits).cpu()},
-        extra={
-            "split_sizes": {name: len(split) for name, split in data.splits.items()},
-            "label_corr": label_correlation(data.splits["train"].labels[:, cols]),
-            **mode.result_extra(),
-        },
-    )
-    if first > 1:
-        result.environment["resumed_after_epoch"] = str(first - 1)
-    return result
+    run = Run(spec, model, opt, mode, p)
+    trainer = _Alone(run, gen, device, pipe, t, features, forward)
+    run_epochs(
+        trainer, pipe, t, t.epochs,
+        on_checkpoint and (lambda _, state: on_checkpoint(state)),
+        on_epoch_end and (lambda _, epoch, entry: on_epoch_end(epoch, entry)),
+    )  # fmt: skip
+    return finish(run, data, device, trainer.evaluate_alone, {"input": pipe.describe()})

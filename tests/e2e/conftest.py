@@ -44,8 +44,7 @@ class E2E:
         self.store = f"s3://{bucket}/aal"
 
     def sets(self, *extra: str, tiny=TINY) -> list[str]:
-        items = [*tiny, *K8S, f"k8s.namespace={self.ns.name}", f"store.uri={self.store}", *extra]
-        return [x for o in items for x in ("--set", o)]
+        return [x for o in self.config_items(*extra, tiny=tiny) for x in ("--set", o)]
 
     def cli(self, *argv: str) -> tuple[int, str, str]:
         """``aal-k8s argv`` in this process: (exit code, stdout, stderr)."""
@@ -56,11 +55,13 @@ class E2E:
         out, err = self.capsys.readouterr()
         return code, out, err
 
+    def config_items(self, *extra: str, tiny=TINY) -> list[str]:
+        return [*tiny, *K8S, f"k8s.namespace={self.ns.name}", f"store.uri={self.store}", *extra]
+
     def config(self, *extra: str, tiny=TINY):
         from aal_k8s.config import load_config
 
-        items = [*tiny, *K8S, f"k8s.namespace={self.ns.name}", f"store.uri={self.store}", *extra]
-        return load_config(overrides=items, dataset="synthetic")
+        return load_config(overrides=self.config_items(*extra, tiny=tiny), dataset="synthetic")
 
     def experiment(self, cfg=None):
         from aal_k8s.store import ExperimentStore, open_store

@@ -193,6 +193,60 @@ def test_a_pack_of_two_runs_trains_in_one_job_whose_members_commit_and_status_ca
     assert list(jobs_of(e2e.ns)) == [name]
 
 
+#: Four λ halved once (eta 2, the rung at epoch 1 of 2): two packs of two train to the rung, the two
+#: survivors go on together in a third pack Job.
+HALVING_PACKS = ("adversarial.lambdas=[0.1, 0.5, 2.0, 8.0]", "adversarial.lambda_search=halving",
+                 "adversarial.halving_eta=2", "executor.runs_per_job=2")  # fmt: skip
+
+
+def test_a_pack_of_halving_rungs_trains_in_one_job_per_pack_and_rung_and_decides_as_the_local_backend(e2e, tmp_path):
+    from aal_k8s import halving
+    from aal_k8s.backends import run_halving
+    from aal_k8s.backends.k8s_manifests import RUNG_LABEL, job_runs
+    from aal_k8s.backends.local import LocalBackend
+    from aal_k8s.config import load_config
+    from aal_k8s.planner import plan_stage
+    from aal_k8s.store import ExperimentStore, open_store
+
+    cfg = e2e.config(*HALVING_PACKS)
+    exp = e2e.experiment(cfg)
+    # partners given, not reduced: the stage's prerequisites would be three more stages of Jobs
+    specs = plan_stage("adversarial", cfg, {"square": "red_tint"}, attributes=["square"])
+    report = run_halving(KubernetesBackend(cfg), exp, cfg, specs)
+    assert not report.failed and len(report.stopped) == 2, report
+    survivors = [s for s in specs if s.run_id not in report.stopped]
+    waited = KubernetesBackend(cfg).wait(survivors, exp)
+    assert {st.state for st in waited.values()} == {"complete"}, waited
+    jobs = jobs_of(e2e.ns)
+    rung = {n: sorted(job_runs(j)) for n, j in jobs.items() if j["metadata"]["labels"].get(RUNG_LABEL) == "1"}
+    ids = sorted(s.run_id for s in specs)
+    assert sorted(rung.values()) == [ids[:2], ids[2:]] and all(n.endswith("-e1") for n in rung)
+    [final] = [n for n in jobs if n not in rung]
+    assert sorted(job_runs(jobs[final])) == sorted(s.run_id for s in survivors)
+    assert all(j["status"].get("succeeded") == 1 for j in jobs.values())
+    [pod] = pods_of(e2e.ns, f"job-name={final}")
+    for spec in survivors:  # both committed by the final pack's one pod, resumed from their rung checkpoints
+        assert exp.read_metrics(spec.run_id)["attempt"].startswith(pod["metadata"]["name"] + "-")
+    # status and cancel: the survivors are complete, the stopped runs' rung Jobs (succeeded) are no one's to cancel
+    states = KubernetesBackend(cfg).states(specs, exp)
+    assert {r: st.state for r, st in states.items() if st.state == "complete"} == {s.run_id: "complete" for s in survivors}
+    assert KubernetesBackend(cfg).cancel(specs, exp) == [] and sorted(jobs_of(e2e.ns)) == sorted(jobs)
+    # a rerun finds everything in the store: no Job created, the same decisions
+    assert not run_halving(KubernetesBackend(cfg), exp, cfg, specs).failed and sorted(jobs_of(e2e.ns)) == sorted(jobs)
+
+    # the same search on the local backend, in packs too: the same scores, the same λ stopped
+    local_cfg = load_config(overrides=[*e2e.config_items(*HALVING_PACKS), "executor.backend=local",
+                                       "executor.parallel=1", f"store.uri={tmp_path / 'local'}"], dataset="synthetic")  # fmt: skip
+    local = ExperimentStore(open_store(local_cfg.store.uri), local_cfg.experiment_name)
+    assert not run_halving(LocalBackend(local_cfg, progress=False), local, local_cfg, specs).failed
+    bracket = halving.brackets(cfg, specs)["square"]
+    ours, theirs = halving.summary(exp, bracket), halving.summary(local, bracket)
+    assert ours["survivors"] == theirs["survivors"] and [d["stopped"] for d in ours["decisions"]] == [
+        d["stopped"] for d in theirs["decisions"]]  # fmt: skip
+    assert [[e["score"] for e in d["entrants"]] for d in ours["decisions"]] == [
+        [e["score"] for e in d["entrants"]] for d in theirs["decisions"]]  # fmt: skip
+
+
 # -- 5: deterministic failure, unschedulable runs, bounded patience --------------------------------
 def test_a_worker_exiting_2_fails_its_job_without_retries_and_status_shows_the_workers_message(e2e):
     cfg = e2e.config()

@@ -17,6 +17,7 @@ from aal_k8s.stages.base import ABLATION, LAMBDAS, PARTNERS, Stage, one_per_part
 PARTNERS_ = {"square": "red_tint", "ring": "blue_tint", "cross": None}
 LAMBDAS_ = {"square": 0.1, "ring": 1.0}
 GROUPS_ = {"square": ["ring", "red_tint"], "ring": ["blue_tint"]}
+FINALS_ = dict.fromkeys(("square", "ring", "h_stripes", "cross", "red_tint", "blue_tint"), "adversarial")
 
 
 def test_the_stage_lists_are_the_registrys_in_protocol_order():
@@ -77,7 +78,7 @@ def test_a_new_ablation_is_planned_from_its_stage_object_alone(monkeypatch):
 def test_every_stages_typed_options_round_trip_to_the_dict_its_run_ids_hash(overrides):
     cfg = load_config(dataset="synthetic", overrides=overrides)
     for name in stages.STAGES:
-        for spec in plan_stage(name, cfg, PARTNERS_, lambdas=LAMBDAS_, groups=GROUPS_):
+        for spec in plan_stage(name, cfg, PARTNERS_, lambdas=LAMBDAS_, groups=GROUPS_, finals=FINALS_):
             typed = options_of(spec.mode, spec.options, spec.run_id)
             assert type(typed) is not dict and typed.to_dict() == spec.options, name
             if isinstance(typed, AdversarialOptions):
