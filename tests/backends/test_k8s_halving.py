@@ -59,15 +59,18 @@ def kubelet(cluster, exp, epochs: int, ran: list):
     cluster.on_watch = on_watch
 
 
+HALVING = ["adversarial.lambdas=[0.1, 0.3, 1.0, 3.0, 10.0]", "adversarial.lambda_search=halving",
+           "adversarial.halving_eta=2"]  # fmt: skip
+
+
 @pytest.fixture
 def halving_cfg(k8s_overrides):
-    extra = ["adversarial.lambdas=[0.1, 0.3, 1.0, 3.0, 10.0]", "adversarial.lambda_search=halving",
-             "adversarial.halving_eta=2"]  # fmt: skip
-    return load_config(overrides=[*k8s_overrides, *extra], dataset="synthetic")
+    return load_config(overrides=[*k8s_overrides, *HALVING], dataset="synthetic")
 
 
-def test_one_job_per_surviving_run_and_rung_and_a_rerun_creates_none(make_backend, cluster, halving_cfg):
-    cfg = halving_cfg
+def halve_square(make_backend, cluster, cfg):
+    """square's halving search against ``cluster``'s kubelet: no run failed, λ 1.0 the one survivor
+    (TABLE), whose own Job commits it. (exp, specs, what the kubelet ran, the survivor)."""
     exp = ExperimentStore(open_store(cfg.store.uri), cfg.experiment_name)
     specs = plan_stage("adversarial", cfg, {"square": "red_tint"}, attributes=["square"])
     ran: list = []
@@ -78,15 +81,24 @@ def test_one_job_per_surviving_run_and_rung_and_a_rerun_creates_none(make_backen
     # submit returns once the survivor's own Job exists (as for any stage); the pipeline waits for it
     survivor = [s for s in specs if s.lam == 1.0]
     assert {r: st.state for r, st in make_backend(cfg).wait(survivor, exp).items()} == {survivor[0].run_id: "complete"}
-    # rung 1 (epoch 1): 5 Jobs; rung 2 (epoch 3): the 2 survivors; then the 1 survivor's own Job
-    assert sorted(ran) == sorted([(lam, 1) for lam in TABLE] + [(0.1, 3), (1.0, 3), (1.0, 0)])
-    assert len(cluster.jobs) == 8 and len({j["metadata"]["name"] for j in cluster.jobs.values()}) == 8
+    return exp, specs, ran, survivor
+
+
+def assert_decided_and_a_rerun_creates_none(make_backend, cluster, cfg, exp, specs) -> None:
     (d1, d2) = halving.summary(exp, halving.brackets(cfg, specs)["square"])["decisions"]
     assert d1["survivors"] == [0.1, 1.0] and d2["survivors"] == [1.0]
-
     created = len(cluster.calls_to("create_namespaced_job"))
     again = run_halving(make_backend(cfg), exp, cfg, specs)  # a rerun: everything is in the store
     assert not again.failed and len(cluster.calls_to("create_namespaced_job")) == created
+
+
+def test_one_job_per_surviving_run_and_rung_and_a_rerun_creates_none(make_backend, cluster, halving_cfg):
+    cfg = halving_cfg
+    exp, specs, ran, _ = halve_square(make_backend, cluster, cfg)
+    # rung 1 (epoch 1): 5 Jobs; rung 2 (epoch 3): the 2 survivors; then the 1 survivor's own Job
+    assert sorted(ran) == sorted([(lam, 1) for lam in TABLE] + [(0.1, 3), (1.0, 3), (1.0, 0)])
+    assert len(cluster.jobs) == 8 and len({j["metadata"]["name"] for j in cluster.jobs.values()}) == 8
+    assert_decided_and_a_rerun_creates_none(make_backend, cluster, cfg, exp, specs)
 
 
 def _sets(overrides) -> list[str]:
@@ -135,9 +147,7 @@ def test_status_shows_the_runs_halving_stopped_as_stopped_with_their_rung(
     from aal_k8s.cli import main
 
     capsys.readouterr()
-    extra = ["adversarial.lambdas=[0.1, 0.3, 1.0, 3.0, 10.0]", "adversarial.lambda_search=halving",
-             "adversarial.halving_eta=2"]  # fmt: skip
-    assert main(["status", "--stage", "adversarial", *_sets([*k8s_overrides, *extra])]) == 0
+    assert main(["status", "--stage", "adversarial", *_sets([*k8s_overrides, *HALVING])]) == 0
     out = capsys.readouterr().out
     rows = {ln.split()[0]: ln.split()[1:] for ln in out.splitlines() if ln.startswith(("stage", "adversarial"))}
     assert dict(zip(rows["stage"], map(int, rows["adversarial"]))) == {
@@ -151,9 +161,7 @@ def test_status_shows_the_runs_halving_stopped_as_stopped_with_their_rung(
 # -- packs of halving rungs (executor.runs_per_job > 1) ------------------------------------------
 @pytest.fixture
 def packed_cfg(k8s_overrides):
-    extra = ["adversarial.lambdas=[0.1, 0.3, 1.0, 3.0, 10.0]", "adversarial.lambda_search=halving",
-             "adversarial.halving_eta=2", "executor.runs_per_job=2"]  # fmt: skip
-    return load_config(overrides=[*k8s_overrides, *extra], dataset="synthetic")
+    return load_config(overrides=[*k8s_overrides, *HALVING, "executor.runs_per_job=2"], dataset="synthetic")
 
 
 def _rung_jobs(cluster, epoch: int) -> dict[str, list[str]]:
@@ -165,15 +173,7 @@ def test_packs_of_halving_rungs_one_job_per_pack_and_rung_the_same_decisions_a_r
     make_backend, cluster, packed_cfg
 ):
     cfg = packed_cfg
-    exp = ExperimentStore(open_store(cfg.store.uri), cfg.experiment_name)
-    specs = plan_stage("adversarial", cfg, {"square": "red_tint"}, attributes=["square"])
-    ran: list = []
-    kubelet(cluster, exp, cfg.train.epochs, ran)
-    report = run_halving(make_backend(cfg), exp, cfg, specs)
-    assert not report.failed
-    survivor = [s for s in specs if s.lam == 1.0]
-    assert sorted(report.stopped) == sorted(s.run_id for s in specs if s.lam != 1.0)
-    assert {r: st.state for r, st in make_backend(cfg).wait(survivor, exp).items()} == {survivor[0].run_id: "complete"}
+    exp, specs, ran, survivor = halve_square(make_backend, cluster, cfg)
     # the same runs trained as with one Job per run and rung (the test above), in fewer Jobs:
     # rung 1 (epoch 1) 5 runs in packs of 2, 2 and 1; rung 2 (epoch 3) the 2 survivors in one; the survivor's own
     assert sorted(ran) == sorted([(lam, 1) for lam in TABLE] + [(0.1, 3), (1.0, 3), (1.0, 0)])
@@ -186,12 +186,7 @@ def test_packs_of_halving_rungs_one_job_per_pack_and_rung_the_same_decisions_a_r
         assert len(name) <= 63 and name.endswith(f"-e{until}") == bool(until)
         if len(_runs(job)) > 1:  # a pack Job: its rung label and its members' annotation, for status and cancel
             assert job["metadata"]["labels"][RUNG_LABEL] == str(until) and job_runs(job) == _runs(job)
-    (d1, d2) = halving.summary(exp, halving.brackets(cfg, specs)["square"])["decisions"]
-    assert d1["survivors"] == [0.1, 1.0] and d2["survivors"] == [1.0]
-
-    created = len(cluster.calls_to("create_namespaced_job"))
-    again = run_halving(make_backend(cfg), exp, cfg, specs)  # a rerun: everything is in the store
-    assert not again.failed and len(cluster.calls_to("create_namespaced_job")) == created
+    assert_decided_and_a_rerun_creates_none(make_backend, cluster, cfg, exp, specs)
 
 
 @pytest.mark.parametrize("job_kept", [True, False], ids=["pack Job retrying", "pack Job gone (TTL, cancel)"])
