@@ -126,16 +126,22 @@ def test_submitted_runs_get_documented_jobs_whose_pods_commit_and_status_agrees_
     backend = KubernetesBackend(cfg)
     seen = set()
 
-    def snapshot(run_id: str) -> tuple:
-        return exp.is_committed(run_id), jobs_of(e2e.ns), pods_of(e2e.ns, selector(exp.experiment, ["single"]))
+    def snapshot() -> tuple:
+        """The store's commits, the Jobs and the pods, read together (one listing each)."""
+        committed = {s.run_id: exp.is_committed(s.run_id) for s in specs}
+        return committed, jobs_of(e2e.ns), pods_of(e2e.ns, selector(exp.experiment, ["single"]))
+
+    def state_in(snap: tuple, run_id: str) -> str:
+        committed, jobs, pods = snap
+        return api_state(exp, run_id, committed[run_id], jobs, pods)
 
     def sample() -> bool:
-        before = {s.run_id: snapshot(s.run_id) for s in specs}
+        before = snapshot()
         states = backend.states(specs, exp)
-        after = {s.run_id: snapshot(s.run_id) for s in specs}
+        after = snapshot()
         for spec in specs:
             got = states[spec.run_id].state
-            api = between(api_state(exp, spec.run_id, *before[spec.run_id]), api_state(exp, spec.run_id, *after[spec.run_id]))
+            api = between(state_in(before, spec.run_id), state_in(after, spec.run_id))
             assert got in api, (spec.run_id, got, api, states[spec.run_id].reason)
             seen.add(got)
         return all(st.state == "complete" for st in states.values())
